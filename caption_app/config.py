@@ -1,0 +1,225 @@
+"""Typed, frozen configuration: dataclasses, named presets, `--set` overrides.
+
+Everything the data can tell (examples per epoch, vocabulary size, caption
+length, steps) is read from the data dir's manifest at run time; nothing
+here is a dataset count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from typing import Any, Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    image_size: int = 0  # pixels (square); 0 = the backbone's default size
+    captions_per_image: int = 0  # captions per image in a train batch; 0 = the manifest's maximum
+    max_caption_length: int = 32  # tokens, <start> and <end> included; longer captions are cut
+    augment: tuple[str, ...] = ()  # train-only keras-cv augmentations: flip, color, crop
+    shuffle_buffer: int = 2048  # images
+    cache: bool = False  # keep decoded train images in memory after the first epoch
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    backbone: str = "inception_v3"  # a name in caption_app.model.backbones.BACKBONES
+    backbone_weights: str = "imagenet"  # imagenet | none | path to a weights file
+    embedding_size: int = 512  # image and word embedding width
+    lstm_units: int = 512
+    lstm_dropout: float = 0.3  # im2txt: lstm_dropout_keep_prob 0.7
+    init_scale: float = 0.08  # uniform initializer range of the decoder
+    use_cudnn: bool = False  # cuDNN LSTM makes Keras drop XLA silently; keep False with jit_compile
+
+
+@dataclasses.dataclass(frozen=True)
+class Train:
+    epochs: int = 16  # frozen-backbone phase (or full training when freeze_backbone=False)
+    batch_size: int = 32  # images per batch; each image brings its captions
+    optimizer: str = "sgd"  # sgd | adam
+    learning_rate: float = 2.0
+    lr_schedule: str = "staircase"  # staircase | cosine | constant
+    lr_decay_epochs: float = 8.0  # staircase: multiply by lr_decay_factor every this many epochs
+    lr_decay_factor: float = 0.5
+    warmup_epochs: float = 0.0  # linear warmup (cosine schedule)
+    clip_gradient_norm: float = 5.0  # global norm; 0 = off
+    weight_decay: float = 0.0  # adam only (AdamW)
+    freeze_backbone: bool = True  # phase 1 trains the decoder and image embedding only
+    fine_tune_epochs: int = 0  # phase 2: everything trainable
+    fine_tune_learning_rate: float = 0.0005
+    jit_compile: bool = True
+    max_checkpoints_to_keep: int = 5
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Eval:
+    beam_size: int = 3
+    max_length: int = 20  # words, <end> included
+    length_normalization: float = 0.0  # score / length**alpha
+    batch_size: int = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str = "custom"
+    data: Data = Data()
+    model: Model = Model()
+    train: Train = Train()
+    eval: Eval = Eval()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        return _from_dict(cls, d, "")
+
+
+# ---------------------------------------------------------------------------
+# Presets. Each docstring starts with the command that runs it.
+
+def shapes() -> Config:
+    """python -m caption_app train --config shapes --data DATA --run-dir RUN
+
+    The embedded synthetic "shapes" dataset (and other small simple-scene sets
+    in the Flickr8k layout): a small CNN trained from scratch at 64x64 together
+    with the decoder, Adam with a cosine schedule.
+    """
+    return Config(
+        name="shapes",
+        data=Data(image_size=64, max_caption_length=24, augment=(), shuffle_buffer=4096, cache=True),
+        model=Model(backbone="small_cnn", backbone_weights="none", embedding_size=256,
+                    lstm_units=256, lstm_dropout=0.1),
+        train=Train(epochs=12, batch_size=32, optimizer="adam", learning_rate=2e-3,
+                    lr_schedule="cosine", warmup_epochs=0.5, clip_gradient_norm=5.0,
+                    freeze_backbone=False, fine_tune_epochs=0),
+        eval=Eval(beam_size=3, max_length=20),
+    )
+
+
+def im2txt() -> Config:
+    """python -m caption_app train --config im2txt --data DATA --run-dir RUN
+
+    The original Show and Tell hyperparameters (im2txt): InceptionV3 at 299x299
+    from ImageNet weights, embedding and LSTM 512, dropout keep 0.7, SGD at 2.0
+    halved every 8 epochs, gradient clip 5.0, uniform init 0.08, batch 32;
+    then fine-tuning everything at 0.0005.
+    """
+    return Config(
+        name="im2txt",
+        data=Data(image_size=299, augment=("flip", "color")),
+        model=Model(backbone="inception_v3", backbone_weights="imagenet", embedding_size=512,
+                    lstm_units=512, lstm_dropout=0.3, init_scale=0.08),
+        train=Train(epochs=16, batch_size=32, optimizer="sgd", learning_rate=2.0,
+                    lr_schedule="staircase", lr_decay_epochs=8.0, lr_decay_factor=0.5,
+                    clip_gradient_norm=5.0, freeze_backbone=True, fine_tune_epochs=16,
+                    fine_tune_learning_rate=0.0005),
+        eval=Eval(beam_size=3, max_length=20),
+    )
+
+
+def tiny() -> Config:
+    """python -m caption_app train --config tiny --data DATA --run-dir RUN
+
+    A few-second smoke configuration for tests: 32x32 images, widths of 16.
+    """
+    return Config(
+        name="tiny",
+        data=Data(image_size=32, max_caption_length=16, shuffle_buffer=64),
+        model=Model(backbone="small_cnn", backbone_weights="none", embedding_size=16,
+                    lstm_units=16, lstm_dropout=0.0),
+        train=Train(epochs=1, batch_size=4, optimizer="adam", learning_rate=1e-2,
+                    lr_schedule="constant", freeze_backbone=False),
+        eval=Eval(beam_size=2, max_length=8, batch_size=8),
+    )
+
+
+PRESETS: dict[str, Callable[[], Config]] = {"shapes": shapes, "im2txt": im2txt, "tiny": tiny}
+
+
+def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ValueError(f"unknown config {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]()
+
+
+# ---------------------------------------------------------------------------
+# Overrides.
+
+def override(config: Config, assignments: list[str]) -> Config:
+    """Applies `section.field=value` assignments, type-checked.
+
+    Example: override(cfg, ["train.epochs=3", "model.backbone=inception_resnet_v2"]).
+    Tuples take comma-separated values (`data.augment=flip,color`, or empty).
+    """
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {assignment!r}")
+        section_name, _, field_name = key.strip().partition(".")
+        sections = {f.name: f for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.type) or f.name != "name"}
+        if section_name not in sections or not field_name:
+            raise ValueError(f"unknown config key {key!r}; keys look like "
+                             f"train.epochs (sections: {', '.join(s for s in sections)})")
+        section = getattr(config, section_name)
+        hints = typing.get_type_hints(type(section))
+        if field_name not in hints:
+            raise ValueError(f"unknown config key {key!r}; {section_name} has: {', '.join(hints)}")
+        value = _parse(text.strip(), hints[field_name], key)
+        config = dataclasses.replace(config, **{section_name: dataclasses.replace(section, **{field_name: value})})
+    return config
+
+
+def _parse(text: str, typ: Any, key: str) -> Any:
+    try:
+        if typ is bool:
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if typ is int:
+            return int(text)
+        if typ is float:
+            return float(text)
+        if typ is str:
+            return text
+        if typing.get_origin(typ) is tuple:
+            return tuple(s.strip() for s in text.split(",") if s.strip())
+    except ValueError as e:
+        raise ValueError(f"--set {key}={text}: {e}") from None
+    raise TypeError(f"--set {key}: unsupported type {typ}")
+
+
+def _from_dict(cls, d: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    unknown = set(d) - set(hints)
+    if unknown:
+        raise ValueError(f"unknown config keys {sorted(where + k for k in unknown)}")
+    kwargs = {}
+    for name, value in d.items():
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):
+            kwargs[name] = _from_dict(typ, value, f"{where}{name}.")
+        elif typing.get_origin(typ) is tuple:
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def save(config: Config, path: str) -> None:
+    with open(path, "w") as f:
+        f.write(config.to_json() + "\n")
+
+
+def load(path: str) -> Config:
+    with open(path) as f:
+        return Config.from_dict(json.load(f))

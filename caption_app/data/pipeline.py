@@ -1,0 +1,178 @@
+"""tf.data input pipeline: records -> (inputs, targets) batches.
+
+    parse -> decode + resize -> [cache] -> [shuffle] -> caption ids -> batch
+      -> [keras-cv augmentation, training only] -> split inputs/targets -> prefetch
+
+One element is one image with all (or `captions_per_image`) of its captions,
+so the backbone runs once per image per epoch. Records hold raw text; the
+tokenizer and vocabulary lookup run here, in-graph. Every map function is a
+plain function of tensors (tested eagerly and inside tf.data).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from caption_app.config import Config
+from caption_app.data import records
+from caption_app.data.manifest import Manifest
+from caption_app.data.vocabulary import END_ID, PAD_ID, START_ID, TokenizerSettings, Vocabulary, tokenize
+from caption_app.model import backbones
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    """Tensor sizes the data dictates, resolved once from config + manifest."""
+
+    image_size: int  # S
+    num_captions: int  # C, captions per image in a batch
+    caption_length: int  # T, tokens per caption incl. <start> and <end> (model inputs/targets: T-1)
+
+
+def resolve_shapes(config: Config, manifest: Manifest) -> Shapes:
+    size = backbones.resolve_image_size(config.model.backbone, config.data.image_size)
+    num_captions = config.data.captions_per_image or manifest.max_captions_per_image
+    length = min(config.data.max_caption_length, manifest.max_caption_words + 2)
+    return Shapes(size, max(1, num_captions), max(3, length))
+
+
+def decode_image(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Encoded JPEG/PNG/GIF/BMP bytes -> [S, S, 3] float32 in 0-255.
+
+    Grayscale and RGBA images become 3 channels; GIFs give their first frame.
+    """
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)  # [h, w, 3] uint8
+    image.set_shape([None, None, 3])
+    image = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size], antialias=True)
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def caption_ids(captions: tf.Tensor, table: tf.lookup.StaticHashTable, settings: TokenizerSettings,
+                num_captions: int, caption_length: int, seed: int | None = None) -> tf.Tensor:
+    """Raw captions [n] string -> ids [C, T] int32: `<start> words <end>`, 0-padded.
+
+    With `seed`, C captions are drawn at random when the image has more than C
+    (training); without, the first C are kept. Images with fewer than C
+    captions get all-padding rows, which the loss ignores. Captions longer than
+    T tokens are cut (their `<end>` is lost).
+    """
+    if seed is not None:
+        captions = tf.random.shuffle(captions, seed=seed)
+    captions = captions[:num_captions]
+    words = tokenize(captions, settings)  # [c, (w)] string
+    ids = tf.cast(table.lookup(words), tf.int32)  # [c, (w)]
+    column = tf.ones([ids.nrows(), 1], tf.int32)
+    starts = tf.RaggedTensor.from_tensor(column * START_ID)
+    ends = tf.RaggedTensor.from_tensor(column * END_ID)
+    ids = tf.concat([starts, ids, ends], axis=1)  # [c, (w + 2)]
+    return ids.to_tensor(default_value=PAD_ID, shape=[num_captions, caption_length])
+
+
+def pad_captions(captions: tf.Tensor, num_captions: int) -> tf.Tensor:
+    """Raw captions [n] string -> [num_captions] string, padded with "" (batchable references)."""
+    captions = captions[:num_captions]
+    return tf.pad(captions, [[0, num_captions - tf.shape(captions)[0]]], constant_values="")
+
+
+def split_inputs_targets(image: tf.Tensor, ids: tf.Tensor):
+    """image [..., S, S, 3], ids [..., C, T] -> ({"image", "input_ids" [..., C, T-1]}, targets [..., C, T-1])."""
+    inputs = ids[..., :-1]
+    targets = ids[..., 1:]
+    # A cut caption may end on a real word; a caption's trailing input token
+    # past its <end> is padding either way.
+    return {"image": image, "input_ids": inputs}, targets
+
+
+def make_augmenter(names: tuple[str, ...], image_size: int, seed: int):
+    """Training-time keras-cv augmentation of a batch [B, S, S, 3] (0-255), or None."""
+    if not names:
+        return None
+    import keras_cv  # imported lazily: it is slow to import and only training uses it
+
+    known = {
+        "flip": lambda: keras_cv.layers.RandomFlip("horizontal", seed=seed),
+        # im2txt's distort_image: brightness 32/255, saturation and contrast 0.5-1.5, small hue.
+        "color": lambda: keras_cv.layers.RandomColorJitter(
+            value_range=(0, 255), brightness_factor=0.125, contrast_factor=0.5,
+            saturation_factor=(0.25, 0.75), hue_factor=0.03, seed=seed),
+        "crop": lambda: keras_cv.layers.RandomCropAndResize(
+            target_size=(image_size, image_size), crop_area_factor=(0.75, 1.0),
+            aspect_ratio_factor=(3 / 4, 4 / 3), seed=seed),
+    }
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown augmentation {unknown}; choose from {sorted(known)} (data.augment)")
+    layers = [known[n]() for n in names]
+
+    def augment(images):
+        for layer in layers:
+            images = layer(images, training=True)
+        return tf.clip_by_value(tf.cast(images, tf.float32), 0.0, 255.0)
+
+    return augment
+
+
+def make_dataset(config: Config, manifest: Manifest, vocab: Vocabulary, split: str, *, training: bool,
+                 batch_size: int | None = None, shapes: Shapes | None = None,
+                 with_ids: bool = False) -> tf.data.Dataset:
+    """The batched dataset of one split.
+
+    Args:
+      training: shuffle, draw captions at random, augment, drop the last
+        partial batch (static shapes for XLA).
+      batch_size: images per batch (default config.train.batch_size).
+      with_ids: also yield the image ids and raw captions (for evaluation).
+    Returns:
+      (inputs, targets) batches: inputs {"image": [B, S, S, 3] float32,
+      "input_ids": [B, C, T-1] int32}, targets [B, C, T-1] int32; with_ids adds
+      a third element {"image_id": [B] string, "captions": [B, n] string,
+      "" where an image has fewer than n}.
+    """
+    shapes = shapes or resolve_shapes(config, manifest)
+    batch_size = batch_size or config.train.batch_size
+    files = manifest.files(split)
+    if not files:
+        raise ValueError(f"split {split!r} of {manifest.data_dir} has no images")
+    table = vocab.lookup_table()
+    seed = config.train.seed
+
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=AUTOTUNE,
+                       deterministic=not training)
+    ds = ds.map(records.parse_example, num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda r: {**r, "image": decode_image(r["encoded"], shapes.image_size)},
+                num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda r: {"image": r["image"], "captions": r["captions"], "image_id": r["image_id"]})
+    if training and config.data.cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(config.data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+
+    num_captions = shapes.num_captions if training else manifest.max_captions_per_image
+
+    def to_ids(r):
+        ids = caption_ids(r["captions"], table, manifest.tokenizer, num_captions, shapes.caption_length,
+                          seed=seed if training else None)
+        return {**r, "ids": ids}
+
+    ds = ds.map(to_ids, num_parallel_calls=AUTOTUNE)
+    if with_ids:
+        ds = ds.map(lambda r: {**r, "captions": pad_captions(r["captions"], manifest.max_captions_per_image)})
+    ds = ds.batch(batch_size, drop_remainder=training)
+    augment = make_augmenter(config.data.augment, shapes.image_size, seed) if training else None
+    if augment is not None:
+        ds = ds.map(lambda r: {**r, "image": augment(r["image"])}, num_parallel_calls=AUTOTUNE)
+
+    def finish(r):
+        inputs, targets = split_inputs_targets(r["image"], r["ids"])
+        if with_ids:
+            return inputs, targets, {"image_id": r["image_id"], "captions": r["captions"]}
+        return inputs, targets
+
+    return ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

@@ -1,0 +1,59 @@
+"""Masked cross-entropy: the training loss and the sums perplexity needs.
+
+Targets use id 0 (`<pad>`) for padding; padded positions (and whole padded
+captions of images with fewer captions) carry no weight.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from caption_app.data.vocabulary import PAD_ID
+
+
+def token_nll(targets, logits):
+    """targets [..., T] int, logits [..., T, V] -> (nll [..., T] float32, mask [..., T] float32)."""
+    targets = ops.cast(targets, "int32")
+    nll = keras.losses.sparse_categorical_crossentropy(targets, ops.cast(logits, "float32"), from_logits=True)
+    mask = ops.cast(ops.not_equal(targets, PAD_ID), "float32")
+    return nll * mask, mask
+
+
+@keras.saving.register_keras_serializable(package="caption_app")
+class MaskedCrossEntropy(keras.losses.Loss):
+    """Mean cross-entropy over real (non-pad) target tokens of the batch (im2txt's loss)."""
+
+    def __init__(self, name="masked_cross_entropy", **kwargs):
+        kwargs.pop("reduction", None)
+        super().__init__(name=name, reduction="none", **kwargs)
+
+    def call(self, y_true, y_pred):
+        nll, mask = token_nll(y_true, y_pred)
+        return ops.sum(nll) / ops.maximum(ops.sum(mask), 1.0)
+
+
+class DatasetNLL:
+    """Sum of per-token cross-entropy and number of tokens over a whole dataset.
+
+    Holds one traced batch function per model, so calling it every epoch does
+    not retrace. Perplexity is exp(total_nll / total_tokens).
+    """
+
+    def __init__(self, model: keras.Model):
+        @tf.function(reduce_retracing=True)
+        def batch_sums(inputs, targets):
+            nll, mask = token_nll(targets, model(inputs, training=False))
+            return tf.reduce_sum(tf.cast(nll, tf.float64)), tf.reduce_sum(tf.cast(mask, tf.int64))
+
+        self._batch_sums = batch_sums
+
+    def __call__(self, dataset: tf.data.Dataset) -> tuple[float, int]:
+        """dataset yields (inputs, targets, ...) -> (total_nll, total_tokens)."""
+        total_nll, total_tokens = 0.0, 0
+        for batch in dataset:
+            nll, tokens = self._batch_sums(batch[0], batch[1])
+            total_nll += float(nll)
+            total_tokens += int(tokens)
+        return total_nll, total_tokens

@@ -1,0 +1,150 @@
+"""The Show-and-Tell model (Vinyals et al. 2015), functional Keras 3.
+
+    image [B, S, S, 3] (0-255) -> preprocess -> backbone -> [B, F]
+      -> image_embedding (linear) -> [B, E], fed as the first LSTM input
+    input_ids [B, C, T] (C captions per image) -> word embedding -> LSTM -> logits [B, C, T, V]
+
+The backbone runs once per image; its embedding is repeated for the image's C
+captions. Inference uses the same layers through `encode` (image -> initial
+LSTM state) and `decode_step` (previous word + state -> next-word logits).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from caption_app.config import Config
+from caption_app.model import backbones
+
+BACKBONE_LAYER = "backbone"
+
+
+@keras.saving.register_keras_serializable(package="caption_app")
+class CaptionDecoder(keras.layers.Layer):
+    """Word embedding + LSTM + logits, with the image embedding as the first input.
+
+    Args:
+      vocab_size: ids, special tokens included.
+      embedding_size: word (and image) embedding width E.
+      lstm_units: H.
+      dropout: on the LSTM's inputs and outputs (im2txt: keep 0.7 -> 0.3).
+      init_scale: uniform initializer range.
+      use_cudnn: passed to keras.layers.LSTM (False keeps XLA on GPU).
+    """
+
+    def __init__(self, vocab_size: int, embedding_size: int, lstm_units: int, dropout: float = 0.0,
+                 init_scale: float = 0.08, use_cudnn: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.embedding_size = embedding_size
+        self.lstm_units = lstm_units
+        self.dropout = dropout
+        self.init_scale = init_scale
+        self.use_cudnn = use_cudnn
+        init = keras.initializers.RandomUniform(-init_scale, init_scale)
+        self.word_embedding = keras.layers.Embedding(vocab_size, embedding_size, embeddings_initializer=init,
+                                                     name="word_embedding")
+        self.lstm = keras.layers.LSTM(lstm_units, return_sequences=True, kernel_initializer=init,
+                                      recurrent_initializer=init, use_cudnn=use_cudnn, name="lstm")
+        self.input_dropout = keras.layers.Dropout(dropout)
+        self.output_dropout = keras.layers.Dropout(dropout)
+        self.logits = keras.layers.Dense(vocab_size, kernel_initializer=init, name="logits")
+
+    def build(self, image_embedding_shape, input_ids_shape=None):
+        self.word_embedding.build((None, None))
+        self.lstm.build((None, None, self.embedding_size))
+        self.logits.build((None, None, self.lstm_units))
+
+    def call(self, image_embedding, input_ids, training=None):
+        """image_embedding [B, E], input_ids [B, C, T] int -> logits [B, C, T, V]."""
+        batch = ops.shape(input_ids)[0]
+        num_captions, length = input_ids.shape[1], input_ids.shape[2]
+        image = ops.repeat(image_embedding[:, None, :], num_captions, axis=1)  # [B, C, E]
+        image = ops.reshape(image, (-1, 1, self.embedding_size))  # [B*C, 1, E]
+        words = self.word_embedding(ops.reshape(input_ids, (-1, length)))  # [B*C, T, E]
+        sequence = ops.concatenate([image, words], axis=1)  # [B*C, T+1, E]
+        sequence = self.input_dropout(sequence, training=training)
+        outputs = self.lstm(sequence, training=training)[:, 1:]  # the image step predicts nothing
+        outputs = self.output_dropout(outputs, training=training)
+        logits = self.logits(outputs)  # [B*C, T, V]
+        return ops.reshape(logits, (batch, num_captions, length, self.vocab_size))
+
+    def initial_state(self, image_embedding):
+        """image_embedding [N, E] -> LSTM state [h, c], each [N, H], after the image step."""
+        zeros = ops.zeros((ops.shape(image_embedding)[0], self.lstm_units), dtype=image_embedding.dtype)
+        _, state = self.lstm.cell(image_embedding, [zeros, zeros], training=False)
+        return list(state)
+
+    def step(self, ids, state):
+        """ids [N] int, state [h, c] -> (logits [N, V], new state)."""
+        words = self.word_embedding(ids)  # [N, E]
+        output, new_state = self.lstm.cell(words, list(state), training=False)
+        return self.logits(output), list(new_state)
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_size": self.vocab_size, "embedding_size": self.embedding_size,
+                "lstm_units": self.lstm_units, "dropout": self.dropout, "init_scale": self.init_scale,
+                "use_cudnn": self.use_cudnn}
+
+
+def build_model(config: Config, vocab_size: int, num_captions: int, caption_length: int,
+                backbone_weights: str | None = None) -> keras.Model:
+    """The trainable Show-and-Tell model.
+
+    Args:
+      config: model and data settings.
+      vocab_size: from the manifest.
+      num_captions: C, captions per image in a batch.
+      caption_length: T, input tokens per caption (<start> + words).
+      backbone_weights: overrides config.model.backbone_weights (e.g. "none"
+        when a checkpoint is about to be restored anyway).
+    Returns:
+      keras.Model {"image": [B, S, S, 3] float32 0-255, "input_ids": [B, C, T] int32}
+      -> logits [B, C, T, V].
+    """
+    m = config.model
+    spec = backbones.get(m.backbone)
+    size = backbones.resolve_image_size(m.backbone, config.data.image_size)
+    weights = m.backbone_weights if backbone_weights is None else backbone_weights
+    backbone = backbones.build_backbone(m.backbone, weights, size)
+    backbone.name = BACKBONE_LAYER  # one stable name to freeze and fingerprint
+
+    image = keras.Input((size, size, 3), name="image")
+    input_ids = keras.Input((num_captions, caption_length), dtype="int32", name="input_ids")
+    features = backbone(spec.preprocess_layer()(image))  # [B, F]
+    init = keras.initializers.RandomUniform(-m.init_scale, m.init_scale)
+    image_embedding = keras.layers.Dense(m.embedding_size, use_bias=False, kernel_initializer=init,
+                                         name="image_embedding")(features)  # [B, E]
+    decoder = CaptionDecoder(vocab_size, m.embedding_size, m.lstm_units, m.lstm_dropout, m.init_scale,
+                             m.use_cudnn, name="decoder")
+    logits = decoder(image_embedding, input_ids)
+    return keras.Model({"image": image, "input_ids": input_ids}, logits, name="show_and_tell")
+
+
+def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
+    model.get_layer(BACKBONE_LAYER).trainable = trainable
+
+
+class Captioner:
+    """Inference views of a trained model: encode an image, take one decoder step.
+
+    Both are plain functions of core TF ops, shared by evaluation, the caption
+    CLI and the SavedModel export.
+    """
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+        image = model.get_layer("image").output  # the "image" Input
+        self.image_size = int(image.shape[1])
+        self.decoder: CaptionDecoder = model.get_layer("decoder")
+        self._embed = keras.Model(image, model.get_layer("image_embedding").output)
+
+    def encode(self, images):
+        """images [B, S, S, 3] float32 0-255 -> initial LSTM state [h, c], each [B, H]."""
+        return self.decoder.initial_state(self._embed(images, training=False))
+
+    def decode_step(self, ids, state):
+        """ids [N] int32, state [h, c] -> (log_probs [N, V], new state)."""
+        logits, new_state = self.decoder.step(ids, state)
+        return ops.log_softmax(logits, axis=-1), new_state
