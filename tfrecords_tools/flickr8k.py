@@ -1,0 +1,116 @@
+"""Flickr8k as published: an image folder and the `Flickr8k_text` folder.
+
+`Flickr8k.token.txt` has one caption a line, `name.jpg#i<TAB>caption`; the
+split lists `Flickr_8k.{train,dev,test}Images.txt` have one image name a line
+(dev becomes "val"). Images a split lists but the image folder lacks are
+skipped and reported as "missing" (a partial download converts fine).
+
+    python -m tfrecords_tools flickr8k --images Flicker8k_Dataset --text Flickr8k_text --out DIR
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+
+from tfrecords_tools import writer
+
+TOKEN_FILE = "Flickr8k.token.txt"
+SPLIT_FILES = {  # our split -> the release's list
+    "train": "Flickr_8k.trainImages.txt",
+    "val": "Flickr_8k.devImages.txt",
+    "test": "Flickr_8k.testImages.txt",
+}
+
+# The release has `2258277193_586949ec62.jpg.1#0`: a stray `.1` after the extension.
+_STRAY_SUFFIX = re.compile(r"^(.+\.(?:jpe?g|png))\.\d+$", re.IGNORECASE)
+
+
+def read_flickr8k(images_dir: str | os.PathLike, text_dir: str | os.PathLike
+                  ) -> tuple[dict[str, list[writer.Item]], dict[str, list[str]]]:
+    """Reads the text files into items; no image is opened.
+
+    Args:
+      images_dir: the folder of the JPEGs (`Flicker8k_Dataset` in the release).
+      text_dir: the folder of `Flickr8k.token.txt` and the split lists.
+
+    Returns:
+      (split -> items in split-list order, reason -> names skipped here): lines
+      of the token file without a tab are skipped as "bad_line" (`file:line`).
+      Captions are in file order; an image without any caption gets none, and
+      the writer skips it as "no_captions".
+
+    Raises:
+      writer.ConversionError: a folder or one of the text files is missing.
+    """
+    images_dir, text_dir = os.fspath(images_dir), os.fspath(text_dir)
+    if not os.path.isdir(images_dir):
+        raise writer.ConversionError(
+            f"image folder {images_dir} does not exist; pass the folder of the Flickr8k JPEGs "
+            "(Flicker8k_Dataset in the release)")
+    if not os.path.isdir(text_dir):
+        raise writer.ConversionError(
+            f"text folder {text_dir} does not exist; pass the Flickr8k_text folder, which holds "
+            f"{TOKEN_FILE} and {', '.join(SPLIT_FILES.values())}")
+    needed = [TOKEN_FILE, *SPLIT_FILES.values()]
+    absent = [f for f in needed if not os.path.isfile(os.path.join(text_dir, f))]
+    if absent:
+        raise writer.ConversionError(
+            f"{text_dir} lacks {', '.join(absent)}; pass the Flickr8k_text folder of the release, "
+            f"which holds {', '.join(needed)}")
+
+    token_path = os.path.join(text_dir, TOKEN_FILE)
+    captions: dict[str, list[str]] = collections.defaultdict(list)
+    bad_lines: list[str] = []
+    with open(token_path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            key, tab, caption = line.partition("\t")
+            if not tab:
+                bad_lines.append(f"{TOKEN_FILE}:{line_no}")
+                continue
+            name = key.strip().rpartition("#")[0] or key.strip()
+            stray = _STRAY_SUFFIX.match(name)
+            if stray:
+                name = stray.group(1)
+            captions[name].append(caption)
+
+    items_by_split: dict[str, list[writer.Item]] = {}
+    for split, list_file in SPLIT_FILES.items():
+        with open(os.path.join(text_dir, list_file), encoding="utf-8") as f:
+            names = [line.strip() for line in f if line.strip()]
+        items_by_split[split] = [
+            writer.Item(image_id=name, path=os.path.join(images_dir, name),
+                        captions=tuple(captions.get(name, ())))
+            for name in names
+        ]
+    skipped = {"bad_line": bad_lines} if bad_lines else {}
+    return items_by_split, skipped
+
+
+def convert_flickr8k(images_dir: str | os.PathLike, text_dir: str | os.PathLike,
+                     out_dir: str | os.PathLike, *, source: str = "flickr8k",
+                     source_info: dict | None = None, **writer_kwargs) -> dict:
+    """Converts a Flickr8k layout into `out_dir` (shards, vocab.txt, manifest.json).
+
+    Args:
+      images_dir: the folder of the images.
+      text_dir: the folder of `Flickr8k.token.txt` and the split lists.
+      out_dir: the data dir to write.
+      source: the source name stored in the manifest.
+      source_info: stored in the manifest (default: the two input folders).
+      **writer_kwargs: passed to `writer.write_dataset` (min_word_count,
+        num_workers, images_per_shard, settings, progress, verbose).
+
+    Returns:
+      The manifest dict.
+    """
+    items_by_split, skipped = read_flickr8k(images_dir, text_dir)
+    if source_info is None:
+        source_info = {"images_dir": os.path.abspath(images_dir),
+                       "text_dir": os.path.abspath(text_dir)}
+    return writer.write_dataset(out_dir, items_by_split, source=source, extra_skipped=skipped,
+                                source_info=source_info, **writer_kwargs)
