@@ -95,7 +95,7 @@ def shapes() -> Config:
         name="shapes",
         data=Data(image_size=64, max_caption_length=24, augment=(), shuffle_buffer=4096, cache=True),
         model=Model(backbone="small_cnn", backbone_weights="none", embedding_size=256,
-                    lstm_units=256, lstm_dropout=0.1),
+                    lstm_units=256, lstm_dropout=0.0),
         train=Train(epochs=12, batch_size=32, optimizer="adam", learning_rate=2e-3,
                     lr_schedule="cosine", warmup_epochs=0.5, clip_gradient_norm=5.0,
                     freeze_backbone=False, fine_tune_epochs=0),

@@ -168,7 +168,6 @@ def load_model(run_dir: str, checkpoint: str | None = None):
     vocab = load_vocab(run_dir)
     shapes = load_shapes(run_dir)
     checkpoint = checkpoint or latest_checkpoint(run_dir)
-    model = show_and_tell.build_model(config, vocab.size, shapes.num_captions, shapes.caption_length - 1,
-                                      backbone_weights="none")
+    model = show_and_tell.build_model(config, vocab.size, backbone_weights="none")
     tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial().assert_existing_objects_matched()
     return model, config, vocab, shapes, checkpoint

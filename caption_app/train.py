@@ -128,8 +128,7 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2) -> d
                           batch_size=max(t.batch_size, 32)) if manifest.split("val").num_images else None
 
     # When resuming, the checkpoint has every weight: skip the ImageNet download.
-    model = show_and_tell.build_model(config, vocab.size, shapes.num_captions, shapes.caption_length - 1,
-                                      backbone_weights="none" if resuming else None)
+    model = show_and_tell.build_model(config, vocab.size, backbone_weights="none" if resuming else None)
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     phases = [("phase1", 0, t.epochs, not t.freeze_backbone, t.learning_rate)]
     if t.fine_tune_epochs > 0:

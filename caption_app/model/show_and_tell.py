@@ -14,7 +14,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from caption_app.beam_search import BeamSearchResult, beam_search
 from caption_app.config import Config
+from caption_app.data.vocabulary import END_ID, START_ID
 from caption_app.model import backbones
 
 BACKBONE_LAYER = "backbone"
@@ -58,9 +60,8 @@ class CaptionDecoder(keras.layers.Layer):
 
     def call(self, image_embedding, input_ids, training=None):
         """image_embedding [B, E], input_ids [B, C, T] int -> logits [B, C, T, V]."""
-        batch = ops.shape(input_ids)[0]
-        num_captions, length = input_ids.shape[1], input_ids.shape[2]
-        image = ops.repeat(image_embedding[:, None, :], num_captions, axis=1)  # [B, C, E]
+        batch, num_captions, length = ops.shape(input_ids)
+        image = ops.broadcast_to(image_embedding[:, None, :], (batch, num_captions, self.embedding_size))
         image = ops.reshape(image, (-1, 1, self.embedding_size))  # [B*C, 1, E]
         words = self.word_embedding(ops.reshape(input_ids, (-1, length)))  # [B*C, T, E]
         sequence = ops.concatenate([image, words], axis=1)  # [B*C, T+1, E]
@@ -88,20 +89,18 @@ class CaptionDecoder(keras.layers.Layer):
                 "use_cudnn": self.use_cudnn}
 
 
-def build_model(config: Config, vocab_size: int, num_captions: int, caption_length: int,
-                backbone_weights: str | None = None) -> keras.Model:
+def build_model(config: Config, vocab_size: int, backbone_weights: str | None = None) -> keras.Model:
     """The trainable Show-and-Tell model.
 
     Args:
       config: model and data settings.
       vocab_size: from the manifest.
-      num_captions: C, captions per image in a batch.
-      caption_length: T, input tokens per caption (<start> + words).
       backbone_weights: overrides config.model.backbone_weights (e.g. "none"
         when a checkpoint is about to be restored anyway).
     Returns:
       keras.Model {"image": [B, S, S, 3] float32 0-255, "input_ids": [B, C, T] int32}
-      -> logits [B, C, T, V].
+      -> logits [B, C, T, V]. C (captions per image) and T (tokens) are free;
+      under XLA each distinct (B, C, T) compiles once.
     """
     m = config.model
     spec = backbones.get(m.backbone)
@@ -111,7 +110,7 @@ def build_model(config: Config, vocab_size: int, num_captions: int, caption_leng
     backbone.name = BACKBONE_LAYER  # one stable name to freeze and fingerprint
 
     image = keras.Input((size, size, 3), name="image")
-    input_ids = keras.Input((num_captions, caption_length), dtype="int32", name="input_ids")
+    input_ids = keras.Input((None, None), dtype="int32", name="input_ids")
     features = backbone(spec.preprocess_layer()(image))  # [B, F]
     init = keras.initializers.RandomUniform(-m.init_scale, m.init_scale)
     image_embedding = keras.layers.Dense(m.embedding_size, use_bias=False, kernel_initializer=init,
@@ -147,4 +146,12 @@ class Captioner:
     def decode_step(self, ids, state):
         """ids [N] int32, state [h, c] -> (log_probs [N, V], new state)."""
         logits, new_state = self.decoder.step(ids, state)
-        return ops.log_softmax(logits, axis=-1), new_state
+        return ops.log_softmax(ops.cast(logits, "float32"), axis=-1), new_state
+
+    def generate(self, images, *, beam_size: int = 3, max_length: int = 20, length_normalization: float = 0.0,
+                 num_results: int | None = None) -> BeamSearchResult:
+        """images [B, S, S, 3] float32 0-255 -> the best captions by beam search
+        (ids [B, K, max_length], scores and log_probs [B, K])."""
+        return beam_search(self.decode_step, self.encode(images), start_id=START_ID, end_id=END_ID,
+                           beam_size=beam_size, max_length=max_length,
+                           length_normalization=length_normalization, num_results=num_results)

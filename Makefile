@@ -1,0 +1,42 @@
+# make demo: set up .venv, generate the shapes dataset, convert, train, evaluate, caption.
+# make test: the test suite (what .ci/run runs).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO ?= demo_out
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: setup java demo test bench clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+# METEOR and the PTB tokenizer of pycocoevalcap run on java; without it they are skipped with a note.
+java:
+	@command -v java >/dev/null 2>&1 || \
+	  { (apt-get update -qq && apt-get install -y -qq default-jre-headless >/dev/null) || \
+	    echo "java could not be installed: METEOR will be skipped"; }
+
+setup: $(VENV)/.installed java
+
+demo: setup
+	rm -rf $(DEMO)
+	$(PY) -m tfrecords_tools shapes --out $(DEMO)/data
+	$(PY) -m caption_app train --config shapes --data $(DEMO)/data --run-dir $(DEMO)/run
+	$(PY) -m caption_app evaluate --run-dir $(DEMO)/run --split test
+	$(PY) -m caption_app caption --run-dir $(DEMO)/run \
+	  $$(head -n 4 $(DEMO)/data/raw/Flickr_8k.testImages.txt | sed 's|^|$(DEMO)/data/raw/images/|')
+	@echo "data: $(DEMO)/data  run dir: $(DEMO)/run  metrics: $(DEMO)/run/metrics.json  TensorBoard: $(DEMO)/run/logs"
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,94 @@
+"""python -m caption_app train | evaluate | caption — argument parsing only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m caption_app", description="Show-and-Tell image captioning.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train (or resume) a captioner")
+    t.add_argument("--config", default="shapes", help="preset name: shapes, im2txt, tiny")
+    t.add_argument("--data", required=True, help="converted data dir (manifest.json, vocab.txt, shards)")
+    t.add_argument("--run-dir", required=True)
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+    t.add_argument("--quiet", action="store_true", help="no per-epoch Keras lines")
+
+    e = sub.add_parser("evaluate", help="perplexity + BLEU/METEOR/ROUGE-L/CIDEr, once")
+    e.add_argument("--run-dir", required=True)
+    e.add_argument("--split", default="test")
+    e.add_argument("--data", default=None, help="data dir (default: the one the run trained on)")
+    e.add_argument("--json", default=None, help="metrics file (default RUN/metrics.json)")
+    e.add_argument("--checkpoint", default=None, help="checkpoint path (default: the latest)")
+    e.add_argument("--beam-size", type=int, default=None)
+    e.add_argument("--max-length", type=int, default=None)
+    e.add_argument("--length-normalization", type=float, default=None)
+    e.add_argument("--watch", action="store_true",
+                   help="re-evaluate new checkpoints until training has finished")
+    e.add_argument("--poll-seconds", type=float, default=30.0)
+    e.add_argument("--idle-timeout", type=float, default=3600.0,
+                   help="with --watch: stop after this many seconds without a new checkpoint")
+
+    c = sub.add_parser("caption", help="caption image files, folders or globs")
+    c.add_argument("--run-dir", required=True)
+    c.add_argument("images", nargs="+")
+    c.add_argument("--beam-size", type=int, default=None)
+    c.add_argument("--max-length", type=int, default=None)
+    c.add_argument("--length-normalization", type=float, default=None)
+    c.add_argument("--num-captions", type=int, default=None, help="captions per image (default: beam size)")
+    c.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            from caption_app import config as config_lib
+            from caption_app.train import train
+
+            config = config_lib.override(config_lib.get_preset(args.config), args.set)
+            history = train(config, args.data, args.run_dir, verbose=0 if args.quiet else 2)
+            print(f"trained {history['epochs_done']} epochs in {history['seconds']:.0f}s; "
+                  f"val perplexity {history['val_perplexity']}; run dir: {args.run_dir}")
+        elif args.command == "evaluate":
+            from caption_app import evaluate as evaluate_lib
+
+            kwargs = dict(data_dir=args.data, json_path=args.json, beam_size=args.beam_size,
+                          max_length=args.max_length, length_normalization=args.length_normalization)
+            if args.watch:
+                evaluate_lib.watch(args.run_dir, args.split, poll_seconds=args.poll_seconds,
+                                   idle_timeout=args.idle_timeout, **kwargs)
+            else:
+                evaluate_lib.evaluate(args.run_dir, args.split, checkpoint=args.checkpoint, **kwargs)
+        elif args.command == "caption":
+            from caption_app.caption import caption_files
+
+            results = caption_files(args.run_dir, args.images, beam_size=args.beam_size,
+                                    max_length=args.max_length, length_normalization=args.length_normalization,
+                                    num_results=args.num_captions)
+            if args.json:
+                print(json.dumps(results, indent=2))
+            else:
+                for r in results:
+                    print(r["image"])
+                    if "error" in r:
+                        print(f"  error: {r['error']}")
+                        continue
+                    for i, c in enumerate(r["captions"], 1):
+                        print(f"  {i}. {c['caption']}  (log p = {c['log_prob']:.3f})")
+            if any("error" in r for r in results):
+                return 1
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""evaluate(run_dir, split): perplexity and caption metrics, once.
+
+The old evaluator looped forever; this one evaluates one checkpoint (the
+latest by default) and returns. `watch` re-evaluates new checkpoints and
+returns once training has finished (or nothing new came for a while).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import tensorflow as tf
+
+from caption_app import metrics as metrics_lib
+from caption_app import run_dir as run_dir_lib
+from caption_app.data.pipeline import make_dataset
+from caption_app.model.loss import token_nll
+from caption_app.model.show_and_tell import Captioner
+
+METRICS_KEYS = ("perplexity",) + tuple(metrics_lib.METRIC_KEYS) + ("num_images",)
+METRICS_FILE = "metrics.json"
+
+
+def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, json_path: str | None = None,
+             checkpoint: str | None = None, beam_size: int | None = None, max_length: int | None = None,
+             length_normalization: float | None = None, verbose: bool = True) -> dict:
+    """Evaluates one checkpoint of a run on one split, once.
+
+    Args:
+      run_dir: a run dir written by `train`.
+      split: train | val | test.
+      data_dir: the converted data (default: the one the run trained on).
+      json_path: where to write the metrics (default RUN/metrics.json).
+      checkpoint: a checkpoint path (default: the latest).
+      beam_size, max_length, length_normalization: override the run's eval config.
+    Returns:
+      {"perplexity", "BLEU-1".."BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "num_images"};
+      METEOR is None when java is missing. Also written to `json_path`, and the
+      generated captions with notes to RUN/eval/<split>-<checkpoint>.json.
+    """
+    model, config, vocab, shapes, checkpoint = run_dir_lib.load_model(run_dir, checkpoint)
+    manifest = run_dir_lib.load_manifest(run_dir, data_dir)
+    e = config.eval
+    beam_size = beam_size or e.beam_size
+    max_length = max_length or e.max_length
+    alpha = e.length_normalization if length_normalization is None else length_normalization
+    captioner = Captioner(model)
+
+    @tf.function(reduce_retracing=True)
+    def run_batch(inputs, targets):
+        nll, mask = token_nll(targets, model(inputs, training=False))
+        result = captioner.generate(inputs["image"], beam_size=beam_size, max_length=max_length,
+                                    length_normalization=alpha, num_results=1)
+        return (tf.reduce_sum(tf.cast(nll, tf.float64)), tf.reduce_sum(tf.cast(mask, tf.int64)),
+                vocab.ids_to_text(result.ids[:, 0]), result.scores[:, 0])
+
+    dataset = make_dataset(config, manifest, vocab, split, training=False, shapes=shapes,
+                           batch_size=e.batch_size, with_ids=True)
+    total_nll, total_tokens = 0.0, 0
+    references, candidates, scores = {}, {}, {}
+    began = time.time()
+    for inputs, targets, meta in dataset:
+        nll, tokens, texts, best = run_batch(inputs, targets)
+        total_nll += float(nll)
+        total_tokens += int(tokens)
+        for image_id, refs, text, score in zip(meta["image_id"].numpy(), meta["captions"].numpy(),
+                                               texts.numpy(), best.numpy()):
+            key = image_id.decode("utf-8")
+            if key in references:  # a duplicate record; the first one counts
+                continue
+            references[key] = [r.decode("utf-8") for r in refs if r]
+            candidates[key] = text.decode("utf-8")
+            scores[key] = float(score)
+    if not references:
+        raise ValueError(f"split {split!r} has no images to evaluate")
+    scores_by_metric, notes = metrics_lib.caption_metrics(references, candidates)
+    result = {"perplexity": math.exp(total_nll / max(total_tokens, 1)), **scores_by_metric,
+              "num_images": len(references)}
+    result = {k: result[k] for k in METRICS_KEYS}
+
+    json_path = json_path or os.path.join(run_dir, METRICS_FILE)
+    _write_json(json_path, result)
+    details_dir = os.path.join(run_dir, "eval")
+    os.makedirs(details_dir, exist_ok=True)
+    details = os.path.join(details_dir, f"{split}-{os.path.basename(checkpoint)}.json")
+    _write_json(details, {"checkpoint": checkpoint, "split": split, "metrics": result, "notes": notes,
+                          "beam_size": beam_size, "max_length": max_length, "length_normalization": alpha,
+                          "seconds": time.time() - began,
+                          "captions": {k: {"generated": candidates[k], "score": scores[k],
+                                           "references": references[k]} for k in sorted(candidates)}})
+    if verbose:
+        print(f"evaluated {checkpoint} on {split} ({len(references)} images, {total_tokens} tokens, "
+              f"{time.time() - began:.1f}s)")
+        for k in METRICS_KEYS:
+            v = result[k]
+            print(f"  {k:<10} {v:.4f}" if isinstance(v, float) else f"  {k:<10} {v}")
+        for note in notes:
+            print(f"  note: {note}")
+        print(f"metrics: {json_path}\ncaptions: {details}", flush=True)
+    return result
+
+
+def watch(run_dir: str, split: str = "val", *, poll_seconds: float = 30.0, idle_timeout: float = 3600.0,
+          **kwargs) -> dict | None:
+    """Evaluates each new latest checkpoint; returns when training has finished
+    and its last checkpoint is evaluated, or when no new checkpoint came for
+    `idle_timeout` seconds. Returns the last metrics (None if none)."""
+    evaluated, last, last_change = None, None, time.time()
+    while True:
+        latest = tf.train.latest_checkpoint(run_dir_lib.checkpoint_dir(run_dir))
+        if latest is not None and latest != evaluated:
+            last = evaluate(run_dir, split, checkpoint=latest, **kwargs)
+            evaluated, last_change = latest, time.time()
+        if run_dir_lib.read_state(run_dir).get("finished") and latest == evaluated:
+            print("training has finished; watch ends", flush=True)
+            return last
+        if time.time() - last_change > idle_timeout:
+            print(f"no new checkpoint for {idle_timeout:.0f}s; watch ends", flush=True)
+            return last
+        time.sleep(poll_seconds)
+
+
+def _write_json(path: str, obj: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
