@@ -159,11 +159,12 @@ def make_dataset(config: Config, manifest: Manifest, vocab: Vocabulary, split: s
     def to_ids(r):
         ids = caption_ids(r["captions"], table, manifest.tokenizer, num_captions, shapes.caption_length,
                           seed=seed if training else None)
-        return {**r, "ids": ids}
+        out = {"image": r["image"], "image_id": r["image_id"], "ids": ids}
+        if with_ids:  # raw captions vary in number per image: padded to batch, else dropped
+            out["captions"] = pad_captions(r["captions"], manifest.max_captions_per_image)
+        return out
 
     ds = ds.map(to_ids, num_parallel_calls=AUTOTUNE)
-    if with_ids:
-        ds = ds.map(lambda r: {**r, "captions": pad_captions(r["captions"], manifest.max_captions_per_image)})
     ds = ds.batch(batch_size, drop_remainder=training)
     augment = make_augmenter(config.data.augment, shapes.image_size, seed) if training else None
     if augment is not None:
