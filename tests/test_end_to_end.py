@@ -1,0 +1,65 @@
+"""End to end, exactly as a user runs it: generate + convert -> train -> evaluate -> caption (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+
+import pytest
+
+from caption_app import config as config_lib
+from tests.conftest import run_cli
+
+
+@pytest.mark.slow
+def test_end_to_end(tmp_path):
+    data, run = str(tmp_path / "data"), str(tmp_path / "run")
+
+    proc = run_cli("tfrecords_tools", "shapes", "--out", data, "--num-train", "40", "--num-val", "8",
+                   "--num-test", "8", "--image-size", "32", "--min-word-count", "1", "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(data, "manifest.json")) as f:
+        manifest = json.load(f)
+    assert {s: manifest["splits"][s]["num_images"] for s in ("train", "val", "test")} == \
+        {"train": 40, "val": 8, "test": 8}
+    assert os.path.isfile(os.path.join(data, "vocab.txt"))
+
+    proc = run_cli("caption_app", "train", "--config", "tiny", "--data", data, "--run-dir", run,
+                   "--set", "train.epochs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = config_lib.load(os.path.join(run, "config.json"))
+    assert config.name == "tiny" and config.train.epochs == 2
+    assert f"{40 // config.train.batch_size} steps/epoch" in proc.stdout  # from the manifest
+    assert "XLA on" in proc.stdout
+    assert re.search(r"trained 2 epochs in \d+s; val perplexity [0-9.]+", proc.stdout), proc.stdout[-2000:]
+    with open(os.path.join(run, "state.json")) as f:
+        assert json.load(f) == {"epochs_done": 2, "total_epochs": 2, "finished": True}
+    for name in ("fingerprint.json", "vocab.txt", "shapes.json", "checkpoints/ckpt-2.index"):
+        assert os.path.isfile(os.path.join(run, name)), name
+
+    proc = run_cli("caption_app", "evaluate", "--run-dir", run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(run, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert list(metrics) == ["perplexity", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr",
+                             "num_images"]
+    assert metrics["num_images"] == 8
+    assert math.isfinite(metrics["perplexity"]) and metrics["perplexity"] > 1
+    assert "perplexity" in proc.stdout and "CIDEr" in proc.stdout
+
+    with open(os.path.join(data, "raw", "Flickr_8k.testImages.txt")) as f:
+        names = f.read().split()[:2]
+    paths = [os.path.join(data, "raw", "images", n) for n in names]
+    proc = run_cli("caption_app", "caption", "--run-dir", run, *paths)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    beam = config.eval.beam_size
+    for path in paths:
+        start = lines.index(path)
+        captions = lines[start + 1:start + 1 + beam]
+        assert len(captions) == beam
+        for i, line in enumerate(captions, 1):
+            assert re.fullmatch(rf"  {i}\. .*  \(log p = -?[0-9.]+\)", line), line
+    assert len(lines) == len(paths) * (1 + beam)

@@ -1,0 +1,259 @@
+"""Training: XLA stays on, the run dir, steps from the manifest, resume, the fingerprint guard,
+perplexity and the learning-rate schedules."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from caption_app import config as config_lib
+from caption_app import metrics as metrics_lib
+from caption_app import run_dir as run_dir_lib
+from caption_app.__main__ import main as cli_main
+from caption_app.data import manifest as manifest_lib
+from caption_app.data.pipeline import resolve_shapes
+from caption_app.data.vocabulary import Vocabulary
+from caption_app.model.loss import DatasetNLL, MaskedCrossEntropy
+from caption_app.model.show_and_tell import build_model
+from caption_app.train import (PerplexityCallback, learning_rate_schedule, make_optimizer, steps_per_epoch,
+                               train)
+from tests.conftest import TINY_ASSIGNMENTS, convert_tiny_shapes, tiny_config
+
+
+def _snapshot(root: str) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- compile / XLA
+
+def test_compile_keeps_jit_compile():
+    config = tiny_config()
+    model = build_model(config, 12)
+    model.compile(optimizer=make_optimizer(config, 0.01), loss=MaskedCrossEntropy(), jit_compile=True)
+    assert model.jit_compile is True
+
+
+# ----------------------------------------------------------------------------- a trained run dir
+
+def test_train_writes_the_run_dir(trained_run):
+    run, config = trained_run.run_dir, trained_run.config
+    manifest = manifest_lib.load(trained_run.data_dir)
+    vocab = Vocabulary.load(manifest.vocab_path)
+    shapes = resolve_shapes(config, manifest)
+    for name in ("config.json", "fingerprint.json", "vocab.txt", "shapes.json", "state.json", "manifest.json"):
+        assert os.path.isfile(os.path.join(run, name)), name
+    assert config_lib.load(os.path.join(run, "config.json")) == config
+    assert json.load(open(os.path.join(run, "fingerprint.json"))) == run_dir_lib.fingerprint(config, vocab, shapes)
+    assert open(os.path.join(run, "vocab.txt"), "rb").read() == open(manifest.vocab_path, "rb").read()
+    assert run_dir_lib.load_shapes(run) == shapes
+    assert json.load(open(os.path.join(run, "manifest.json")))["data_dir"] == os.path.abspath(trained_run.data_dir)
+    assert run_dir_lib.read_state(run) == {"epochs_done": 2, "total_epochs": 2, "finished": True}
+    for n in (1, 2):
+        assert os.path.isfile(os.path.join(run, "checkpoints", f"ckpt-{n}.index"))
+    assert run_dir_lib.latest_checkpoint(run).endswith("ckpt-2")
+    assert os.listdir(os.path.join(run, "logs", "validation"))  # TensorBoard
+    history = trained_run.history
+    assert history["epochs_done"] == 2
+    assert math.isfinite(history["val_perplexity"]) and 1 < history["val_perplexity"] < vocab.size
+    # The restored model is the trained one.
+    model, loaded_config, _, _, checkpoint = run_dir_lib.load_model(run)
+    assert loaded_config == config and checkpoint.endswith("ckpt-2")
+
+
+def test_steps_per_epoch_come_from_the_manifest(trained_run):
+    manifest = manifest_lib.load(trained_run.data_dir)
+    batch = trained_run.config.train.batch_size
+    expected = manifest.split("train").num_images // batch
+    assert manifest.split("train").num_images % batch  # a remainder, dropped
+    assert trained_run.history["steps_per_epoch"] == expected
+    assert steps_per_epoch(41, 6) == 6 and steps_per_epoch(42, 6) == 7
+    with pytest.raises(ValueError, match="train.batch_size=6"):
+        steps_per_epoch(5, 6)
+
+
+@pytest.mark.slow
+def test_resume_continues_epochs_and_optimizer(tmp_path, capsys):
+    # Another dataset size than the shared fixture: steps must follow the manifest.
+    data = convert_tiny_shapes(tmp_path / "data", num_train=30, num_val=4, num_test=4)
+    num_train = manifest_lib.load(data).split("train").num_images
+    assert num_train == 30
+    steps = num_train // 4
+    run = str(tmp_path / "run")
+
+    first = train(tiny_config("train.batch_size=4", "train.epochs=1"), data, run, verbose=0)
+    assert first["steps_per_epoch"] == steps
+    assert run_dir_lib.read_state(run) == {"epochs_done": 1, "total_epochs": 1, "finished": True}
+    capsys.readouterr()
+
+    config = tiny_config("train.batch_size=4", "train.epochs=2")
+    second = train(config, data, run, verbose=0)
+    assert "resuming" in capsys.readouterr().out
+    assert second["epochs_done"] == 2 and second["steps_per_epoch"] == steps
+    assert run_dir_lib.read_state(run) == {"epochs_done": 2, "total_epochs": 2, "finished": True}
+    checkpoints = os.path.join(run, "checkpoints")
+    assert os.path.isfile(os.path.join(checkpoints, "ckpt-2.index"))
+
+    def restore(number):
+        vocab = run_dir_lib.load_vocab(run)
+        model = build_model(config, vocab.size)
+        optimizer = make_optimizer(config, config.train.learning_rate)
+        optimizer.build(model.trainable_variables)
+        epoch = tf.Variable(0, dtype=tf.int64)
+        tf.train.Checkpoint(model=model, epoch=epoch, optimizer_phase1=optimizer).restore(
+            os.path.join(checkpoints, f"ckpt-{number}")).assert_existing_objects_matched()
+        return int(epoch.numpy()), int(optimizer.iterations.numpy()), model.get_weights()
+
+    epoch1, iterations1, weights1 = restore(1)
+    epoch2, iterations2, weights2 = restore(2)
+    assert (epoch1, iterations1) == (1, steps)
+    assert (epoch2, iterations2) == (2, 2 * steps)  # the optimizer went on, not restarted
+    assert any(not np.array_equal(a, b) for a, b in zip(weights1, weights2))
+
+    # A finished run asked for the same epochs trains nothing more.
+    third = train(config, data, run, verbose=0)
+    assert third["epochs_done"] == 2
+    assert not os.path.exists(os.path.join(checkpoints, "ckpt-3.index"))
+
+
+# ----------------------------------------------------------------------------- the fingerprint guard
+
+@pytest.mark.parametrize("change,old,new", [
+    (["model.lstm_units=24"], "lstm_units=16", "lstm_units=24"),
+    (["model.backbone=inception_v3", "data.image_size=75"], "backbone=small_cnn", "backbone=inception_v3"),
+])
+def test_another_architecture_is_refused_and_nothing_is_touched(trained_run, tmp_path, change, old, new):
+    assert trained_run.config.model.lstm_units == 16 and trained_run.config.model.backbone == "small_cnn"
+    run = str(tmp_path / "run")
+    shutil.copytree(trained_run.run_dir, run)
+    before = _snapshot(run)
+    with pytest.raises(run_dir_lib.ArchitectureMismatch) as err:
+        train(tiny_config(*change), trained_run.data_dir, run, verbose=0)
+    message = str(err.value)
+    assert old in message and new in message
+    assert run in message
+    assert _snapshot(run) == before
+
+
+def test_cli_refuses_another_architecture(trained_run, tmp_path, capsys):
+    run = str(tmp_path / "run")
+    shutil.copytree(trained_run.run_dir, run)
+    before = _snapshot(run)
+    sets = [a for assignment in TINY_ASSIGNMENTS + ["model.embedding_size=8"] for a in ("--set", assignment)]
+    code = cli_main(["train", "--config", "tiny", "--data", trained_run.data_dir, "--run-dir", run, *sets])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "embedding_size=16" in err and "embedding_size=8" in err
+    assert _snapshot(run) == before
+
+
+def test_checkpoints_without_a_fingerprint_are_refused(trained_run, tmp_path):
+    run = str(tmp_path / "run")
+    shutil.copytree(trained_run.run_dir, run)
+    os.remove(os.path.join(run, "fingerprint.json"))
+    before = _snapshot(run)
+    with pytest.raises(run_dir_lib.ArchitectureMismatch, match="fingerprint.json"):
+        train(trained_run.config, trained_run.data_dir, run, verbose=0)
+    assert _snapshot(run) == before
+
+
+# ----------------------------------------------------------------------------- perplexity
+
+def _nll_fixture():
+    keras.utils.set_random_seed(2)
+    vocab_size = 12
+    model = build_model(tiny_config(), vocab_size)
+    rng = np.random.default_rng(4)
+    images = rng.uniform(0, 255, (5, 32, 32, 3)).astype(np.float32)
+    ids = rng.integers(4, vocab_size, (5, 2, 7)).astype(np.int32)
+    ids[:, :, 0] = 1
+    ids[0, 0, 4:] = [2, 0, 0]  # a short caption, then padding
+    ids[1, 1, 2:] = [2, 0, 0, 0, 0]
+    ids[2, 1, :] = 0  # a missing caption: all padding
+    ids[3, 0, -1] = 2
+    inputs, targets = {"image": images, "input_ids": ids[..., :-1]}, ids[..., 1:]
+    dataset = tf.data.Dataset.from_tensor_slices((inputs, targets)).batch(2)  # batches of 2, 2, 1
+    # By hand: log-softmax of the model's logits, the targets' negative log-probabilities, padding masked.
+    logits = keras.ops.convert_to_numpy(model(inputs, training=False)).astype(np.float64)
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+    mask = targets != 0
+    return model, dataset, float(nll[mask].sum()), int(mask.sum())
+
+
+def test_dataset_nll_equals_a_hand_computation():
+    model, dataset, expected_nll, expected_tokens = _nll_fixture()
+    total_nll, tokens = DatasetNLL(model)(dataset)
+    assert tokens == expected_tokens == 5 * 2 * 6 - 2 - 4 - 6
+    assert total_nll == pytest.approx(expected_nll, rel=1e-5)
+    expected_perplexity = math.exp(expected_nll / expected_tokens)
+    assert metrics_lib.perplexity(total_nll, tokens) == pytest.approx(expected_perplexity, rel=1e-5)
+    # The training loss is the same masked mean, per batch.
+    inputs, targets = next(iter(dataset.unbatch().batch(5)))
+    loss = float(MaskedCrossEntropy()(targets, model(inputs, training=False)))
+    assert loss == pytest.approx(expected_nll / expected_tokens, rel=1e-5)
+
+
+def test_perplexity_callback_logs_val_perplexity(tmp_path):
+    model, dataset, expected_nll, expected_tokens = _nll_fixture()
+    callback = PerplexityCallback(dataset, str(tmp_path / "logs"))
+    callback.set_model(model)
+    logs: dict = {}
+    callback.on_epoch_end(0, logs)
+    assert logs["val_perplexity"] == pytest.approx(math.exp(expected_nll / expected_tokens), rel=1e-5)
+    assert os.listdir(tmp_path / "logs" / "validation")
+
+
+# ----------------------------------------------------------------------------- learning-rate schedules
+
+def test_staircase_schedule_halves_every_lr_decay_epochs():
+    steps = 10
+    config = config_lib.get_preset("im2txt")  # 2.0, halved every 8 epochs
+    schedule = learning_rate_schedule(config, config.train.learning_rate, steps, config.train.epochs)
+    values = {step: float(schedule(step)) for step in (0, 1, 79, 80, 159, 160, 240)}
+    assert values == pytest.approx({0: 2.0, 1: 2.0, 79: 2.0, 80: 1.0, 159: 1.0, 160: 0.5, 240: 0.25})
+    # Fractional epochs: every 2.5 epochs of 4 steps = 10 steps.
+    config = config_lib.override(config, ["train.lr_decay_epochs=2.5", "train.lr_decay_factor=0.1"])
+    schedule = learning_rate_schedule(config, 1.0, 4, 5)
+    assert [float(schedule(s)) for s in (9, 10, 20)] == pytest.approx([1.0, 0.1, 0.01])
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    config = tiny_config("train.lr_schedule=cosine", "train.warmup_epochs=1")
+    steps, epochs, lr = 10, 4, 0.5
+    schedule = learning_rate_schedule(config, lr, steps, epochs)
+    assert float(schedule(0)) == pytest.approx(0.0, abs=1e-7)
+    assert float(schedule(5)) == pytest.approx(lr / 2)  # linear warmup over one epoch
+    assert float(schedule(10)) == pytest.approx(lr)
+    later = [float(schedule(s)) for s in range(10, 41, 5)]
+    assert all(a > b for a, b in zip(later, later[1:]))  # then decreasing
+    assert float(schedule(40)) == pytest.approx(0.01 * lr, rel=1e-3)  # down to alpha * lr
+    assert float(schedule(25)) == pytest.approx(lr * (0.01 + 0.99 * 0.5), rel=1e-3)  # half way
+    # Without warmup it starts at the peak.
+    no_warmup = learning_rate_schedule(tiny_config("train.lr_schedule=cosine"), lr, steps, epochs)
+    assert float(no_warmup(0)) == pytest.approx(lr)
+
+
+def test_constant_and_unknown_schedules():
+    assert learning_rate_schedule(tiny_config("train.lr_schedule=constant"), 0.3, 10, 2) == 0.3
+    with pytest.raises(ValueError, match="train.lr_schedule"):
+        learning_rate_schedule(tiny_config("train.lr_schedule=linear"), 0.3, 10, 2)
+
+
+def test_make_optimizer():
+    sgd = make_optimizer(config_lib.get_preset("im2txt"), 2.0)
+    assert isinstance(sgd, keras.optimizers.SGD) and sgd.global_clipnorm == 5.0
+    adam = make_optimizer(tiny_config("train.clip_gradient_norm=0"), 0.01)
+    assert isinstance(adam, keras.optimizers.Adam) and adam.global_clipnorm is None
+    adamw = make_optimizer(tiny_config("train.weight_decay=0.1"), 0.01)
+    assert isinstance(adamw, keras.optimizers.AdamW) and adamw.weight_decay == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="train.optimizer"):
+        make_optimizer(tiny_config("train.optimizer=rmsprop"), 0.01)
