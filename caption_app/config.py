@@ -31,6 +31,7 @@ class Model:
     lstm_units: int = 512
     lstm_dropout: float = 0.3  # im2txt: lstm_dropout_keep_prob 0.7
     init_scale: float = 0.08  # uniform initializer range of the decoder
+    embedding_norm: bool = False  # batch-normalize the image embedding (keeps LSTM gates out of saturation)
     use_cudnn: bool = False  # cuDNN LSTM makes Keras drop XLA silently; keep False with jit_compile
 
 
@@ -89,14 +90,17 @@ def shapes() -> Config:
 
     The embedded synthetic "shapes" dataset (and other small simple-scene sets
     in the Flickr8k layout): a small CNN trained from scratch at 64x64 together
-    with the decoder, Adam with a cosine schedule.
+    with the decoder, Adam with a cosine schedule. The batch-normalized image
+    embedding is what makes a from-scratch CNN learn colours and shapes here
+    (without it, their words stayed at chance-level loss for 12 epochs). No
+    LSTM dropout: under XLA on CPU it costs 6x the decoder's step time.
     """
     return Config(
         name="shapes",
-        data=Data(image_size=64, max_caption_length=24, augment=(), shuffle_buffer=4096, cache=True),
+        data=Data(image_size=64, max_caption_length=32, augment=(), shuffle_buffer=4096, cache=True),
         model=Model(backbone="small_cnn", backbone_weights="none", embedding_size=256,
-                    lstm_units=256, lstm_dropout=0.0),
-        train=Train(epochs=12, batch_size=32, optimizer="adam", learning_rate=2e-3,
+                    lstm_units=256, lstm_dropout=0.0, embedding_norm=True),
+        train=Train(epochs=16, batch_size=32, optimizer="adam", learning_rate=2e-3,
                     lr_schedule="cosine", warmup_epochs=0.5, clip_gradient_norm=5.0,
                     freeze_backbone=False, fine_tune_epochs=0),
         eval=Eval(beam_size=3, max_length=20),

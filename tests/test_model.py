@@ -186,3 +186,26 @@ def test_a_weights_file_of_another_network_is_a_clear_error(tmp_path):
     other.save_weights(path)
     with pytest.raises(backbones.BackboneError, match="cannot load"):
         build_model(tiny_config(f"model.backbone_weights={path}"), V)
+
+
+def test_embedding_norm_is_on_the_inference_path_too():
+    """With model.embedding_norm the batch-normalized embedding (moving statistics at inference)
+    starts both the teacher-forced model and the step-by-step decoder."""
+    keras.utils.set_random_seed(2)
+    model = build_model(tiny_config(f"model.embedding_size={E}", f"model.lstm_units={H}",
+                                    "model.embedding_norm=true"), V)
+    norm = model.get_layer("image_embedding_norm")
+    # Move the moving statistics away from (0, 1) so leaving the layer out would show.
+    norm.moving_mean.assign(np.full((E,), 0.5, np.float32))
+    norm.moving_variance.assign(np.full((E,), 4.0, np.float32))
+    # batch norm on E features: gamma, beta, moving mean and variance = 4 * E parameters
+    assert norm.count_params() == 4 * E
+    images = _images(2, seed=5)
+    caption = np.array([[START_ID, 7, 4], [START_ID, 5, 6]], np.int32)
+    full = keras.ops.convert_to_numpy(model({"image": images, "input_ids": caption[:, None, :]},
+                                            training=False))[:, 0]
+    captioner = Captioner(model)
+    state = captioner.encode(images)
+    for t in range(caption.shape[1]):
+        log_probs, state = captioner.decode_step(tf.constant(caption[:, t]), state)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(log_probs), _log_softmax(full[:, t]), atol=1e-5)

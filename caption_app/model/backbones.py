@@ -51,30 +51,31 @@ def _keras_app(app: Callable) -> Callable[[int, str | None], keras.Model]:
 def _small_cnn(image_size: int, weights: str | None) -> keras.Model:
     """A from-scratch CNN for tiny images (tests, the shapes demo).
 
-    Conv-BN-ReLU blocks that halve the resolution down to about 4x4, then a
-    flatten: unlike global pooling it keeps where things are, which simple-scene
-    captions ("a red circle and a blue square", left to right) depend on.
+    Conv-BN-ReLU blocks halve the resolution down to about 4x4. The features
+    are the global average (what is in the image, wherever it is) next to the
+    per-column averages (what is where, left to right), which simple-scene
+    captions ("a red circle and a blue square") follow. A plain flatten would
+    have to learn every object at every one of the 16 cells.
     """
     del weights  # only random init; a file is loaded by build_backbone
     inputs = keras.Input((image_size, image_size, 3))
     x = inputs
-    widths = (32, 64, 128, 128, 256)
     size = image_size
-    for i, width in enumerate(widths):
+    for i, width in enumerate((32, 64, 128, 192, 256)):
         if size <= 4:
             break
         x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i}a")(x)
-        x = keras.layers.BatchNormalization(name=f"bn{i}a")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i}a")(x)
         x = keras.layers.ReLU()(x)
         x = keras.layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name=f"conv{i}b")(x)
-        x = keras.layers.BatchNormalization(name=f"bn{i}b")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i}b")(x)
         x = keras.layers.ReLU()(x)
         size = (size + 1) // 2
-    x = keras.layers.Conv2D(64, 1, use_bias=False, name="squeeze")(x)
-    x = keras.layers.BatchNormalization(name="bn_squeeze")(x)
-    x = keras.layers.ReLU()(x)
-    x = keras.layers.Flatten()(x)
-    return keras.Model(inputs, x, name="small_cnn")
+    pooled = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)  # [B, C]
+    columns = keras.layers.AveragePooling2D((size, 1), name="column_pool")(x)  # [B, 1, W', C]
+    columns = keras.layers.Flatten(name="columns")(columns)  # [B, W' * C]
+    features = keras.layers.Concatenate(name="features")([pooled, columns])
+    return keras.Model(inputs, features, name="small_cnn")
 
 
 _KERAS_WEIGHTS = "https://storage.googleapis.com/tensorflow/keras-applications/"

@@ -115,6 +115,8 @@ def build_model(config: Config, vocab_size: int, backbone_weights: str | None = 
     init = keras.initializers.RandomUniform(-m.init_scale, m.init_scale)
     image_embedding = keras.layers.Dense(m.embedding_size, use_bias=False, kernel_initializer=init,
                                          name="image_embedding")(features)  # [B, E]
+    if m.embedding_norm:
+        image_embedding = keras.layers.BatchNormalization(momentum=0.9, name="image_embedding_norm")(image_embedding)
     decoder = CaptionDecoder(vocab_size, m.embedding_size, m.lstm_units, m.lstm_dropout, m.init_scale,
                              m.use_cudnn, name="decoder")
     logits = decoder(image_embedding, input_ids)
@@ -137,7 +139,9 @@ class Captioner:
         image = model.get_layer("image").output  # the "image" Input
         self.image_size = int(image.shape[1])
         self.decoder: CaptionDecoder = model.get_layer("decoder")
-        self._embed = keras.Model(image, model.get_layer("image_embedding").output)
+        last = "image_embedding_norm" if any(l.name == "image_embedding_norm" for l in model.layers) \
+            else "image_embedding"
+        self._embed = keras.Model(image, model.get_layer(last).output)
 
     def encode(self, images):
         """images [B, S, S, 3] float32 0-255 -> initial LSTM state [h, c], each [B, H]."""
