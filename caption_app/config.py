@@ -100,7 +100,7 @@ def shapes() -> Config:
         data=Data(image_size=64, max_caption_length=32, augment=(), shuffle_buffer=4096, cache=True),
         model=Model(backbone="small_cnn", backbone_weights="none", embedding_size=256,
                     lstm_units=256, lstm_dropout=0.0, embedding_norm=True),
-        train=Train(epochs=16, batch_size=32, optimizer="adam", learning_rate=2e-3,
+        train=Train(epochs=20, batch_size=32, optimizer="adam", learning_rate=2e-3,
                     lr_schedule="cosine", warmup_epochs=0.5, clip_gradient_norm=5.0,
                     freeze_backbone=False, fine_tune_epochs=0),
         eval=Eval(beam_size=3, max_length=20),
