@@ -12,7 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
