@@ -167,10 +167,10 @@ def override(config: Config, assignments: list[str]) -> Config:
         if not sep:
             raise ValueError(f"--set expects key=value, got {assignment!r}")
         section_name, _, field_name = key.strip().partition(".")
-        sections = {f.name: f for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.type) or f.name != "name"}
+        sections = [f.name for f in dataclasses.fields(Config) if f.name != "name"]
         if section_name not in sections or not field_name:
             raise ValueError(f"unknown config key {key!r}; keys look like "
-                             f"train.epochs (sections: {', '.join(s for s in sections)})")
+                             f"train.epochs (sections: {', '.join(sections)})")
         section = getattr(config, section_name)
         hints = typing.get_type_hints(type(section))
         if field_name not in hints:

@@ -8,7 +8,6 @@ returns once training has finished (or nothing new came for a while).
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 
@@ -77,7 +76,7 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
     if not references:
         raise ValueError(f"split {split!r} has no images to evaluate")
     scores_by_metric, notes = metrics_lib.caption_metrics(references, candidates)
-    result = {"perplexity": math.exp(total_nll / max(total_tokens, 1)), **scores_by_metric,
+    result = {"perplexity": metrics_lib.perplexity(total_nll, total_tokens), **scores_by_metric,
               "num_images": len(references)}
     result = {k: result[k] for k in METRICS_KEYS}
 

@@ -9,13 +9,13 @@ validation perplexity; a restarted run resumes after its last finished epoch.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 
 import keras
 import tensorflow as tf
 
+from caption_app import metrics as metrics_lib
 from caption_app import run_dir as run_dir_lib
 from caption_app.config import Config
 from caption_app.data import manifest as manifest_lib
@@ -76,7 +76,7 @@ class PerplexityCallback(keras.callbacks.Callback):
         if self._nll is None:
             self._nll = DatasetNLL(self.model)
         total_nll, tokens = self._nll(self.dataset)
-        perplexity = math.exp(total_nll / max(tokens, 1))
+        perplexity = metrics_lib.perplexity(total_nll, tokens)
         if logs is not None:
             logs["val_perplexity"] = perplexity
         print(f"epoch {epoch + 1}: val_perplexity {perplexity:.3f} ({tokens} tokens)", flush=True)

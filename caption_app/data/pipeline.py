@@ -146,9 +146,8 @@ def make_dataset(config: Config, manifest: Manifest, vocab: Vocabulary, split: s
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=AUTOTUNE,
                        deterministic=not training)
     ds = ds.map(records.parse_example, num_parallel_calls=AUTOTUNE)
-    ds = ds.map(lambda r: {**r, "image": decode_image(r["encoded"], shapes.image_size)},
-                num_parallel_calls=AUTOTUNE)
-    ds = ds.map(lambda r: {"image": r["image"], "captions": r["captions"], "image_id": r["image_id"]})
+    ds = ds.map(lambda r: {"image": decode_image(r["encoded"], shapes.image_size), "captions": r["captions"],
+                           "image_id": r["image_id"]}, num_parallel_calls=AUTOTUNE)
     if training and config.data.cache:
         ds = ds.cache()
     if training:
