@@ -16,7 +16,7 @@ import tensorflow as tf
 from caption_app import metrics as metrics_lib
 from caption_app import run_dir as run_dir_lib
 from caption_app.data.pipeline import make_dataset
-from caption_app.model.loss import token_nll
+from caption_app.model.loss import batch_nll_sums
 from caption_app.model.show_and_tell import Captioner
 
 METRICS_KEYS = ("perplexity",) + tuple(metrics_lib.METRIC_KEYS) + ("num_images",)
@@ -50,11 +50,11 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
 
     @tf.function(reduce_retracing=True)
     def run_batch(inputs, targets):
-        nll, mask = token_nll(targets, model(inputs, training=False))
+        # Perplexity and captions in one pass, so each image is decoded once.
+        nll, tokens = batch_nll_sums(model, inputs, targets)
         result = captioner.generate(inputs["image"], beam_size=beam_size, max_length=max_length,
                                     length_normalization=alpha, num_results=1)
-        return (tf.reduce_sum(tf.cast(nll, tf.float64)), tf.reduce_sum(tf.cast(mask, tf.int64)),
-                vocab.ids_to_text(result.ids[:, 0]), result.scores[:, 0])
+        return nll, tokens, vocab.ids_to_text(result.ids[:, 0]), result.scores[:, 0]
 
     dataset = make_dataset(config, manifest, vocab, split, training=False, shapes=shapes,
                            batch_size=e.batch_size, with_ids=True)

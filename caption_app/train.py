@@ -151,8 +151,10 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2) -> d
         optimizer.build(model.trainable_variables)
         checkpoint = tf.train.Checkpoint(model=model, epoch=epoch, **{f"optimizer_{name}": optimizer})
         if resuming and start_epoch > first:
-            # Same phase as the interrupted run: its optimizer state continues.
-            checkpoint.restore(run_dir_lib.latest_checkpoint(run_dir)).expect_partial()
+            # Same phase as the interrupted run: its optimizer state continues
+            # (the model and epoch were restored above).
+            tf.train.Checkpoint(**{f"optimizer_{name}": optimizer}).restore(
+                run_dir_lib.latest_checkpoint(run_dir)).expect_partial()
         manager = tf.train.CheckpointManager(checkpoint, run_dir_lib.checkpoint_dir(run_dir),
                                              max_to_keep=t.max_checkpoints_to_keep)
         model.compile(optimizer=optimizer, loss=MaskedCrossEntropy(), jit_compile=t.jit_compile)

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from caption_app.data import vocabulary as vocab_lib
 from caption_app.data.vocabulary import (END_ID, PAD_ID, START_ID, UNK_ID, TokenizerSettings, Vocabulary,
-                                         count_words, tokenize)
+                                         count_words, split_words, tokenize)
 
 CAPTIONS = [
     "A dog runs on the grass.",
@@ -169,3 +169,9 @@ def test_ids_to_text_in_graph_equals_python_decode():
 
 def test_vocab_path():
     assert vocab_lib.vocab_path("/data/x") == "/data/x/vocab.txt"
+
+
+def test_split_words_matches_the_in_graph_tokenizer_caption_by_caption():
+    expected = [[w.decode("utf-8") for w in ws] for ws in tokenize(CAPTIONS).to_list()]
+    assert list(split_words(CAPTIONS, chunk_size=2)) == expected  # chunks keep the order
+    assert list(split_words(["", " ,. ", "Two  words"])) == [[], [], ["two", "words"]]

@@ -170,22 +170,27 @@ def write_dataset(
                 sizes[item.image_id] = size
 
     # Captions of the images that survived: strip, drop those without a word.
+    # One tokenizer pass gives the empty captions, the lengths and the train
+    # split's word counts (the vocabulary).
     kept: dict[str, list[Item]] = {}
     lengths: dict[str, list[int]] = {}  # split -> words of each kept caption
+    train_counts: collections.Counter = collections.Counter()
     for split in split_names:
         images = [item for item in candidates[split] if item.image_id in sizes]
         stripped = [[c.strip() for c in item.captions] for item in images]
-        words = iter(_caption_lengths([c for cs in stripped for c in cs], settings))
+        words = vocab_lib.split_words((c for cs in stripped for c in cs), settings)
         kept[split], lengths[split] = [], []
         for item, captions in zip(images, stripped):
             good = []
             for i, caption in enumerate(captions):
-                n = next(words)
-                if n == 0:
+                caption_words = next(words)
+                if not caption_words:
                     skipped.add("empty_caption", f"{item.image_id}#{i}")
                 else:
                     good.append(caption)
-                    lengths[split].append(n)
+                    lengths[split].append(len(caption_words))
+                    if split == "train":
+                        train_counts.update(caption_words)
             if good:
                 kept[split].append(dataclasses.replace(item, captions=tuple(good)))
             else:
@@ -196,9 +201,7 @@ def write_dataset(
             "no usable train image remains after skipping bad inputs "
             f"({skipped.summary_line()}); check the image and caption paths")
 
-    vocab = vocab_lib.Vocabulary.build(
-        vocab_lib.count_words((c for item in kept["train"] for c in item.captions), settings),
-        min_word_count)
+    vocab = vocab_lib.Vocabulary.build(train_counts, min_word_count)
 
     # Pass 2: shards, the original bytes re-read in order.
     splits_info = {}
@@ -364,16 +367,6 @@ def _write_shard(path: str, serialized: Iterable[bytes]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-
-
-def _caption_lengths(captions: Sequence[str], settings: vocab_lib.TokenizerSettings,
-                     chunk_size: int = 65536) -> list[int]:
-    """Words per caption, with the pipeline's in-graph tokenizer."""
-    lengths: list[int] = []
-    for start in range(0, len(captions), chunk_size):
-        chunk = tf.constant(list(captions[start:start + chunk_size]), tf.string)
-        lengths.extend(vocab_lib.tokenize(chunk, settings).row_lengths().numpy().tolist())
-    return lengths
 
 
 def _ordered_map(pool: concurrent.futures.Executor, fn: Callable[[_T], _R], items: Iterable[_T],

@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import tensorflow as tf
 import tensorflow_text as tf_text
@@ -67,23 +67,30 @@ def tokenize(captions: tf.Tensor, settings: TokenizerSettings = TokenizerSetting
     return tf_text.WhitespaceTokenizer().tokenize(captions)
 
 
-def count_words(captions: Iterable[str], settings: TokenizerSettings = TokenizerSettings(),
-                chunk_size: int = 65536) -> collections.Counter:
-    """Counts the words of many captions with the in-graph tokenizer."""
-    counts: collections.Counter = collections.Counter()
+def split_words(captions: Iterable[str], settings: TokenizerSettings = TokenizerSettings(),
+                chunk_size: int = 65536) -> Iterator[list[str]]:
+    """The words of each caption, in order: the in-graph tokenizer run eagerly in chunks."""
     chunk: list[str] = []
 
     def flush():
-        if chunk:
-            words = tokenize(tf.constant(chunk), settings).flat_values.numpy()
-            counts.update(w.decode("utf-8") for w in words)
-            chunk.clear()
+        words = tokenize(tf.constant(chunk), settings).to_list()
+        chunk.clear()
+        return ([w.decode("utf-8") for w in caption] for caption in words)
 
     for caption in captions:
         chunk.append(caption)
         if len(chunk) >= chunk_size:
-            flush()
-    flush()
+            yield from flush()
+    if chunk:
+        yield from flush()
+
+
+def count_words(captions: Iterable[str], settings: TokenizerSettings = TokenizerSettings(),
+                chunk_size: int = 65536) -> collections.Counter:
+    """Counts the words of many captions with the in-graph tokenizer."""
+    counts: collections.Counter = collections.Counter()
+    for words in split_words(captions, settings, chunk_size):
+        counts.update(words)
     return counts
 
 

@@ -80,19 +80,18 @@ def _small_cnn(image_size: int, weights: str | None) -> keras.Model:
 
 _KERAS_WEIGHTS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
+
+def _inception(name: str, app: Callable) -> Backbone:
+    """A keras.applications Inception network: 299x299, [-1, 1] inputs, ImageNet weights file."""
+    weights_file = f"{name}_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    return Backbone(name=name, build=_keras_app(app), image_size=299, min_image_size=75,
+                    preprocessing="inception", imagenet_file=weights_file,
+                    imagenet_url=f"{_KERAS_WEIGHTS}{name}/{weights_file}")
+
+
 BACKBONES: dict[str, Backbone] = {
-    "inception_v3": Backbone(
-        name="inception_v3",
-        build=_keras_app(keras.applications.InceptionV3),
-        image_size=299, min_image_size=75, preprocessing="inception",
-        imagenet_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        imagenet_url=_KERAS_WEIGHTS + "inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "inception_resnet_v2": Backbone(
-        name="inception_resnet_v2",
-        build=_keras_app(keras.applications.InceptionResNetV2),
-        image_size=299, min_image_size=75, preprocessing="inception",
-        imagenet_file="inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        imagenet_url=_KERAS_WEIGHTS + "inception_resnet_v2/inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "inception_v3": _inception("inception_v3", keras.applications.InceptionV3),
+    "inception_resnet_v2": _inception("inception_resnet_v2", keras.applications.InceptionResNetV2),
     "small_cnn": Backbone(
         name="small_cnn", build=_small_cnn, image_size=64, min_image_size=16, preprocessing="unit"),
 }

@@ -34,6 +34,12 @@ class MaskedCrossEntropy(keras.losses.Loss):
         return ops.sum(nll) / ops.maximum(ops.sum(mask), 1.0)
 
 
+def batch_nll_sums(model: keras.Model, inputs, targets):
+    """One batch's (sum of token cross-entropy float64, number of tokens int64)."""
+    nll, mask = token_nll(targets, model(inputs, training=False))
+    return tf.reduce_sum(tf.cast(nll, tf.float64)), tf.reduce_sum(tf.cast(mask, tf.int64))
+
+
 class DatasetNLL:
     """Sum of per-token cross-entropy and number of tokens over a whole dataset.
 
@@ -42,12 +48,8 @@ class DatasetNLL:
     """
 
     def __init__(self, model: keras.Model):
-        @tf.function(reduce_retracing=True)
-        def batch_sums(inputs, targets):
-            nll, mask = token_nll(targets, model(inputs, training=False))
-            return tf.reduce_sum(tf.cast(nll, tf.float64)), tf.reduce_sum(tf.cast(mask, tf.int64))
-
-        self._batch_sums = batch_sums
+        self._batch_sums = tf.function(lambda inputs, targets: batch_nll_sums(model, inputs, targets),
+                                       reduce_retracing=True)
 
     def __call__(self, dataset: tf.data.Dataset) -> tuple[float, int]:
         """dataset yields (inputs, targets, ...) -> (total_nll, total_tokens)."""
