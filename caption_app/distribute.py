@@ -122,7 +122,27 @@ def needs_replica_trainer(strategy: tf.distribute.Strategy) -> bool:
     return strategy.num_replicas_in_sync > 1 or num_workers(strategy) > 1
 
 
-class ReplicaTrainer(keras.Model):
+class FitModel(keras.Model):
+    """What `fit` runs: `model`'s call, compiled with the phase's optimizer, owning no variables.
+
+    The captioning model itself is never compiled, so it never owns an
+    optimizer: its checkpoints hold no `model/optimizer` entry for
+    tf.train's deferred restoration to pour into the next phase's optimizer
+    (restoring a phase-1 checkpoint and compiling phase 2 otherwise loads
+    phase 1's Adam slots into phase 2's optimizer, or fails on their shapes
+    once the backbone is trainable). Each phase's optimizer is checkpointed
+    under its own name by the trainer.
+    """
+
+    def __init__(self, model: keras.Model, **kwargs):
+        super().__init__(name=kwargs.pop("name", f"{model.name}_fit"), **kwargs)
+        self.inner = model
+
+    def call(self, inputs, training=None):
+        return self.inner(inputs, training=training)
+
+
+class ReplicaTrainer(FitModel):
     """Trains `model` under a multi-replica strategy with XLA on inside each replica.
 
     Per step and replica: forward + masked cross-entropy + backward run in one
@@ -144,8 +164,7 @@ class ReplicaTrainer(keras.Model):
     """
 
     def __init__(self, model: keras.Model, *, clip_norm: float = 0.0, multi_worker: bool = False, **kwargs):
-        super().__init__(name=f"{model.name}_replica_trainer", **kwargs)
-        self.inner = model
+        super().__init__(model, name=f"{model.name}_replica_trainer", **kwargs)
         self.clip_norm = clip_norm
         self.multi_worker = multi_worker
         self.per_replica_jit_compile = True
@@ -160,9 +179,6 @@ class ReplicaTrainer(keras.Model):
     def metrics(self):
         # The global batch's mean token loss, averaged over the epoch's steps (as Keras' own "loss").
         return [self.loss_tracker] if getattr(self, "loss_tracker", None) is not None else []
-
-    def call(self, inputs, training=None):
-        return self.inner(inputs, training=training)
 
     def _loss_and_gradients(self, inputs, targets, loss_scale):
         """One replica's (sum of token nll, token count, d(sum nll * loss_scale)/d weights), in XLA."""

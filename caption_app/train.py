@@ -217,12 +217,13 @@ def _make_optimizer(config: Config, learning_rate, model: keras.Model):
 
 
 def _compile(model: keras.Model, optimizer, config: Config, strategy: tf.distribute.Strategy) -> keras.Model:
-    """Compiles for fit; returns what to fit: the model, or a ReplicaTrainer over it (several replicas).
+    """Compiles what `fit` runs over `model` (a distribute.FitModel, or a ReplicaTrainer for several
+    replicas) and returns it; `model` itself stays uncompiled (see FitModel).
 
     XLA stays on in every configuration: one replica (and TPU) compile the
-    whole step (`model.jit_compile`, checked: Keras drops it silently for an
-    LSTM that may use cuDNN); several replicas compile each replica's
-    forward and backward pass (see caption_app/distribute.py for why).
+    whole step (`jit_compile`, checked: Keras drops it silently for an LSTM
+    that may use cuDNN); several replicas compile each replica's forward and
+    backward pass (see caption_app/distribute.py for why).
     """
     t = config.train
     if distribute.needs_replica_trainer(strategy):
@@ -234,12 +235,13 @@ def _compile(model: keras.Model, optimizer, config: Config, strategy: tf.distrib
         with strategy.scope():
             trainer.compile(optimizer=optimizer, loss=MaskedCrossEntropy(), jit_compile=False)
         return trainer
+    fit_model = distribute.FitModel(model)
     with strategy.scope():
-        model.compile(optimizer=optimizer, loss=MaskedCrossEntropy(), jit_compile=t.jit_compile)
-    if t.jit_compile and not model.jit_compile:
+        fit_model.compile(optimizer=optimizer, loss=MaskedCrossEntropy(), jit_compile=t.jit_compile)
+    if t.jit_compile and not fit_model.jit_compile:
         raise RuntimeError("Keras turned XLA off for this model (an LSTM that may use cuDNN?); "
                            "keep model.use_cudnn=false with train.jit_compile=true")
-    return model
+    return fit_model
 
 
 def xla_description(fit_model: keras.Model) -> str:
