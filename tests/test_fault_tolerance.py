@@ -119,6 +119,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
 
 def test_interrupted_save_is_ignored_and_max_checkpoints_to_keep_is_honoured(trained_run, tmp_path):
+    # Also: resuming at the phase boundary starts phase 2 with its own fresh optimizer.
     run = str(tmp_path / "run")
     shutil.copytree(trained_run.run_dir, run)
     checkpoints = Path(run) / "checkpoints"
@@ -131,10 +132,18 @@ def test_interrupted_save_is_ignored_and_max_checkpoints_to_keep_is_honoured(tra
     assert _all_finite(run_dir_lib.load_model(run)[0])  # loads the complete one
 
     code = cli_main(["train", "--config", "tiny", "--data", trained_run.data_dir, "--run-dir", run, "--quiet",
-                     *_sets("train.epochs=4", "train.learning_rate=0.02", "train.max_checkpoints_to_keep=2")])
+                     *_sets("train.epochs=2", "train.fine_tune_epochs=2", "train.fine_tune_learning_rate=0.005",
+                            "train.max_checkpoints_to_keep=2")])
     assert code == 0
     indexes = sorted(p.name for p in checkpoints.glob("ckpt-*.index"))
     assert indexes == ["ckpt-3.index", "ckpt-4.index"]  # 1 and 2 deleted, 3 rewritten whole
     state = tf.train.get_checkpoint_state(str(checkpoints))
     assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == ["ckpt-3", "ckpt-4"]
     assert _all_finite(run_dir_lib.load_model(run, str(checkpoints / "ckpt-3"))[0])
+    phase2 = tf.train.load_checkpoint(str(checkpoints / "ckpt-4"))
+    names = phase2.get_variable_to_shape_map()
+    iterations = next(n for n in names if n.startswith("optimizer_phase2/") and "iteration" in n)
+    learning_rate = next(n for n in names if n.startswith("optimizer_phase2/") and "learning_rate" in n)
+    assert int(phase2.get_tensor(iterations)) == 2 * trained_run.history["steps_per_epoch"]
+    assert phase2.get_tensor(learning_rate) == pytest.approx(0.005)
+    assert not any(n.startswith("model/optimizer") for n in names)  # the model owns no optimizer
