@@ -332,21 +332,25 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
         print(f"resuming {run_dir} from {restore_from} ({where})", flush=True)
 
     history: dict = {"steps_per_epoch": steps, "epochs_done": start_epoch, "val_perplexity": None,
-                     "replicas": replicas, "resumed_from": restore_from}
+                     "replicas": replicas, "resumed_from": restore_from, "xla": None}
     began = time.time()
     for name, first, last, backbone_trainable, learning_rate in phases:
         if start_epoch >= last:
             continue
         show_and_tell.set_backbone_trainable(model, backbone_trainable)
+        schedule = learning_rate_schedule(config, learning_rate, steps, last - first)
         with strategy.scope():
-            optimizer = _make_optimizer(config, learning_rate_schedule(config, learning_rate, steps, last - first),
-                                        model)
+            optimizer = _make_optimizer(config, schedule, model)
         checkpoint = tf.train.Checkpoint(model=model, epoch=epoch, **{f"optimizer_{name}": optimizer})
         if resuming and (start_epoch > first or start_step > 0):
             # Same phase as the interrupted run: its optimizer state continues
             # (the model and epoch were restored above).
             with strategy.scope():
                 tf.train.Checkpoint(**{f"optimizer_{name}": optimizer}).restore(restore_from).expect_partial()
+                if not callable(schedule):
+                    # Keras keeps a constant learning rate in a variable, which the restore
+                    # overwrote: the config's rate wins, as it does for schedules.
+                    optimizer.learning_rate = schedule
             print(f"{name}: optimizer restored at step {int(optimizer.iterations.numpy())}", flush=True)
         manager = tf.train.CheckpointManager(checkpoint, run_dir_lib.checkpoint_dir(write_dir),
                                              max_to_keep=t.max_checkpoints_to_keep)
