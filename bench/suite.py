@@ -10,8 +10,9 @@ Rows (every pair is timed interleaved, A B A B ..., median per step):
                  on the Flickr8k subset in ../shared, converted with
                  `python -m tfrecords_tools flickr8k` into a temp dir) vs the
                  images/s the train step consumes
-  inference      the in-graph batched beam search vs im2txt's per-image Python loop
-                 (bench/python_beam_search.py) over the same step function, batch 1 and 32
+  inference      im2txt's per-image Python loop (bench/python_beam_search.py) vs the
+                 in-graph batched beam search over the same step function, batch 1 and 32:
+                 encode + search, and the search alone
   memory         peak RSS (ru_maxrss) of a few training steps of InceptionV3 at 299x299,
                  batch 32, frozen and fine-tuning, each in a fresh subprocess
 
@@ -217,6 +218,7 @@ def inference_rows(args, model) -> list[Row]:
     import numpy as np
     import tensorflow as tf
 
+    from caption_app.beam_search import beam_search
     from caption_app.data.vocabulary import END_ID, START_ID
     from caption_app.model.show_and_tell import Captioner
     from python_beam_search import python_beam_search
@@ -230,6 +232,12 @@ def inference_rows(args, model) -> list[Row]:
         return captioner.generate(images, beam_size=beam, max_length=max_length)
 
     encode = tf.function(captioner.encode, input_signature=[spec])
+
+    @tf.function(reduce_retracing=True)
+    def search(state):
+        return beam_search(captioner.decode_step, state, start_id=START_ID, end_id=END_ID, beam_size=beam,
+                           max_length=max_length)
+
     step = tf.function(captioner.decode_step, reduce_retracing=True)
     rows = []
     for batch in (1, 32):
@@ -244,9 +252,23 @@ def inference_rows(args, model) -> list[Row]:
         load += " -> " + _load()
         graph_ids = in_graph(images).ids.numpy()[:, 0]
         same = sum(list(graph_ids[i][:len(r[0][1])]) == r[0][1] for i, r in enumerate(python_loop()))
-        rows.append(Row("inference", f"in-graph batched / per-image Python loop, batch {batch} (beam {beam})",
-                        f"graph {batch / t['graph']:.1f} img/s", f"python {batch / t['python']:.1f} img/s",
-                        t["python"] / t["graph"], f"speed-up; same best caption {same}/{batch}", load))
+        rows.append(Row("inference", f"Python loop / in-graph batched, batch {batch}, encode + beam {beam}",
+                        f"python {t['python'] * 1e3:.0f} ms", f"graph {t['graph'] * 1e3:.0f} ms",
+                        t["python"] / t["graph"], f"same best caption {same}/{batch}", load))
+        # The search alone, from the encoded states (the backbone's cost is the same in both).
+        states = [s.numpy() for s in encode(images)]
+
+        def python_search():
+            return [python_beam_search(lambda _, i=i: [s[i:i + 1] for s in states], step, images[i],
+                                       start_id=START_ID, end_id=END_ID, beam_size=beam, max_length=max_length)
+                    for i in range(batch)]
+
+        load = _load()
+        t = _interleaved({"graph": lambda: search(states), "python": python_search}, rounds=args.rounds, steps=1)
+        load += " -> " + _load()
+        rows.append(Row("inference", f"Python loop / in-graph batched, batch {batch}, beam search only",
+                        f"python {t['python'] * 1e3:.0f} ms", f"graph {t['graph'] * 1e3:.0f} ms",
+                        t["python"] / t["graph"], f"{max_length} words max", load))
     return rows
 
 
@@ -266,9 +288,14 @@ def memory_rows(args) -> list[Row]:
         r = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(Row("memory", f"peak RSS training InceptionV3 {args.memory_size}px batch {args.memory_batch}, "
                                   f"{mode} (XLA, {args.memory_steps} steps)",
-                        f"peak {r['peak_gib']:.2f} GiB", f"after build {r['built_gib']:.2f} GiB",
+                        f"peak {r['peak_gib']:.2f} GiB", f"RSS after build {r['built_gib']:.2f} GiB",
                         r["peak_gib"] / r["built_gib"], f"{r['seconds_per_step']:.1f} s/step", load))
     return rows
+
+
+def _current_rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 def _memory_child(args) -> None:
@@ -282,7 +309,7 @@ def _memory_child(args) -> None:
     config = _config(child)
     model = show_and_tell.build_model(config, 10000)
     show_and_tell.set_backbone_trainable(model, args.memory_child == "fine_tune")
-    built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    built = _current_rss_kib()
     fit_model = _fit_model(model, True)
     images, ids = _batch(child, 10000)
     x, y = {"image": images, "input_ids": ids[..., :-1]}, ids[..., 1:]
@@ -300,14 +327,17 @@ def _print(rows: list[Row]) -> None:
     import tensorflow as tf
 
     cpus = os.cpu_count()
-    print(f"\nmachine: {platform.machine()} {platform.processor() or ''}, {cpus} CPUs, "
+    model_name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
+                      platform.processor())
+    print(f"\nmachine: {platform.machine()} {model_name}, {cpus} CPUs, "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
-          f"GPUs: {len(tf.config.list_physical_devices('GPU'))}, TF {tf.__version__}, Python {platform.python_version()}")
+          f"GPUs: {len(tf.config.list_physical_devices('GPU'))}, TF {tf.__version__}, "
+          f"Python {platform.python_version()}")
     width = max(len(r.what) for r in rows)
-    print(f"{'section':<15}{'what':<{width + 2}}{'A':>22}{'B':>24}{'A/B':>8}  load 1/5/15 min (before -> after)  note")
+    print(f"{'section':<15}{'what':<{width + 2}}{'A':>22}{'B':>28}{'A/B':>8}  load 1/5/15 min (before -> after)  note")
     for r in rows:
         ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
-        print(f"{r.section:<15}{r.what:<{width + 2}}{r.a:>22}{r.b:>24}{ratio:>8}  {r.load:<34} {r.note}")
+        print(f"{r.section:<15}{r.what:<{width + 2}}{r.a:>22}{r.b:>28}{ratio:>8}  {r.load:<34} {r.note}")
 
 
 def main() -> None:
@@ -320,7 +350,7 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=0.0, help="LSTM dropout of the timed model")
     parser.add_argument("--steps", type=int, default=3, help="calls per timing round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the median is kept)")
-    parser.add_argument("--pipeline-images", type=int, default=400)
+    parser.add_argument("--pipeline-images", type=int, default=1500)
     parser.add_argument("--beam-size", type=int, default=3)
     parser.add_argument("--max-length", type=int, default=20)
     parser.add_argument("--memory-modes", default="frozen,fine_tune")
@@ -337,7 +367,7 @@ def main() -> None:
         return _memory_child(args)
     if args.quick:
         args.backbone, args.image_size, args.memory_size, args.memory_batch = "small_cnn", 64, 75, 8
-        args.pipeline_images, args.rounds = 160, 2
+        args.pipeline_images, args.rounds = 400, 2
     skip = set(filter(None, args.skip.split(",")))
     print(f"load before: {_load()}", flush=True)
     rows: list[Row] = []

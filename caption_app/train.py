@@ -325,6 +325,8 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
         backup, backup_epoch, backup_step = _latest_backup(run_dir)
         if backup and backup_epoch == start_epoch and backup_step > 0 and start_epoch < total_epochs:
             start_step, restore_from = backup_step, backup
+        resuming = restore_from is not None
+    if resuming:
         with strategy.scope():
             tf.train.Checkpoint(model=model, epoch=epoch).restore(restore_from).expect_partial()
         epoch.assign(start_epoch)

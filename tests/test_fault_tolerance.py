@@ -42,7 +42,7 @@ def _all_finite(model) -> bool:
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_the_same_command_resumes_from_the_backup(shapes_data, tmp_path):
     run = str(tmp_path / "run")
-    epochs, every = 4, 5
+    epochs, every = 3, 5
     assignments = [f"train.epochs={epochs}", "train.batch_size=1", f"train.backup_every_steps={every}"]
     command = [sys.executable, "-m", "caption_app", "train", "--config", "tiny", "--data", shapes_data,
                "--run-dir", run, "--quiet", *_sets(*assignments)]
@@ -74,7 +74,8 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_from_the_backup(shapes_
 
     second = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert second.returncode == 0, second.stdout + second.stderr[-3000:]
-    resumed = re.search(r"resuming .* from (\S+) \(epoch (\d+) of 4(?:, step (\d+) of 40)?\)", second.stdout)
+    resumed = re.search(rf"resuming .* from (\S+) \(epoch (\d+) of {epochs}(?:, step (\d+) of {steps})?\)",
+                        second.stdout)
     assert resumed, second.stdout
     source, epoch, step = resumed.group(1), int(resumed.group(2)), int(resumed.group(3) or 0)
     assert epoch == finished[-1]  # the last finished epoch ...

@@ -68,9 +68,9 @@ def test_training_under_mixed_precision_saves_float32_weights(precision, shapes_
     loss32 = float(MaskedCrossEntropy()(ids[..., 1:], model(inputs, training=False)))
     loss16 = float(MaskedCrossEntropy()(ids[..., 1:], mixed(inputs, training=False)))
     assert loss16 == pytest.approx(loss32, rel=0.03)
-    # Beam search on the run dir.
-    results = caption_files(run, [str(p) for p in _some_images(shapes_data)])
-    assert results and all(r["captions"] and math.isfinite(r["captions"][0]["log_prob"]) for r in results)
+    if precision == "mixed_bfloat16":  # beam search on a mixed-precision run dir (once: it compiles)
+        results = caption_files(run, [str(p) for p in _some_images(shapes_data)])
+        assert results and all(r["captions"] and math.isfinite(r["captions"][0]["log_prob"]) for r in results)
 
 
 def _some_images(data_dir: str, n: int = 2):
