@@ -301,13 +301,28 @@ def test_a_checkpoint_of_another_network_is_refused(tmp_path):
         build_model(tiny_config(f"model.backbone_weights={ckpt}"), V)
 
 
-@pytest.mark.parametrize("name,archive", [("inception_v4", "inception_v4_2016_09_09.tar.gz")])
-def test_imagenet_weights_for_inception_v4_point_to_the_slim_checkpoint(name, archive):
+@pytest.mark.parametrize("name,hint", [
+    ("inception_v4", "inception_v4_2016_09_09.tar.gz: extract it (tar xzf) and pass "
+                     "--set model.backbone_weights=/path/to/inception_v4.ckpt"),
+    ("efficientnetv2_b0", "'efficientnetv2_b0_imagenet'"),
+    ("resnet50_v2", "'resnet50_v2_imagenet'"),
+])
+def test_backbones_without_keras_imagenet_weights_say_where_weights_come_from(name, hint):
     with pytest.raises(backbones.BackboneError) as err:
         build_model(tiny_config(f"model.backbone={name}", "model.backbone_weights=imagenet",
                                 "data.image_size=75"), V)
-    message = str(err.value)
-    assert archive in message and "model.backbone_weights=/path/to/inception_v4.ckpt" in message
+    assert f"no ImageNet weights file for backbone {name}" in str(err.value) and hint in str(err.value)
+
+
+def test_offline_imagenet_for_inception_v3_also_offers_the_slim_checkpoint():
+    spec = backbones.get("inception_v3")
+    cached = os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")), "models", spec.imagenet_file)
+    if os.path.exists(cached) or backbones._network_reachable(spec.imagenet_url):
+        pytest.skip("the ImageNet file is cached or the network is reachable: no offline error to check")
+    with pytest.raises(backbones.BackboneError) as err:
+        build_model(tiny_config("model.backbone=inception_v3", "model.backbone_weights=imagenet",
+                                "data.image_size=75"), V)
+    assert spec.imagenet_file in str(err.value) and "inception_v3_2016_08_28.tar.gz" in str(err.value)
 
 
 # ----------------------------------------------------------------------------- Keras weights files
