@@ -47,7 +47,12 @@ def decode_image(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
     """
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)  # [h, w, 3] uint8
     image.set_shape([None, None, 3])
-    image = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size], antialias=True)
+    return resize_image(tf.cast(image, tf.float32), image_size)
+
+
+def resize_image(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """[..., h, w, 3] float32 0-255 (any size) -> [..., S, S, 3] float32 in 0-255 (antialiased)."""
+    image = tf.image.resize(image, [image_size, image_size], antialias=True)
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
