@@ -435,3 +435,44 @@ def test_deploy_files_agree_with_the_export():
     max_batch = int(re.search(r"max_batch_size\s*\{\s*value:\s*(\d+)\s*\}", batching).group(1))
     assert allowed == sorted(allowed) and allowed[-1] == max_batch
     assert set(warmup.BATCH_SIZES) <= set(allowed)
+
+
+def test_client_requests_and_responses_round_trip(exported):
+    """export.client's REST and gRPC messages, answered by the loaded SavedModel the way TF Serving would
+    (base64 decoded for string inputs; outputs as JSON lists or TensorProtos). No server runs here."""
+    import base64
+
+    from tensorflow_serving.apis import predict_pb2
+
+    from export import client
+
+    images = _test_images(exported, 2) + [b"not an image"]
+    serve = exported.loaded.signatures["serving_default"]
+    expected = serve(image_bytes=tf.constant(images))
+
+    payload = json.loads(json.dumps(client.rest_payload(images)))  # what goes over the wire
+    assert payload["signature_name"] == "serving_default"
+    sent = [base64.b64decode(item["b64"]) for item in payload["inputs"]["image_bytes"]]
+    assert sent == images
+    out = serve(image_bytes=tf.constant(sent))
+    body = json.loads(json.dumps({"outputs": {
+        "captions": [[c.decode() for c in row] for row in out["captions"].numpy()],
+        "log_probs": out["log_probs"].numpy().tolist(), "valid": out["valid"].numpy().tolist()}}))
+    rest = client.parse_rest_response(body)
+
+    request = predict_pb2.PredictRequest.FromString(client.grpc_request(images).SerializeToString())
+    assert (request.model_spec.name, request.model_spec.signature_name) == ("caption", "serving_default")
+    out = serve(**{k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()})
+    response = predict_pb2.PredictResponse()
+    for key, value in out.items():
+        response.outputs[key].CopyFrom(tf.make_tensor_proto(value.numpy()))
+    grpc = client.parse_grpc_response(predict_pb2.PredictResponse.FromString(response.SerializeToString()))
+
+    for results in (rest, grpc):
+        assert [r["valid"] for r in results] == [True, True, False]
+        assert results[2]["captions"] == []
+        for row in range(2):
+            assert [text for text, _ in results[row]["captions"]] == \
+                [c.decode() for c in expected["captions"].numpy()[row]]
+            np.testing.assert_allclose([lp for _, lp in results[row]["captions"]],
+                                       expected["log_probs"].numpy()[row], rtol=1e-6)
