@@ -262,17 +262,17 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
         raise ExportError(f"--name must be a plain directory name, got {name!r}")
     if version is not None and (not isinstance(version, int) or version < 1):
         raise ExportError(f"--version must be a positive integer (TF Serving version dirs), got {version!r}")
-    model, config, vocab, shapes, checkpoint = run_dir_lib.load_model(run_dir, checkpoint)
-    e = config.eval
-    beam_size = beam_size or e.beam_size
+    e = run_dir_lib.load_config(run_dir).eval  # check the arguments before the slow model load
+    beam_size = e.beam_size if beam_size is None else beam_size
     settings = DecodeSettings(
-        beam_size=beam_size, max_length=max_length or e.max_length,
+        beam_size=beam_size, max_length=e.max_length if max_length is None else max_length,
         length_normalization=e.length_normalization if length_normalization is None else length_normalization,
-        num_captions=num_captions or beam_size)
+        num_captions=beam_size if num_captions is None else num_captions)
     settings.check()
-
     model_dir = os.path.join(out_dir, name)
     version = _check_version(model_dir, version)
+
+    model, config, vocab, shapes, checkpoint = run_dir_lib.load_model(run_dir, checkpoint)
     os.makedirs(model_dir, exist_ok=True)
     captioner = Captioner(model)
     units = captioner.decoder.lstm_units

@@ -391,6 +391,9 @@ def test_versions_are_never_overwritten(trained_run, tmp_path, monkeypatch):
     assert saved_model.existing_versions(str(model_dir)) == [3, 4]
     with pytest.raises(saved_model.ExportError, match="num-captions 3 exceeds --beam-size 2"):
         saved_model.export(trained_run.run_dir, str(out), num_captions=3)
+    with pytest.raises(saved_model.ExportError, match="--beam-size must be a positive integer, got 0"):
+        saved_model.export(trained_run.run_dir, str(out), beam_size=0)
+    assert sorted(os.listdir(model_dir)) == ["3", "4", "notes"]
 
 
 @pytest.mark.slow
