@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from caption_app.data.pipeline import decode_image, resize_image
 from caption_app.data.vocabulary import END_ID, START_ID, Vocabulary
 from caption_app.model.show_and_tell import Captioner
 from export import saved_model, warmup
+from tests import saved_model_ops
 from tests.conftest import REPO_ROOT, encode_image, run_cli
 
 VENV_BIN = Path(sys.executable).parent
@@ -158,60 +158,13 @@ def test_signatures_with_saved_model_cli(exported):
     assert proc.stdout.count("Method name is: tensorflow/serving/predict") == len(expected)
 
 
-# Runs in a fresh interpreter that never imports tensorflow_text (nor this project): it lists every op
-# of every graph and library function in saved_model.pb, looks each up in TensorFlow's own op registry,
-# and serves one image.
-_FRESH_PROCESS = textwrap.dedent("""
-    import json, sys
-    import numpy as np
-    import tensorflow as tf
-    from tensorflow.core.framework import op_def_pb2
-    from tensorflow.core.protobuf import saved_model_pb2
-    from tensorflow.python.client import pywrap_tf_session
-    from tensorflow.python.framework import op_def_registry
-
-    path = sys.argv[1]
-    proto = saved_model_pb2.SavedModel()
-    with open(path + "/saved_model.pb", "rb") as f:
-        proto.ParseFromString(f.read())
-    ops, xla, functions = set(), [], set()
-    for graph in proto.meta_graphs:
-        library = graph.graph_def.library
-        functions |= {fn.signature.name for fn in library.function}
-        nodes = [("graph", n) for n in graph.graph_def.node]
-        for fn in library.function:
-            nodes += [(fn.signature.name, n) for n in fn.node_def]
-            for key in ("_XlaMustCompile", "_noinline_xla"):
-                if fn.attr[key].b if key in fn.attr else False:
-                    xla.append((fn.signature.name, key))
-        for where, node in nodes:
-            ops.add(node.op)
-            for key in ("_XlaMustCompile", "_XlaCompile"):
-                if key in node.attr and node.attr[key].b:
-                    xla.append((where, node.name, key))
-    op_types = sorted(ops - functions)  # a node may call a library function by name
-    unregistered = [op for op in op_types if op_def_registry.get(op) is None]
-
-    loaded = tf.saved_model.load(path)
-    image = tf.io.encode_png(tf.cast(tf.random.stateless_uniform([40, 40, 3], [1, 2], 0, 255), tf.uint8))
-    out = loaded.signatures["serving_default"](image_bytes=tf.stack([image, tf.constant(b"not an image")]))
-    registry = op_def_pb2.OpList()
-    registry.ParseFromString(pywrap_tf_session.TF_GetBuffer(pywrap_tf_session.TF_GetAllOpList()))
-    print(json.dumps({
-        "ops": op_types, "unregistered": unregistered, "xla": xla,
-        "valid": out["valid"].numpy().tolist(), "captions_shape": out["captions"].shape.as_list(),
-        "registry": sorted(op.name for op in registry.op),
-        "modules": sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow_text", "caption_app", "export", "keras_cv")),
-    }))
-""")
-
-
 @pytest.mark.slow
 def test_only_core_ops_in_a_fresh_process(exported, tmp_path):
     copy = tmp_path / "elsewhere" / "7"  # served from another place: nothing points back
     shutil.copytree(exported.path, copy)
-    proc = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, str(copy)], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=300,
+    # The scanner runs as a plain script (its own dir on sys.path, not the repo): it imports TensorFlow only.
+    proc = subprocess.run([sys.executable, str(Path(saved_model_ops.__file__)), str(copy)], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300,
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TF_CPP_MIN_LOG_LEVEL": "2"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -223,16 +176,25 @@ def test_only_core_ops_in_a_fresh_process(exported, tmp_path):
     assert {"While", "TopKV2", "MatMul", "LogSoftmax", "DecodeImage", "IgnoreErrorsDataset", "Conv2D"} <= ops
     assert not ops & {"PyFunc", "PyFuncStateless", "EagerPyFunc", "XlaLaunch", "_XlaCompile", "_XlaRun"}
     # The ops tensorflow_text registers here (in this process it is imported) appear nowhere.
-    from tensorflow.core.framework import op_def_pb2
-    from tensorflow.python.client import pywrap_tf_session
     import tensorflow_text  # noqa: F401  (already imported by caption_app)
 
-    here = op_def_pb2.OpList()
-    here.ParseFromString(pywrap_tf_session.TF_GetBuffer(pywrap_tf_session.TF_GetAllOpList()))
-    text_ops = {op.name for op in here.op} - set(report["registry"])
+    text_ops = set(saved_model_ops.registered_ops()) - set(report["registry"])
     assert {"CaseFoldUTF8", "TFText>WhitespaceTokenizeWithOffsetsV2"} <= text_ops  # what vocabulary.tokenize uses
     assert not ops & text_ops
     assert report["valid"] == [True, False] and report["captions_shape"] == [2, exported.num_captions]
+
+
+def test_the_op_scan_sees_xla_and_py_function(tmp_path):
+    """The scanner of the core-ops test, on SavedModels that break the rules: it must notice."""
+    module = tf.Module()
+    module.xla = tf.function(lambda x: x * 2.0, jit_compile=True,
+                             input_signature=[tf.TensorSpec([None], tf.float32)])
+    module.py = tf.function(lambda x: tf.py_function(lambda v: v + 1.0, [x], tf.float32),
+                            input_signature=[tf.TensorSpec([None], tf.float32)])
+    tf.saved_model.save(module, str(tmp_path), signatures={"xla": module.xla, "py": module.py})
+    report = saved_model_ops.scan(str(tmp_path))
+    assert report["xla"]  # _XlaMustCompile on the jit-compiled function
+    assert "EagerPyFunc" in report["ops"]
 
 
 def test_captions_equal_python_beam_search(exported):
