@@ -130,7 +130,6 @@ class CaptionModule(tf.Module):
         self._vocab = vocab
         self._image_size = image_size
         self._settings = settings
-        self.model_variables = list(captioner.model.variables)
         self.vocab_file = tf.saved_model.Asset(vocab_file)
         self.config_file = tf.saved_model.Asset(config_file)
         units = captioner.decoder.lstm_units
@@ -146,6 +145,14 @@ class CaptionModule(tf.Module):
         self.encode_image = function(self._encode_image, images)
         self.decode_step = function(self._decode_step, tf.TensorSpec([None], tf.int32, name="input_ids"), *state)
         self.ids_to_text = function(self._ids_to_text, tf.TensorSpec([None, None], tf.int32, name="ids"))
+        # Save the tf.Variables the functions capture (as Keras' ExportArchive does), not the Keras
+        # Variable wrappers: TF Serving loads into a Session, which restores variables by their graph
+        # names and would leave the functions' captures uninitialized ("Could not find variable").
+        captured = {}
+        for name in SIGNATURES:
+            for variable in getattr(self, name).get_concrete_function().variables:
+                captured[id(variable)] = variable
+        self.model_variables = list(captured.values())
 
     def signatures(self) -> dict:
         return {name: getattr(self, name) for name in SIGNATURES}

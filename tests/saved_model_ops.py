@@ -3,7 +3,8 @@
 Run as a script in a fresh interpreter (the core-ops test does), it prints one JSON line: the scan
 below, the op registry of that interpreter, which of tensorflow_text / caption_app / export /
 keras_cv it imported (none), and the outputs of `serving_default` on a generated PNG plus bytes
-that are not an image.
+that are not an image, loaded both ways: `tf.saved_model.load`, and a TF1 Session that runs the
+signatures by tensor name and replays the warmup records, as TensorFlow Serving does.
 """
 
 from __future__ import annotations
@@ -49,13 +50,44 @@ def registered_ops() -> list[str]:
     return sorted(op.name for op in ops.op)
 
 
+def run_in_session(path: str, requests: list[tuple[str, dict]]) -> list[dict]:
+    """Loads `path` into a TF1 Session and runs (signature, {input: array}) requests by the
+    signatures' tensor names: how TensorFlow Serving's C++ loader serves a SavedModel."""
+    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
+        results = []
+        for name, inputs in requests:
+            signature = meta_graph.signature_def[name]
+            feeds = {signature.inputs[key].name: value for key, value in inputs.items()}
+            results.append(session.run({key: t.name for key, t in signature.outputs.items()}, feeds))
+        return results
+
+
+def warmup_requests(path: str) -> list[tuple[str, dict]]:
+    """assets.extra/tf_serving_warmup_requests as (signature, {input: array})."""
+    from tensorflow_serving.apis import prediction_log_pb2  # protos only: registers no ops
+
+    requests = []
+    for record in tf.data.TFRecordDataset(f"{path}/assets.extra/tf_serving_warmup_requests"):
+        request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+        requests.append((request.model_spec.signature_name,
+                         {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}))
+    return requests
+
+
 def main(path: str) -> None:
     report = scan(path)
-    loaded = tf.saved_model.load(path)
     image = tf.io.encode_png(tf.cast(tf.random.stateless_uniform([40, 40, 3], [1, 2], 0, 255), tf.uint8))
-    out = loaded.signatures["serving_default"](image_bytes=tf.stack([image, tf.constant(b"not an image")]))
+    batch = [image.numpy(), b"not an image"]
+    out = tf.saved_model.load(path).signatures["serving_default"](image_bytes=tf.constant(batch))
+    session_out, *warmup_out = run_in_session(path, [("serving_default", {"image_bytes": batch})]
+                                              + warmup_requests(path))
     report.update(
-        valid=out["valid"].numpy().tolist(), captions_shape=out["captions"].shape.as_list(),
+        valid=out["valid"].numpy().tolist(), captions=out["captions"].numpy().astype(str).tolist(),
+        log_probs=out["log_probs"].numpy().tolist(),
+        session_valid=session_out["valid"].tolist(), session_captions=session_out["captions"].astype(str).tolist(),
+        session_log_probs=session_out["log_probs"].tolist(),
+        warmup_outputs=[sorted(o) for o in warmup_out],
         registry=registered_ops(),
         modules=sorted(m for m in sys.modules
                        if m.split(".")[0] in ("tensorflow_text", "caption_app", "export", "keras_cv")))

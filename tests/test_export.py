@@ -181,7 +181,14 @@ def test_only_core_ops_in_a_fresh_process(exported, tmp_path):
     text_ops = set(saved_model_ops.registered_ops()) - set(report["registry"])
     assert {"CaseFoldUTF8", "TFText>WhitespaceTokenizeWithOffsetsV2"} <= text_ops  # what vocabulary.tokenize uses
     assert not ops & text_ops
-    assert report["valid"] == [True, False] and report["captions_shape"] == [2, exported.num_captions]
+    assert report["valid"] == [True, False] and np.shape(report["captions"]) == (2, exported.num_captions)
+    # Loaded into a Session the way TF Serving's C++ loader does: the same answers, and every warmup
+    # record runs (an export whose Session could not find its variables failed right here).
+    assert report["session_valid"] == report["valid"]
+    assert report["session_captions"] == report["captions"]
+    np.testing.assert_allclose(report["session_log_probs"], report["log_probs"], atol=1e-5)
+    assert len(report["warmup_outputs"]) == len(warmup.BATCH_SIZES) + len(saved_model.SIGNATURES) - 1
+    assert report["warmup_outputs"][0] == ["captions", "log_probs", "scores", "valid"]
 
 
 def test_the_op_scan_sees_xla_and_py_function(tmp_path):
