@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEMO ?= demo_out
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup java demo test bench clean
+.PHONY: setup java demo test bench bench-export clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test: setup
 
 bench: setup
 	$(PY) bench/run.py
+
+# The exported InceptionV3 captioner vs its backbone on CPU (a few minutes).
+bench-export: setup
+	$(PY) bench/export_bench.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
