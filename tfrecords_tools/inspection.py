@@ -3,8 +3,8 @@
 Reads the manifest, the vocabulary and every record, and reports per split
 the images and captions, a caption-length histogram (words, as the pipeline's
 tokenizer splits them) and the vocabulary coverage (the fraction of caption
-words that are in the vocabulary, i.e. not `<unk>`; for train it is high by
-construction, for val/test it shows how well the train vocabulary carries
+words that are in the vocabulary, i.e. not `<unk>`: for train it shows what
+`min_word_count` dropped, for val/test how well the train vocabulary carries
 over). It also writes an HTML page with random examples (each image embedded
 as a base64 data URI with its captions) that a person can open in a browser
 (`OUT/inspect.html` by default, written atomically).
