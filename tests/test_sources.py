@@ -383,6 +383,7 @@ def test_sharded_conversion_merges_into_the_single_run_output(tmp_path):
         writer.check_part(3, 3)
 
 
+@pytest.mark.slow
 def test_cli_sharded_then_merge_then_inspect(tmp_path):
     names = _own_images(tmp_path, 8)
     path = tmp_path / "data.csv"
