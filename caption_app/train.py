@@ -15,6 +15,7 @@ import time
 import keras
 import tensorflow as tf
 
+from caption_app import features as features_lib
 from caption_app import metrics as metrics_lib
 from caption_app import run_dir as run_dir_lib
 from caption_app.config import Config
@@ -114,6 +115,7 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2) -> d
     if vocab.size != manifest.vocab_size:
         raise ValueError(f"{manifest.vocab_path} has {vocab.size} ids but the manifest says {manifest.vocab_size}")
     shapes = resolve_shapes(config, manifest)
+    features_lib.check_config(config)
     # Refuse another architecture's run dir before touching anything in it.
     run_dir_lib.check_compatible(run_dir, run_dir_lib.fingerprint(config, vocab, shapes))
     resuming = run_dir_lib.has_checkpoint(run_dir)
@@ -124,8 +126,9 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2) -> d
     steps = steps_per_epoch(manifest.split("train").num_images, t.batch_size)
     total_epochs = t.epochs + t.fine_tune_epochs
     train_ds = make_dataset(config, manifest, vocab, "train", training=True, shapes=shapes).repeat()
+    val_batch_size = max(t.batch_size, 32) if manifest.split("val").num_images else None
     val_ds = make_dataset(config, manifest, vocab, "val", training=False, shapes=shapes,
-                          batch_size=max(t.batch_size, 32)) if manifest.split("val").num_images else None
+                          batch_size=val_batch_size) if val_batch_size else None
 
     # When resuming, the checkpoint has every weight: skip the ImageNet download.
     model = show_and_tell.build_model(config, vocab.size, backbone_weights="none" if resuming else None)
@@ -157,19 +160,25 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2) -> d
                 run_dir_lib.latest_checkpoint(run_dir)).expect_partial()
         manager = tf.train.CheckpointManager(checkpoint, run_dir_lib.checkpoint_dir(run_dir),
                                              max_to_keep=t.max_checkpoints_to_keep)
-        model.compile(optimizer=optimizer, loss=MaskedCrossEntropy(), jit_compile=t.jit_compile)
-        if t.jit_compile and not model.jit_compile:
+        # The model fit trains; checkpoints always hold the full `model` (a head shares its layers).
+        fit_model, fit_train_ds, fit_val_ds = model, train_ds, val_ds
+        if t.feature_cache and not backbone_trainable:
+            fit_model, fit_train_ds, fit_val_ds = features_lib.frozen_phase(
+                config, model, manifest, vocab, shapes, run_dir, val_batch_size=val_batch_size)
+        fit_model.compile(optimizer=optimizer, loss=MaskedCrossEntropy(), jit_compile=t.jit_compile)
+        if t.jit_compile and not fit_model.jit_compile:
             raise RuntimeError("Keras turned XLA off for this model (an LSTM that may use cuDNN?); "
                                "keep model.use_cudnn=false with train.jit_compile=true")
         callbacks = [CheckpointCallback(manager, epoch, run_dir, total_epochs),
                      keras.callbacks.TensorBoard(os.path.join(run_dir, run_dir_lib.LOGS), update_freq="epoch")]
-        if val_ds is not None:
-            callbacks.insert(0, PerplexityCallback(val_ds, os.path.join(run_dir, run_dir_lib.LOGS)))
+        if fit_val_ds is not None:
+            callbacks.insert(0, PerplexityCallback(fit_val_ds, os.path.join(run_dir, run_dir_lib.LOGS)))
         print(f"{name}: epochs {max(first, start_epoch) + 1}-{last}, {steps} steps/epoch, backbone "
-              f"{'trainable' if backbone_trainable else 'frozen'}, XLA {'on' if model.jit_compile else 'off'}",
-              flush=True)
-        fit = model.fit(train_ds, epochs=last, initial_epoch=max(first, start_epoch), steps_per_epoch=steps,
-                        callbacks=callbacks, verbose=verbose, shuffle=False)
+              f"{'trainable' if backbone_trainable else 'frozen'}"
+              f"{' (from the feature cache)' if fit_model is not model else ''}, "
+              f"XLA {'on' if fit_model.jit_compile else 'off'}", flush=True)
+        fit = fit_model.fit(fit_train_ds, epochs=last, initial_epoch=max(first, start_epoch),
+                            steps_per_epoch=steps, callbacks=callbacks, verbose=verbose, shuffle=False)
         if fit.history.get("val_perplexity"):
             history["val_perplexity"] = fit.history["val_perplexity"][-1]
         history["epochs_done"] = last
