@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEMO ?= demo_out
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup java demo test bench bench-parts clean
+.PHONY: setup java demo test bench bench-parts bench-export clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: setup
 
 bench-parts: setup
 	$(PY) bench/run.py
+
+# The exported InceptionV3 captioner vs its backbone on CPU (a few minutes).
+bench-export: setup
+	$(PY) bench/export_bench.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -3,9 +3,9 @@
     make bench            # or: python bench/suite.py [--quick] [--backbone B --image-size S --batch N]
 
 Rows (every pair is timed interleaved, A B A B ..., median per step):
-  train step     XLA vs no XLA; fine-tuning vs frozen backbone; a step on cached
-                 backbone features (the head: image embedding + decoder) vs the
-                 in-step frozen backbone
+  train step     XLA vs no XLA; fine-tuning vs frozen backbone; a step of the feature
+                 cache's head (caption_app.features.build_head) on backbone features vs
+                 the in-step frozen backbone
   input pipeline images/s of decode + resize + tokenize (caption_app.data.pipeline
                  on the Flickr8k subset in ../shared, converted with
                  `python -m tfrecords_tools flickr8k` into a temp dir) vs the
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 import platform
@@ -106,22 +105,10 @@ def _fit_model(model, jit: bool, learning_rate: float = 1e-3):
     return fit_model
 
 
-def _head_model(model):
-    """The model from backbone features: what training on cached features runs per step."""
-    import keras
-
-    features = keras.Input((model.get_layer("backbone").output.shape[-1],), name="features")
-    input_ids = keras.Input((None, None), dtype="int32", name="input_ids")
-    embedding = model.get_layer("image_embedding")(features)
-    if any(layer.name == "image_embedding_norm" for layer in model.layers):
-        embedding = model.get_layer("image_embedding_norm")(embedding)
-    logits = model.get_layer("decoder")(embedding, input_ids)
-    return keras.Model({"features": features, "input_ids": input_ids}, logits, name="head")
-
-
 def train_step_rows(args, vocab_size: int = 1000) -> tuple[list[Row], dict]:
     import keras
 
+    from caption_app import features as features_lib
     from caption_app.model import show_and_tell
 
     config = _config(args)
@@ -131,9 +118,8 @@ def train_step_rows(args, vocab_size: int = 1000) -> tuple[list[Row], dict]:
     tuned = show_and_tell.build_model(config, vocab_size)
     images, ids = _batch(args, vocab_size)
     x, y = {"image": images, "input_ids": ids[..., :-1]}, ids[..., 1:]
-    features = keras.ops.convert_to_numpy(frozen.get_layer("backbone")(
-        frozen.get_layer("preprocess")(images)))  # [B, F]: what a feature cache stores
-    head = _head_model(frozen)
+    features = keras.ops.convert_to_numpy(features_lib.backbone_extractor(frozen)(images))  # [B, F]: cached
+    head = features_lib.build_head(frozen)
     xla, plain, fine_tune, cached = (_fit_model(frozen, True), _fit_model(frozen, False),
                                      _fit_model(tuned, True), _fit_model(head, True))
     hx = {"features": features, "input_ids": ids[..., :-1]}
@@ -147,9 +133,7 @@ def train_step_rows(args, vocab_size: int = 1000) -> tuple[list[Row], dict]:
     load += " -> " + _load()
     b = args.batch
     shape = f"{args.backbone} {args.image_size}px, batch {b}x{args.captions}x{args.length}"
-    feature_cache = ("caption_app.features present: its reading cost is not in this row"
-                     if importlib.util.find_spec("caption_app.features") else
-                     "caption_app.features not available: head step on in-memory features")
+    feature_cache = "features.build_head on in-memory features (reading the cache: bench/feature_cache.py)"
     rows = [
         Row("train step", f"XLA / no XLA (frozen backbone; {shape})", f"XLA {t['xla'] * 1e3:.0f} ms",
             f"no XLA {t['plain'] * 1e3:.0f} ms", t["xla"] / t["plain"], load=load),

@@ -1,4 +1,4 @@
-"""python -m caption_app train | evaluate | caption — argument parsing only."""
+"""python -m caption_app train | evaluate | caption | cache-features — argument parsing only."""
 
 from __future__ import annotations
 
@@ -18,6 +18,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     t.add_argument("--quiet", action="store_true", help="no per-epoch Keras lines")
+
+    f = sub.add_parser("cache-features", help="compute the frozen backbone's features once (train.feature_cache)")
+    f.add_argument("--config", default="shapes", help="preset name: shapes, im2txt, tiny")
+    f.add_argument("--data", required=True, help="converted data dir")
+    f.add_argument("--run-dir", required=True, help="the run dir training will use (the cache goes inside)")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="the same overrides as for train (train.feature_cache=true is needed)")
 
     e = sub.add_parser("evaluate", help="perplexity + BLEU/METEOR/ROUGE-L/CIDEr, once")
     e.add_argument("--run-dir", required=True)
@@ -56,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
             history = train(config, args.data, args.run_dir, verbose=0 if args.quiet else 2)
             print(f"trained {history['epochs_done']} epochs in {history['seconds']:.0f}s; "
                   f"val perplexity {history['val_perplexity']}; run dir: {args.run_dir}")
+        elif args.command == "cache-features":
+            from caption_app import config as config_lib
+            from caption_app.features import cache_features
+
+            config = config_lib.override(config_lib.get_preset(args.config), args.set)
+            print(f"feature cache ready: {cache_features(config, args.data, args.run_dir)}")
         elif args.command == "evaluate":
             from caption_app import evaluate as evaluate_lib
 

@@ -25,6 +25,7 @@ import keras
 import tensorflow as tf
 
 from caption_app import distribute
+from caption_app import features as features_lib
 from caption_app import metrics as metrics_lib
 from caption_app import run_dir as run_dir_lib
 from caption_app.config import Config
@@ -285,6 +286,7 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
     if vocab.size != manifest.vocab_size:
         raise ValueError(f"{manifest.vocab_path} has {vocab.size} ids but the manifest says {manifest.vocab_size}")
     shapes = resolve_shapes(config, manifest)
+    features_lib.check_config(config)
     replicas = strategy.num_replicas_in_sync
     if t.batch_size % replicas:
         raise ValueError(f"train.batch_size={t.batch_size} is the global batch and must divide evenly over "
@@ -304,8 +306,9 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = _shard_policy(strategy, len(manifest.files("train")))
     train_ds = train_ds.with_options(options)
+    val_batch_size = max(t.batch_size, 32) if manifest.split("val").num_images else None
     val_ds = make_dataset(config, manifest, vocab, "val", training=False, shapes=shapes,
-                          batch_size=max(t.batch_size, 32)) if manifest.split("val").num_images else None
+                          batch_size=val_batch_size) if val_batch_size else None
 
     with strategy.scope():
         # When resuming, the checkpoint has every weight: skip the ImageNet download.
@@ -356,18 +359,24 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
             print(f"{name}: optimizer restored at step {int(optimizer.iterations.numpy())}", flush=True)
         manager = tf.train.CheckpointManager(checkpoint, run_dir_lib.checkpoint_dir(write_dir),
                                              max_to_keep=t.max_checkpoints_to_keep)
-        fit_model = _compile(model, optimizer, config, strategy)
+        # The model fit trains; checkpoints always hold the full `model` (a head shares its layers).
+        fit_target, fit_train_ds, fit_val_ds = model, train_ds, val_ds
+        if t.feature_cache and not backbone_trainable:
+            fit_target, fit_train_ds, fit_val_ds = features_lib.frozen_phase(
+                config, model, manifest, vocab, shapes, run_dir, val_batch_size=val_batch_size)
+        fit_model = _compile(fit_target, optimizer, config, strategy)
         history["xla"] = xla_description(fit_model)
         begin = max(first, start_epoch)
         print(f"{name}: epochs {begin + 1}-{last}, {steps} steps/epoch, backbone "
-              f"{'trainable' if backbone_trainable else 'frozen'}, XLA {history['xla']}, {replicas} replica(s), "
-              f"precision {t.precision}", flush=True)
+              f"{'trainable' if backbone_trainable else 'frozen'}"
+              f"{' (from the feature cache)' if fit_target is not model else ''}, XLA {history['xla']}, "
+              f"{replicas} replica(s), precision {t.precision}", flush=True)
 
         def callbacks(first_step: int) -> list:
             logs = os.path.join(write_dir, run_dir_lib.LOGS)
             out = [StopOnNonFiniteLoss(run_dir, learning_rate)]
-            if val_ds is not None:
-                out.append(PerplexityCallback(val_ds, logs))
+            if fit_val_ds is not None:
+                out.append(PerplexityCallback(fit_val_ds, logs))
             if t.backup_every_steps > 0:
                 backup_manager = tf.train.CheckpointManager(
                     tf.train.Checkpoint(model=model, epoch=epoch, step=step, **{f"optimizer_{name}": optimizer}),
@@ -387,7 +396,7 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
             fits.append((last, begin, steps, 0))
         for epochs, initial_epoch, epoch_steps, first_step in fits:
             with strategy.scope():
-                fit = fit_model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch,
+                fit = fit_model.fit(fit_train_ds, epochs=epochs, initial_epoch=initial_epoch,
                                     steps_per_epoch=epoch_steps, callbacks=callbacks(first_step),
                                     verbose=verbose if chief else 0, shuffle=False)
             if fit.history.get("val_perplexity"):

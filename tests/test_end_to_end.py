@@ -1,4 +1,4 @@
-"""End to end, exactly as a user runs it: generate + convert -> train -> evaluate -> caption (subprocesses)."""
+"""End to end, exactly as a user runs it: generate + convert -> train -> evaluate -> caption -> export (subprocesses)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import re
 
 import pytest
+import tensorflow as tf
 
 from caption_app import config as config_lib
 from tests.conftest import run_cli
@@ -63,3 +64,22 @@ def test_end_to_end(tmp_path):
         for i, line in enumerate(captions, 1):
             assert re.fullmatch(rf"  {i}\. .*  \(log p = -?[0-9.]+\)", line), line
     assert len(lines) == len(paths) * (1 + beam)
+
+    # Export, then serve the same images from the SavedModel: the same captions and log-probabilities.
+    exports = str(tmp_path / "exports")
+    proc = run_cli("export", "--run-dir", run, "--out", exports)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    version_dir = os.path.join(exports, "caption", "1")
+    assert f"exported {version_dir}" in proc.stdout
+    images = []
+    for path in paths:
+        with open(path, "rb") as f:
+            images.append(f.read())
+    out = tf.saved_model.load(version_dir).signatures["serving_default"](image_bytes=tf.constant(images))
+    assert out["valid"].numpy().all()
+    for row, path in enumerate(paths):
+        start = lines.index(path)
+        for i in range(beam):
+            m = re.fullmatch(rf"  {i + 1}\. (.*)  \(log p = (-?[0-9.]+)\)", lines[start + 1 + i])
+            assert m.group(1) == out["captions"][row, i].numpy().decode()
+            assert abs(float(m.group(2)) - out["log_probs"][row, i].numpy()) <= 6e-4  # printed to 3 decimals

@@ -2,9 +2,17 @@
 
     python -m tfrecords_tools shapes --out data/shapes
     python -m tfrecords_tools flickr8k --images Flicker8k_Dataset --text Flickr8k_text --out data/flickr8k
+    python -m tfrecords_tools coco --annotations captions_train2014.json captions_val2014.json \\
+        --images train2014 val2014 --split-scheme im2txt --out data/coco
+    python -m tfrecords_tools karpathy --json dataset_coco.json --images COCO_ROOT --out data/coco_karpathy
+    python -m tfrecords_tools flickr30k --token results_20130124.token --images flickr30k-images --out DIR
+    python -m tfrecords_tools jsonl --file data.jsonl --out DIR     (or: csv --file data.csv)
+    python -m tfrecords_tools tfds --name coco_captions --data-dir ~/tensorflow_datasets --out DIR
+    python -m tfrecords_tools merge --out DIR        (after --num-shards N --shard-index I runs)
+    python -m tfrecords_tools inspect DIR [--html page.html] [--examples 20]
 
-Argument parsing only; the work is in `tfrecords_tools.shapes`,
-`tfrecords_tools.flickr8k` and `tfrecords_tools.writer`.
+Argument parsing only; the work is in one module per source and in
+`tfrecords_tools.writer` (and `tfrecords_tools.inspection`).
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ import os
 import sys
 from typing import Sequence
 
+SOURCES = ("shapes", "flickr8k", "coco", "karpathy", "flickr30k", "jsonl", "csv", "tfds")
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -21,17 +31,30 @@ def _parser() -> argparse.ArgumentParser:
         description="Convert a caption dataset into TFRecord shards, vocab.txt and manifest.json.")
     sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, shardable: bool = True) -> None:
         p.add_argument("--out", required=True, help="data dir to write")
         p.add_argument("--min-word-count", type=int, default=4,
                        help="train words seen fewer times become <unk> (default 4)")
         p.add_argument("--num-workers", type=int, default=None,
                        help="threads reading and checking images (default: Python's default)")
         p.add_argument("--images-per-shard", type=int, default=1000, help="default 1000")
+        p.add_argument("--max-pixels", type=int, default=None,
+                       help="skip images whose header claims more pixels (default: PIL's limit, ~89M)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        if shardable:
+            p.add_argument("--num-shards", type=int, default=None,
+                           help="split the work over this many machines/processes (then run merge)")
+            p.add_argument("--shard-index", type=int, default=None,
+                           help="which part this run converts, 0..num-shards-1")
+
+    def fractions(p: argparse.ArgumentParser, default: float) -> None:
+        p.add_argument("--val-fraction", type=float, default=default,
+                       help=f"hash split: fraction of images for val (default {default:.4f})")
+        p.add_argument("--test-fraction", type=float, default=default,
+                       help=f"hash split: fraction of images for test (default {default:.4f})")
 
     shapes = sources.add_parser("shapes", help="generate and convert the synthetic shapes dataset")
-    common(shapes)
+    common(shapes, shardable=False)
     shapes.add_argument("--raw-dir", default=None,
                         help="where the generated Flickr8k-layout files go (default OUT/raw)")
     shapes.add_argument("--seed", type=int, default=0)
@@ -45,30 +68,151 @@ def _parser() -> argparse.ArgumentParser:
     f8k.add_argument("--images", required=True, help="the JPEG folder (Flicker8k_Dataset)")
     f8k.add_argument("--text", required=True,
                      help="the Flickr8k_text folder (Flickr8k.token.txt, Flickr_8k.*Images.txt)")
+
+    coco = sources.add_parser("coco", help="convert MS-COCO caption files (2014/2017) as published")
+    common(coco)
+    coco.add_argument("--annotations", nargs="+", required=True,
+                      help="captions_train2014.json captions_val2014.json ...")
+    coco.add_argument("--images", nargs="+", required=True,
+                      help="image folders searched for each file_name, in order (train2014 val2014)")
+    coco.add_argument("--split-scheme", choices=("file", "im2txt"), default="file",
+                      help="file: each annotation file is a split (default); im2txt: train2014 + 85%% of "
+                           "val2014 train, 5%% val, 10%% test")
+    coco.add_argument("--splits", nargs="+", default=None,
+                      help="with --split-scheme file: one split name per annotation file "
+                           "(default: train/val/test from the file names)")
+
+    karpathy = sources.add_parser("karpathy", help="convert a Karpathy split file (dataset_*.json)")
+    common(karpathy)
+    karpathy.add_argument("--json", required=True, help="dataset_coco.json / dataset_flickr8k.json / ...")
+    karpathy.add_argument("--images", required=True,
+                          help="image root (COCO: the folder holding train2014/ and val2014/)")
+    karpathy.add_argument("--restval", choices=("train", "val", "drop"), default="train",
+                          help="where Karpathy's 'restval' images go (default train)")
+
+    f30k = sources.add_parser("flickr30k", help="convert Flickr30k (results_20130124.token + images)")
+    common(f30k)
+    f30k.add_argument("--token", required=True, help="results_20130124.token")
+    f30k.add_argument("--images", required=True, help="the image folder (flickr30k-images)")
+    fractions(f30k, 1000 / 31783)
+
+    for fmt in ("jsonl", "csv"):
+        p = sources.add_parser(fmt, help=f"convert your own {fmt.upper()} file (image path + caption[s])")
+        common(p)
+        p.add_argument("--file", required=True, help=f"the {fmt.upper()} file")
+        p.add_argument("--root", default=None, help="image paths are relative to it (default: the file's folder)")
+        p.add_argument("--image-key", default="image")
+        p.add_argument("--caption-key", default="caption")
+        p.add_argument("--split-key", default="split")
+        fractions(p, 0.05)
+
+    tfds = sources.add_parser("tfds", help="convert a prepared tensorflow-datasets dataset (coco_captions)")
+    common(tfds)
+    tfds.add_argument("--name", default="coco_captions")
+    tfds.add_argument("--data-dir", default=None, help="TFDS data dir (default: TFDS's default)")
+    tfds.add_argument("--split-map", nargs="+", default=None, metavar="TFDS_SPLIT=SPLIT",
+                      help="default: train=train restval=train val=val test=test (validation=val if present)")
+    tfds.add_argument("--image-key", default="image")
+    tfds.add_argument("--captions-key", default="captions/text")
+    tfds.add_argument("--id-key", default="image/filename")
+
+    merge = sources.add_parser("merge", help="combine OUT/parts/* (from --num-shards runs) into OUT")
+    merge.add_argument("--out", required=True)
+    merge.add_argument("--keep-parts", action="store_true", help="do not delete OUT/parts afterwards")
+
+    inspect = sources.add_parser("inspect", help="counts, caption lengths, vocabulary coverage, HTML examples")
+    inspect.add_argument("data_dir")
+    inspect.add_argument("--html", default=None, help="the page to write (default DATA_DIR/inspect.html)")
+    inspect.add_argument("--examples", type=int, default=20, help="random examples on the page (default 20)")
+    inspect.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _part(args) -> tuple[int, int] | None:
+    num, index = getattr(args, "num_shards", None), getattr(args, "shard_index", None)
+    if num is None and index is None:
+        return None
+    if num is None or index is None:
+        raise SystemExit("error: --num-shards and --shard-index go together")
+    return index, num
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parses `argv` (default sys.argv[1:]), converts, returns the exit code."""
     args = _parser().parse_args(argv)
+    part = _part(args)
     # Imported here so `--help` and usage errors do not wait for TensorFlow.
-    from tfrecords_tools import flickr8k, shapes, writer
+    from tfrecords_tools import writer
 
-    writer_kwargs = dict(min_word_count=args.min_word_count, num_workers=args.num_workers,
-                         images_per_shard=args.images_per_shard, progress=not args.no_progress)
     try:
-        if args.source == "shapes":
-            shapes.convert_shapes(args.out, raw_dir=args.raw_dir, seed=args.seed,
-                                  num_train=args.num_train, num_val=args.num_val,
-                                  num_test=args.num_test, image_size=args.image_size,
-                                  **writer_kwargs)
+        if args.source == "inspect":
+            from tfrecords_tools import inspection
+
+            inspection.inspect_data(args.data_dir, html_path=args.html, num_examples=args.examples,
+                                    seed=args.seed)
+            return 0
+        if args.source == "merge":
+            writer.merge_parts(args.out, keep_parts=args.keep_parts)
         else:
-            flickr8k.convert_flickr8k(args.images, args.text, args.out, **writer_kwargs)
+            kw = dict(min_word_count=args.min_word_count, num_workers=args.num_workers,
+                      images_per_shard=args.images_per_shard, progress=not args.no_progress)
+            if args.max_pixels is not None:
+                kw["max_pixels"] = args.max_pixels
+            if part is not None:
+                kw["part"] = part
+            _convert(args, kw)
     except (writer.ConversionError, OSError) as e:  # bad input or an unwritable --out
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"Data dir ready: {os.path.abspath(args.out)} (manifest.json, vocab.txt, shards)")
+    if part is None:
+        print(f"Data dir ready: {os.path.abspath(args.out)} (manifest.json, vocab.txt, shards)")
     return 0
+
+
+def _convert(args, kw: dict) -> None:
+    if args.source == "shapes":
+        from tfrecords_tools import shapes
+
+        shapes.convert_shapes(args.out, raw_dir=args.raw_dir, seed=args.seed, num_train=args.num_train,
+                              num_val=args.num_val, num_test=args.num_test, image_size=args.image_size, **kw)
+    elif args.source == "flickr8k":
+        from tfrecords_tools import flickr8k
+
+        flickr8k.convert_flickr8k(args.images, args.text, args.out, **kw)
+    elif args.source == "coco":
+        from tfrecords_tools import coco
+
+        coco.convert_coco(args.annotations, args.images, args.out, split_scheme=args.split_scheme,
+                          splits=args.splits, **kw)
+    elif args.source == "karpathy":
+        from tfrecords_tools import karpathy
+
+        karpathy.convert_karpathy(args.json, args.images, args.out, restval=args.restval, **kw)
+    elif args.source == "flickr30k":
+        from tfrecords_tools import flickr30k
+
+        flickr30k.convert_flickr30k(args.token, args.images, args.out, val_fraction=args.val_fraction,
+                                    test_fraction=args.test_fraction, **kw)
+    elif args.source in ("jsonl", "csv"):
+        from tfrecords_tools import jsonl_csv
+
+        jsonl_csv.convert_records(args.file, args.source, args.out, root=args.root, image_key=args.image_key,
+                                  caption_key=args.caption_key, split_key=args.split_key,
+                                  val_fraction=args.val_fraction, test_fraction=args.test_fraction, **kw)
+    else:
+        from tfrecords_tools import tfds_source
+
+        split_map = None
+        if args.split_map:
+            pairs = [s.partition("=") for s in args.split_map]
+            if not all(sep and a and b for a, sep, b in pairs):
+                from tfrecords_tools.writer import ConversionError
+
+                raise ConversionError(f"--split-map takes TFDS_SPLIT=SPLIT pairs, got {args.split_map}")
+            split_map = {a: b for a, _, b in pairs}
+        tfds_source.convert_tfds(args.name, args.out, data_dir=args.data_dir, split_map=split_map,
+                                 image_key=args.image_key, captions_key=args.captions_key, id_key=args.id_key,
+                                 **kw)
 
 
 if __name__ == "__main__":

@@ -60,35 +60,51 @@ def read_flickr8k(images_dir: str | os.PathLike, text_dir: str | os.PathLike
             f"{text_dir} lacks {', '.join(absent)}; pass the Flickr8k_text folder of the release, "
             f"which holds {', '.join(needed)}")
 
-    token_path = os.path.join(text_dir, TOKEN_FILE)
-    captions: dict[str, list[str]] = collections.defaultdict(list)
-    bad_lines: list[str] = []
-    with open(token_path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            key, tab, caption = line.partition("\t")
-            if not tab:
-                bad_lines.append(f"{TOKEN_FILE}:{line_no}")
-                continue
-            name = key.strip().rpartition("#")[0] or key.strip()
-            stray = _STRAY_SUFFIX.match(name)
-            if stray:
-                name = stray.group(1)
-            captions[name].append(caption)
+    captions, bad_lines = read_token_file(os.path.join(text_dir, TOKEN_FILE))
 
     items_by_split: dict[str, list[writer.Item]] = {}
+    unsafe: list[str] = []
     for split, list_file in SPLIT_FILES.items():
-        with open(os.path.join(text_dir, list_file), encoding="utf-8") as f:
-            names = [line.strip() for line in f if line.strip()]
-        items_by_split[split] = [
-            writer.Item(image_id=name, path=os.path.join(images_dir, name),
-                        captions=tuple(captions.get(name, ())))
-            for name in names
-        ]
-    skipped = {"bad_line": bad_lines} if bad_lines else {}
+        names = [line.strip() for line in writer.read_text(os.path.join(text_dir, list_file)).split("\n")
+                 if line.strip()]
+        items_by_split[split] = []
+        for name in names:
+            path = writer.image_path(images_dir, name)
+            if path is None:
+                unsafe.append(name)
+            else:
+                items_by_split[split].append(
+                    writer.Item(image_id=name, path=path, captions=tuple(captions.get(name, ()))))
+    skipped = {"bad_line": bad_lines, "unsafe_path": unsafe}
+    skipped = {reason: names for reason, names in skipped.items() if names}
     return items_by_split, skipped
+
+
+def read_token_file(path: str | os.PathLike) -> tuple[dict[str, list[str]], list[str]]:
+    """Reads a Flickr token file (`name.jpg#i<TAB>caption` a line; Flickr8k and Flickr30k).
+
+    Returns:
+      (image name -> captions in file order, `file:line` of lines without a
+      tab). Bytes that are not UTF-8 stay in the caption as lone surrogates;
+      the writer drops those captions as "bad_encoding".
+    """
+    captions: dict[str, list[str]] = collections.defaultdict(list)
+    bad_lines: list[str] = []
+    base = os.path.basename(path)
+    for line_no, line in enumerate(writer.read_text(path).split("\n"), 1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        key, tab, caption = line.partition("\t")
+        if not tab:
+            bad_lines.append(f"{base}:{line_no}")
+            continue
+        name = key.strip().rpartition("#")[0] or key.strip()
+        stray = _STRAY_SUFFIX.match(name)
+        if stray:
+            name = stray.group(1)
+        captions[name].append(caption)
+    return captions, bad_lines
 
 
 def convert_flickr8k(images_dir: str | os.PathLike, text_dir: str | os.PathLike,

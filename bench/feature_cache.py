@@ -1,0 +1,128 @@
+"""Benchmark (not a test): one frozen-phase epoch with and without the feature cache.
+
+    python bench/feature_cache.py [--root ../shared/data/flickr8k_1k] [--steps N] [--set key=value ...]
+
+Converts the shared Flickr8k subset (753 train / 113 val images), builds the
+`im2txt` preset's model (InceptionV3 at 299x299, random weights: no download;
+no augmentation, which the cache refuses) with the backbone frozen, and times
+side by side in one process:
+
+- uncached: `model.fit` of the full model (backbone forward every step),
+- the one-off cache build (backbone forward once per train and val image),
+- cached: `model.fit` of the head on the cached features.
+
+Each side runs one untimed step first (tracing / XLA compilation), then
+`--steps` timed steps (default: a whole epoch, 753 // 32 = 23). With fewer
+steps the epoch time is extrapolated (steps per epoch x time per step) and
+the output says so. Other processes share the CPUs: the load average is
+printed; compare only numbers of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+
+from caption_app import config as config_lib  # noqa: E402
+from caption_app import features  # noqa: E402
+from caption_app.data import manifest as manifest_lib  # noqa: E402
+from caption_app.data.pipeline import make_dataset, resolve_shapes  # noqa: E402
+from caption_app.data.vocabulary import Vocabulary  # noqa: E402
+from caption_app.model import show_and_tell  # noqa: E402
+from caption_app.model.loss import MaskedCrossEntropy  # noqa: E402
+from caption_app.train import make_optimizer, steps_per_epoch  # noqa: E402
+from tfrecords_tools import flickr8k  # noqa: E402
+
+
+def _fit_seconds(model, dataset, steps: int, config) -> float:
+    """Seconds of `steps` fit steps after one untimed warm-up step (tracing, XLA)."""
+    model.compile(optimizer=make_optimizer(config, 0.01), loss=MaskedCrossEntropy(),
+                  jit_compile=config.train.jit_compile)
+    model.fit(dataset, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
+    began = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
+    return time.perf_counter() - began
+
+
+def main() -> None:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root", default=os.path.join(os.path.dirname(here), "shared", "data", "flickr8k_1k"))
+    parser.add_argument("--data", default=None, help="an already converted data dir (skips the conversion)")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps per side (default: one epoch)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--work-dir", default=None,
+                        help="keep the converted data and the cache here between runs (default: a temp dir); "
+                             "a cache with the same key is reused and its build is not timed again")
+    args = parser.parse_args()
+
+    config = config_lib.override(config_lib.get_preset("im2txt"), [
+        "model.backbone_weights=none", "data.augment=", "train.freeze_backbone=true",
+        "train.feature_cache=true", *args.set])
+    with tempfile.TemporaryDirectory() as temp:
+        tmp = args.work_dir or temp
+        data_dir = args.data
+        if data_dir is None and os.path.exists(os.path.join(tmp, "data", manifest_lib.MANIFEST)):
+            data_dir = os.path.join(tmp, "data")
+        if data_dir is None:
+            data_dir = os.path.join(tmp, "data")
+            flickr8k.convert_flickr8k(os.path.join(args.root, "Flicker8k_Dataset"),
+                                      os.path.join(args.root, "Flickr8k_text"), data_dir,
+                                      progress=False, verbose=False)
+        manifest = manifest_lib.load(data_dir)
+        vocab = Vocabulary.load(manifest.vocab_path)
+        shapes = resolve_shapes(config, manifest)
+        t = config.train
+        epoch_steps = steps_per_epoch(manifest.split("train").num_images, t.batch_size)
+        steps = args.steps or epoch_steps
+        print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
+              f"{config.model.backbone} at {shapes.image_size}px, batch {t.batch_size} images x "
+              f"{shapes.num_captions} captions, LSTM dropout {config.model.lstm_dropout}, "
+              f"XLA {'on' if t.jit_compile else 'off'}; {manifest.split('train').num_images} train images = "
+              f"{epoch_steps} steps/epoch; timing {steps} steps per side", flush=True)
+
+        keras.utils.set_random_seed(t.seed)
+        model = show_and_tell.build_model(config, vocab.size)
+        show_and_tell.set_backbone_trainable(model, False)
+
+        train_ds = make_dataset(config, manifest, vocab, "train", training=True, shapes=shapes).repeat()
+        uncached = _fit_seconds(model, train_ds, steps, config)
+        print(f"uncached: {uncached / steps:.3f} s/step", flush=True)
+
+        began = time.perf_counter()
+        cache_dir = features.ensure_cache(model, config, manifest, vocab, shapes, os.path.join(tmp, "run"),
+                                          verbose=False)
+        info = features.load_info(cache_dir)
+        build = info["seconds"]
+        reused = time.perf_counter() - began < build
+        cached_images = sum(s["num_images"] for s in info["splits"].values())
+        print(f"cache build: {build:.1f} s for {cached_images} images (train + val), "
+              f"{cached_images / build:.1f} images/s{' (reused: timed when it was built)' if reused else ''}",
+              flush=True)
+
+        head = features.build_head(model)
+        cached_ds = features.make_cached_dataset(config, manifest, vocab, cache_dir, "train", training=True,
+                                                 shapes=shapes).repeat()
+        cached = _fit_seconds(head, cached_ds, steps, config)
+        print(f"cached: {cached / steps:.4f} s/step", flush=True)
+
+    how = "measured" if steps == epoch_steps else f"extrapolated from {steps} steps"
+    u_epoch, c_epoch = uncached / steps * epoch_steps, cached / steps * epoch_steps
+    print(f"\none frozen-phase epoch ({epoch_steps} steps, {how}):")
+    print(f"  uncached        {u_epoch:8.1f} s")
+    print(f"  cached          {c_epoch:8.2f} s   ratio uncached/cached {u_epoch / c_epoch:.0f}x")
+    print(f"  cache build     {build:8.1f} s   (once; pays for itself after "
+          f"{build / max(u_epoch - c_epoch, 1e-9):.2f} epochs)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""Feature cache for the frozen-backbone phase.
+
+While the backbone is frozen its output for an image never changes, yet the
+full model recomputes it every step of every epoch (im2txt did so for a
+million steps). With `train.feature_cache=true` the frozen phase instead
+
+1. computes the backbone features of every train and val image once
+   (`ensure_cache`: `RUN/feature_cache/<key>/{split}-NNNNN-of-MMMMM.tfrecord`,
+   one float32 vector [F] per image with its id and raw captions), and
+2. trains a *head* model {"features" [B, F], "input_ids" [B, C, T]} -> logits
+   [B, C, T, V] built from the very same `image_embedding`,
+   `image_embedding_norm` and `decoder` layers as the full model
+   (`build_head`). The variables are shared, so the run's checkpoints are
+   ordinary full-model checkpoints, and phase 2 (fine-tuning) continues from
+   them with the full model as if nothing had happened.
+
+The cache key hashes the data (manifest and shard sizes), the backbone (name,
+image size) and the backbone's current weights. A cache whose key differs (new
+data, other weights, or a half-written build, which has no `cache.json`) is
+never used: it is deleted and rebuilt. Builds are written under a temporary
+name and renamed when complete.
+
+Data augmentation works on pixels, which the cache does not have: with
+`data.augment` set, `check_config` refuses `train.feature_cache` (set
+`data.augment=` or turn the cache off) instead of silently training without it.
+
+    python -m caption_app cache-features --config im2txt --data DATA --run-dir RUN \\
+        --set data.augment= --set train.feature_cache=true
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from caption_app import run_dir as run_dir_lib
+from caption_app.config import Config
+from caption_app.data import manifest as manifest_lib
+from caption_app.data import pipeline
+from caption_app.data.vocabulary import Vocabulary
+from caption_app.model import show_and_tell
+
+CACHE_DIR = "feature_cache"
+CACHE_FILE = "cache.json"
+FORMAT_VERSION = 1
+IMAGES_PER_SHARD = 5000
+SPLITS = ("train", "val")
+
+_FEATURES, _IMAGE_ID, _CAPTIONS = "features", "image/id", "image/captions"
+
+
+def check_config(config: Config) -> None:
+    """Raises ValueError when `train.feature_cache` cannot be honoured by this config."""
+    if not config.train.feature_cache:
+        return
+    if not config.train.freeze_backbone or config.train.epochs == 0:
+        raise ValueError("train.feature_cache=true needs a frozen-backbone phase (train.freeze_backbone=true "
+                         "and train.epochs > 0); the backbone's features change while it trains")
+    if config.data.augment:
+        raise ValueError(
+            f"train.feature_cache=true cannot apply data.augment={','.join(config.data.augment)}: the cache "
+            "holds one feature vector per image, computed once from the unaugmented image. Set "
+            "--set data.augment= (no augmentation in any phase), or train.feature_cache=false")
+
+
+def backbone_extractor(model: keras.Model) -> keras.Model:
+    """The full model's image path up to the backbone's output: image [B, S, S, 3] 0-255 -> [B, F]."""
+    return keras.Model(model.get_layer("image").output, model.get_layer("image_embedding").input,
+                       name="backbone_features")
+
+
+def build_head(model: keras.Model) -> keras.Model:
+    """{"features" [B, F], "input_ids" [B, C, T]} -> logits [B, C, T, V], sharing the full
+    model's image_embedding, image_embedding_norm (if any) and decoder layers (and variables)."""
+    feature_size = int(model.get_layer("image_embedding").input.shape[-1])
+    features = keras.Input((feature_size,), name="features")
+    input_ids = keras.Input((None, None), dtype="int32", name="input_ids")
+    embedding = model.get_layer("image_embedding")(features)  # [B, E]
+    if any(layer.name == "image_embedding_norm" for layer in model.layers):
+        embedding = model.get_layer("image_embedding_norm")(embedding)
+    logits = model.get_layer("decoder")(embedding, input_ids)
+    return keras.Model({"features": features, "input_ids": input_ids}, logits, name="show_and_tell_head")
+
+
+def cache_key(model: keras.Model, config: Config, manifest: manifest_lib.Manifest,
+              shapes: pipeline.Shapes) -> dict:
+    """What the cached features depend on: data, backbone and its current weights."""
+    weights = hashlib.sha1()
+    for variable in model.get_layer(show_and_tell.BACKBONE_LAYER).weights:  # trainable and BN statistics
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable.value))
+        weights.update(f"{variable.path}:{value.dtype}:{value.shape}".encode())
+        weights.update(value.tobytes())
+    data = hashlib.sha1(json.dumps(manifest.raw, sort_keys=True).encode())
+    for split in SPLITS:
+        for path in manifest.files(split):
+            data.update(f"{os.path.basename(path)}:{os.path.getsize(path)}".encode())
+    return {
+        "format_version": FORMAT_VERSION,
+        "backbone": config.model.backbone,
+        "image_size": shapes.image_size,
+        "backbone_weights_sha1": weights.hexdigest(),
+        "data_sha1": data.hexdigest(),
+    }
+
+
+def _digest(key: dict) -> str:
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ensure_cache(model: keras.Model, config: Config, manifest: manifest_lib.Manifest, vocab: Vocabulary,
+                 shapes: pipeline.Shapes, run_dir: str, *, batch_size: int | None = None,
+                 verbose: bool = True) -> str:
+    """The cache dir of `model`'s current backbone on this data, built if needed.
+
+    Returns:
+      `RUN/feature_cache/<key digest>` (holding `cache.json` and the shards).
+    """
+    key = cache_key(model, config, manifest, shapes)
+    root = os.path.join(run_dir, CACHE_DIR)
+    path = os.path.join(root, _digest(key))
+    if os.path.exists(os.path.join(path, CACHE_FILE)):
+        if verbose:
+            print(f"feature cache: using {path}", flush=True)
+        return path
+    if os.path.isdir(root):
+        for stale in sorted(os.listdir(root)):
+            if verbose:
+                print(f"feature cache: removing {os.path.join(root, stale)} (other data or backbone weights, "
+                      "or an unfinished build)", flush=True)
+            shutil.rmtree(os.path.join(root, stale), ignore_errors=True)
+    os.makedirs(root, exist_ok=True)
+    tmp = path + f".tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        began = time.time()
+        extractor = backbone_extractor(model)
+        forward = tf.function(lambda images: extractor(images, training=False), reduce_retracing=True)
+        uncached = dataclasses.replace(config, data=dataclasses.replace(config.data, augment=()))
+        info = {"key": key, "feature_size": int(extractor.output.shape[-1]), "splits": {}}
+        for split in SPLITS:
+            count = manifest.split(split).num_images if split in manifest.splits else 0
+            if not count:
+                info["splits"][split] = {"num_images": 0, "files": []}
+                continue
+            ds = pipeline.make_dataset(uncached, manifest, vocab, split, training=False, with_ids=True,
+                                       batch_size=batch_size or config.train.batch_size, shapes=shapes)
+            num_shards = -(-count // IMAGES_PER_SHARD)
+            files = [f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
+            writers = [tf.io.TFRecordWriter(os.path.join(tmp, f)) for f in files]
+            written = 0
+            for inputs, _, extras in ds:
+                features = forward(inputs["image"]).numpy()  # [B, F]
+                for vector, image_id, captions in zip(features, extras["image_id"].numpy(),
+                                                      extras["captions"].numpy()):
+                    captions = [c for c in captions if c]  # "" pads images with fewer captions
+                    writers[written * num_shards // count].write(_example(vector, image_id, captions))
+                    written += 1
+            for w in writers:
+                w.close()
+            if written != count:
+                raise RuntimeError(f"feature cache: read {written} {split} images, the manifest says {count}")
+            info["splits"][split] = {"num_images": count, "files": files}
+            if verbose:
+                print(f"feature cache: {split} {count} images in {time.time() - began:.1f}s", flush=True)
+        info["seconds"] = time.time() - began
+        with open(os.path.join(tmp, CACHE_FILE), "w") as f:
+            json.dump(info, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _example(vector: np.ndarray, image_id: bytes, captions) -> bytes:
+    return tf.train.Example(features=tf.train.Features(feature={
+        _FEATURES: tf.train.Feature(float_list=tf.train.FloatList(value=vector.astype(np.float32))),
+        _IMAGE_ID: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id])),
+        _CAPTIONS: tf.train.Feature(bytes_list=tf.train.BytesList(value=list(captions))),
+    })).SerializeToString()
+
+
+def load_info(cache_dir: str) -> dict:
+    with open(os.path.join(cache_dir, CACHE_FILE)) as f:
+        return json.load(f)
+
+
+def make_cached_dataset(config: Config, manifest: manifest_lib.Manifest, vocab: Vocabulary, cache_dir: str,
+                        split: str, *, training: bool, batch_size: int | None = None,
+                        shapes: pipeline.Shapes | None = None) -> tf.data.Dataset:
+    """`pipeline.make_dataset`'s batches with features instead of images.
+
+    Returns:
+      ({"features": [B, F] float32, "input_ids": [B, C, T-1] int32}, targets [B, C, T-1]),
+      in the order of `make_dataset(training=False)` when not training.
+    """
+    shapes = shapes or pipeline.resolve_shapes(config, manifest)
+    info = load_info(cache_dir)
+    files = [os.path.join(cache_dir, f) for f in info["splits"][split]["files"]]
+    if not files:
+        raise ValueError(f"the feature cache {cache_dir} has no {split!r} images")
+    spec = {_FEATURES: tf.io.FixedLenFeature([info["feature_size"]], tf.float32),
+            _IMAGE_ID: tf.io.FixedLenFeature([], tf.string),
+            _CAPTIONS: tf.io.VarLenFeature(tf.string)}
+    table = vocab.lookup_table()
+    seed = config.train.seed
+    num_captions = shapes.num_captions if training else manifest.max_captions_per_image
+
+    def parse(serialized):
+        parsed = tf.io.parse_single_example(serialized, spec)
+        return parsed[_FEATURES], tf.sparse.to_dense(parsed[_CAPTIONS], default_value="")
+
+    def to_ids(features, captions):
+        return features, pipeline.caption_ids(captions, table, manifest.tokenizer, num_captions,
+                                              shapes.caption_length, seed=seed if training else None)
+
+    def finish(features, ids):
+        inputs, targets = pipeline.split_inputs_targets(features, ids)
+        return {"features": inputs["image"], "input_ids": inputs["input_ids"]}, targets
+
+    ds = tf.data.TFRecordDataset(files).map(parse, num_parallel_calls=pipeline.AUTOTUNE)
+    if training:
+        ds = ds.cache().shuffle(config.data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(to_ids, num_parallel_calls=pipeline.AUTOTUNE)
+    ds = ds.batch(batch_size or config.train.batch_size, drop_remainder=training)
+    return ds.map(finish, num_parallel_calls=pipeline.AUTOTUNE).prefetch(pipeline.AUTOTUNE)
+
+
+def frozen_phase(config: Config, model: keras.Model, manifest: manifest_lib.Manifest, vocab: Vocabulary,
+                 shapes: pipeline.Shapes, run_dir: str, *, val_batch_size: int | None):
+    """What the frozen phase fits with a feature cache: (head model, train dataset
+    (repeated), val dataset or None when `val_batch_size` is None)."""
+    check_config(config)
+    cache_dir = ensure_cache(model, config, manifest, vocab, shapes, run_dir)
+    train_ds = make_cached_dataset(config, manifest, vocab, cache_dir, "train", training=True,
+                                   shapes=shapes).repeat()
+    val_ds = None
+    if val_batch_size is not None:
+        val_ds = make_cached_dataset(config, manifest, vocab, cache_dir, "val", training=False,
+                                     batch_size=val_batch_size, shapes=shapes)
+    return build_head(model), train_ds, val_ds
+
+
+def cache_features(config: Config, data_dir: str, run_dir: str) -> str:
+    """`python -m caption_app cache-features`: builds the cache before training.
+
+    The model is built as `train` builds it (same seed; the latest checkpoint
+    of the run dir restored if there is one), so the key matches what training
+    will compute. Returns the cache dir.
+    """
+    check_config(config)
+    if not config.train.feature_cache:
+        raise ValueError("cache-features is for runs with train.feature_cache=true (add --set "
+                         "train.feature_cache=true here and when training)")
+    manifest = manifest_lib.load(data_dir)
+    vocab = Vocabulary.load(manifest.vocab_path)
+    shapes = pipeline.resolve_shapes(config, manifest)
+    run_dir_lib.check_compatible(run_dir, run_dir_lib.fingerprint(config, vocab, shapes))
+    resuming = run_dir_lib.has_checkpoint(run_dir)
+    keras.utils.set_random_seed(config.train.seed)
+    model = show_and_tell.build_model(config, vocab.size, backbone_weights="none" if resuming else None)
+    if resuming:
+        tf.train.Checkpoint(model=model).restore(run_dir_lib.latest_checkpoint(run_dir)).expect_partial()
+    os.makedirs(run_dir, exist_ok=True)
+    return ensure_cache(model, config, manifest, vocab, shapes, run_dir)

@@ -1,0 +1,160 @@
+"""`python -m tfrecords_tools inspect OUT`: what a converted data dir holds.
+
+Reads the manifest, the vocabulary and every record, and reports per split
+the images and captions, a caption-length histogram (words, as the pipeline's
+tokenizer splits them) and the vocabulary coverage (the fraction of caption
+words that are in the vocabulary, i.e. not `<unk>`: for train it shows what
+`min_word_count` dropped, for val/test how well the train vocabulary carries
+over). It also writes an HTML page with random examples (each image embedded
+as a base64 data URI with its captions) that a person can open in a browser
+(`OUT/inspect.html` by default, written atomically).
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import html
+import os
+import random
+
+import tensorflow as tf
+
+from caption_app.data import manifest as manifest_lib
+from caption_app.data import records
+from caption_app.data import vocabulary as vocab_lib
+
+HTML_FILE = "inspect.html"
+BIN_WIDTH, LAST_BIN = 5, 40  # histogram bins of 5 words; one bin for LAST_BIN words and more
+
+
+def _mime(encoded: bytes) -> str:
+    if encoded.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if encoded.startswith(b"\x89PNG"):
+        return "image/png"
+    if encoded.startswith(b"GIF8"):
+        return "image/gif"
+    if encoded.startswith(b"BM"):
+        return "image/bmp"
+    return "application/octet-stream"
+
+
+def length_bin(words: int) -> str:
+    """The histogram bin of a caption of `words` words: "0-4", "5-9", ..., "40+"."""
+    if words >= LAST_BIN:
+        return f"{LAST_BIN}+"
+    lo = words // BIN_WIDTH * BIN_WIDTH
+    return f"{lo}-{lo + BIN_WIDTH - 1}"
+
+
+def inspect_data(data_dir: str | os.PathLike, *, html_path: str | os.PathLike | None = None,
+                 num_examples: int = 20, seed: int = 0, verbose: bool = True) -> dict:
+    """Reports on a data dir and writes the examples page.
+
+    Args:
+      data_dir: a converted data dir.
+      html_path: the page to write (default DATA_DIR/inspect.html).
+      num_examples: random records shown on the page (drawn over all splits).
+      seed: of the random draw.
+      verbose: print the report.
+
+    Returns:
+      {"splits": {split: {"num_images", "num_captions", "length_histogram"
+      {bin: captions}, "max_words", "mean_words", "tokens", "in_vocab_tokens",
+      "vocab_coverage"}}, "vocab_size", "html"}.
+    """
+    data_dir = os.fspath(data_dir)
+    manifest = manifest_lib.load(data_dir)
+    vocab = vocab_lib.Vocabulary.load(manifest.vocab_path)
+    known = set(vocab.words)
+    rng = random.Random(seed)
+    sample: list[tuple[str, str, bytes, list[str]]] = []  # reservoir over all records
+    seen = 0
+    report: dict = {"data_dir": data_dir, "vocab_size": vocab.size, "splits": {}}
+    for split in manifest.splits:
+        files = manifest.files(split)
+        images, captions = 0, []
+        if files:
+            for raw in tf.data.TFRecordDataset(files).map(records.parse_example).as_numpy_iterator():
+                images += 1
+                texts = [c.decode("utf-8") for c in raw["captions"]]
+                captions.extend(texts)
+                seen += 1
+                entry = (split, raw["image_id"].decode("utf-8"), raw["encoded"], texts)
+                if len(sample) < num_examples:
+                    sample.append(entry)
+                else:
+                    j = rng.randrange(seen)
+                    if j < num_examples:
+                        sample[j] = entry
+        histogram: collections.Counter = collections.Counter()
+        tokens = in_vocab = total_words = max_words = 0
+        for words in vocab_lib.split_words(captions, manifest.tokenizer):
+            histogram[length_bin(len(words))] += 1
+            tokens += len(words)
+            in_vocab += sum(w in known for w in words)
+            total_words += len(words)
+            max_words = max(max_words, len(words))
+        order = [length_bin(w) for w in range(0, LAST_BIN + 1, BIN_WIDTH)]
+        report["splits"][split] = {
+            "num_images": images,
+            "num_captions": len(captions),
+            "length_histogram": {b: histogram[b] for b in order if histogram[b]},
+            "max_words": max_words,
+            "mean_words": total_words / len(captions) if captions else 0.0,
+            "tokens": tokens,
+            "in_vocab_tokens": in_vocab,
+            "vocab_coverage": in_vocab / tokens if tokens else None,
+        }
+    path = os.fspath(html_path) if html_path else os.path.join(data_dir, HTML_FILE)
+    _write_html(path, manifest, report, sample)
+    report["html"] = path
+    if verbose:
+        print(format_report(report))
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{report['data_dir']}: vocabulary {report['vocab_size']} ids"]
+    for split, info in report["splits"].items():
+        coverage = info["vocab_coverage"]  # None: no words in the split
+        lines.append(f"{split}: {info['num_images']} images, {info['num_captions']} captions, "
+                     f"{info['mean_words']:.1f} words on average (max {info['max_words']}), vocabulary "
+                     f"coverage {_percent(coverage)} of {info['tokens']} words")
+        peak = max(info["length_histogram"].values(), default=1)
+        for bin_name, n in info["length_histogram"].items():
+            lines.append(f"  {bin_name:>6s} words {n:8d} {'#' * max(1, round(40 * n / peak))}")
+    lines.append(f"examples: {report.get('html', '')}")
+    return "\n".join(lines)
+
+
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.2f}%"
+
+
+def _write_html(path: str, manifest: manifest_lib.Manifest, report: dict, sample) -> None:
+    rows = []
+    for split, image_id, encoded, captions in sample:
+        uri = f"data:{_mime(encoded)};base64,{base64.b64encode(encoded).decode('ascii')}"
+        items = "".join(f"<li>{html.escape(c)}</li>" for c in captions)
+        rows.append(f'<div class="ex"><img src="{uri}" alt="{html.escape(image_id)}">'
+                    f"<p><b>{html.escape(split)}</b> {html.escape(image_id)}</p><ol>{items}</ol></div>")
+    counts = "".join(
+        f"<tr><td>{html.escape(s)}</td><td>{i['num_images']}</td><td>{i['num_captions']}</td>"
+        f"<td>{_percent(i['vocab_coverage'])}</td></tr>"
+        for s, i in report["splits"].items())
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{html.escape(manifest.data_dir)}</title>
+<style>body{{font-family:sans-serif}} .ex{{display:inline-block;vertical-align:top;width:320px;margin:8px}}
+.ex img{{max-width:300px;max-height:300px}} td,th{{padding:2px 8px}}</style></head><body>
+<h1>{html.escape(manifest.raw.get('source', ''))}: {html.escape(manifest.data_dir)}</h1>
+<table><tr><th>split</th><th>images</th><th>captions</th><th>vocabulary coverage</th></tr>{counts}</table>
+<h2>{len(sample)} random examples</h2>
+{''.join(rows)}
+</body></html>
+"""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(page)
+    os.replace(path + ".tmp", path)
