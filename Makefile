@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEMO ?= demo_out
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup java demo test bench bench-export clean
+.PHONY: setup java demo test bench bench-parts bench-export clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,11 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# The benchmark suite (bench/suite.py: ratios side by side, one process); bench-parts: bench/run.py.
 bench: setup
+	$(PY) bench/suite.py
+
+bench-parts: setup
 	$(PY) bench/run.py
 
 # The exported InceptionV3 captioner vs its backbone on CPU (a few minutes).

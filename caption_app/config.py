@@ -54,6 +54,10 @@ class Train:
     jit_compile: bool = True
     max_checkpoints_to_keep: int = 5
     seed: int = 0
+    # Scale (README "Scaling out"): batch_size is the GLOBAL batch, split over the replicas.
+    strategy: str = "default"  # default | mirrored | multi_worker | tpu (caption_app/distribute.py)
+    precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16; logits and loss stay float32
+    backup_every_steps: int = 0  # also back up mid-epoch every this many steps (RUN/backup); 0 = epoch ends only
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,6 +6,7 @@
     RUN/manifest.json      copy of the data dir's manifest (+ "data_dir")
     RUN/shapes.json        image size, captions per image, caption length
     RUN/checkpoints/       tf.train checkpoints (model, optimizer, epoch)
+    RUN/backup/            the latest mid-epoch backup (train.backup_every_steps)
     RUN/logs/              TensorBoard
     RUN/state.json         {"epochs_done": n, "total_epochs": m, "finished": bool}
 
@@ -36,6 +37,7 @@ VOCAB = "vocab.txt"
 SHAPES = "shapes.json"
 STATE = "state.json"
 CHECKPOINTS = "checkpoints"
+BACKUP = "backup"
 LOGS = "logs"
 
 
@@ -65,6 +67,10 @@ def has_checkpoint(run_dir: str) -> bool:
     return tf.train.latest_checkpoint(os.path.join(run_dir, CHECKPOINTS)) is not None
 
 
+def has_backup(run_dir: str) -> bool:
+    return tf.train.latest_checkpoint(os.path.join(run_dir, BACKUP)) is not None
+
+
 def check_compatible(run_dir: str, new: dict) -> None:
     """Raises ArchitectureMismatch when `run_dir` holds another architecture.
 
@@ -82,7 +88,7 @@ def check_compatible(run_dir: str, new: dict) -> None:
                 f"  run dir:  {_describe(old)}\n"
                 f"  this run: {_describe(new)}\n"
                 "Nothing was changed. Train into a new --run-dir, or use the run dir's own settings.")
-    elif has_checkpoint(run_dir):
+    elif has_checkpoint(run_dir) or has_backup(run_dir):
         raise ArchitectureMismatch(
             f"run dir {run_dir} has checkpoints but no {FINGERPRINT}, so their architecture is unknown; "
             f"this run is {_describe(new)}. Nothing was changed. Use a new --run-dir.")
@@ -168,6 +174,7 @@ def load_model(run_dir: str, checkpoint: str | None = None):
     vocab = load_vocab(run_dir)
     shapes = load_shapes(run_dir)
     checkpoint = checkpoint or latest_checkpoint(run_dir)
-    model = show_and_tell.build_model(config, vocab.size, backbone_weights="none")
+    # Inference in float32 whatever the training precision (the variables are float32 either way).
+    model = show_and_tell.build_model(config, vocab.size, backbone_weights="none", precision="float32")
     tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial().assert_existing_objects_matched()
     return model, config, vocab, shapes, checkpoint

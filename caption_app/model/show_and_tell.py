@@ -11,6 +11,8 @@ LSTM state) and `decode_step` (previous word + state -> next-word logits).
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 from keras import ops
 
@@ -51,7 +53,8 @@ class CaptionDecoder(keras.layers.Layer):
                                       recurrent_initializer=init, use_cudnn=use_cudnn, name="lstm")
         self.input_dropout = keras.layers.Dropout(dropout)
         self.output_dropout = keras.layers.Dropout(dropout)
-        self.logits = keras.layers.Dense(vocab_size, kernel_initializer=init, name="logits")
+        # float32 logits under mixed precision: the softmax over the vocabulary needs the range.
+        self.logits = keras.layers.Dense(vocab_size, kernel_initializer=init, name="logits", dtype="float32")
 
     def build(self, image_embedding_shape, input_ids_shape=None):
         self.word_embedding.build((None, None))
@@ -89,7 +92,24 @@ class CaptionDecoder(keras.layers.Layer):
                 "use_cudnn": self.use_cudnn}
 
 
-def build_model(config: Config, vocab_size: int, backbone_weights: str | None = None) -> keras.Model:
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Builds layers under Keras dtype policy `name` (float32, mixed_float16, mixed_bfloat16).
+
+    Keras' policy is global (per thread) state and keras.applications models
+    take no dtype argument, so it is set here around model building, and
+    restored after, in this one place.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def build_model(config: Config, vocab_size: int, backbone_weights: str | None = None,
+                precision: str | None = None) -> keras.Model:
     """The trainable Show-and-Tell model.
 
     Args:
@@ -97,11 +117,20 @@ def build_model(config: Config, vocab_size: int, backbone_weights: str | None = 
       vocab_size: from the manifest.
       backbone_weights: overrides config.model.backbone_weights (e.g. "none"
         when a checkpoint is about to be restored anyway).
+      precision: Keras dtype policy (default config.train.precision). Under
+        mixed_* the variables stay float32 (checkpoints are the same either
+        way), layers compute in float16/bfloat16, and the logits (and the
+        loss, see loss.py) are float32.
     Returns:
       keras.Model {"image": [B, S, S, 3] float32 0-255, "input_ids": [B, C, T] int32}
-      -> logits [B, C, T, V]. C (captions per image) and T (tokens) are free;
+      -> logits [B, C, T, V] float32. C (captions per image) and T (tokens) are free;
       under XLA each distinct (B, C, T) compiles once.
     """
+    with dtype_policy(precision or config.train.precision):
+        return _build_model(config, vocab_size, backbone_weights)
+
+
+def _build_model(config: Config, vocab_size: int, backbone_weights: str | None) -> keras.Model:
     m = config.model
     spec = backbones.get(m.backbone)
     size = backbones.resolve_image_size(m.backbone, config.data.image_size)
