@@ -199,7 +199,6 @@ def _with_size(args, size: int):
 
 
 def inference_rows(args, model) -> list[Row]:
-    import numpy as np
     import tensorflow as tf
 
     from caption_app.beam_search import beam_search

@@ -96,6 +96,21 @@ def encode_image(pixels: np.ndarray, fmt: str, mode: str | None = None) -> bytes
     return buf.getvalue()
 
 
+def read_records(out: Path, split: str) -> list[dict]:
+    """The records of a converted data dir's split, parsed with the one schema, in file order."""
+    import tensorflow as tf
+
+    from caption_app.data import manifest as manifest_lib
+    from caption_app.data import records
+
+    files = manifest_lib.load(str(out)).files(split)
+    if not files:
+        return []
+    ds = tf.data.TFRecordDataset(files).map(records.parse_example)
+    return [{"image_id": r["image_id"].numpy().decode(), "encoded": r["encoded"].numpy(),
+             "captions": [c.decode() for c in r["captions"].numpy()]} for r in ds]
+
+
 def run_cli(module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python -m module args...` from the repo root, as a user would run it."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import io
 import json
 import os
 import re
@@ -21,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 from caption_app import run_dir as run_dir_lib
 from caption_app.data.pipeline import decode_image, resize_image

@@ -7,7 +7,6 @@ import os
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from caption_app import features
 from caption_app import run_dir as run_dir_lib

@@ -13,7 +13,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 

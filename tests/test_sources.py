@@ -19,7 +19,7 @@ from PIL import Image
 from caption_app.data import manifest as manifest_lib
 from caption_app.data import records
 from caption_app.data import vocabulary as vocab_lib
-from tests.conftest import run_cli
+from tests.conftest import read_records, run_cli
 from tfrecords_tools import coco, flickr30k, inspection, jsonl_csv, karpathy, writer
 
 
@@ -28,15 +28,6 @@ def _jpeg(seed: int, size: int = 24) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "JPEG", quality=90)
     return buf.getvalue()
-
-
-def _records(out: Path, split: str) -> list[dict]:
-    files = manifest_lib.load(str(out)).files(split)
-    if not files:
-        return []
-    ds = tf.data.TFRecordDataset(files).map(records.parse_example)
-    return [{"image_id": r["image_id"].numpy().decode(), "encoded": r["encoded"].numpy(),
-             "captions": [c.decode() for c in r["captions"].numpy()]} for r in ds]
 
 
 def _convert_kwargs(**kw):
@@ -76,7 +67,7 @@ def test_coco_file_scheme_2017(tmp_path):
                                  **_convert_kwargs())
     assert manifest["source"] == "coco"
     assert {s: v["num_images"] for s, v in manifest["splits"].items()} == {"train": 4, "val": 3, "test": 0}
-    got = _records(out, "train")
+    got = read_records(out, "train")
     assert [r["image_id"] for r in got] == [f"{i:012d}.jpg" for i in range(4)]
     assert got[0]["encoded"] == (tmp_path / "train2017" / "000000000000.jpg").read_bytes()
     # Captions in annotation-file order (reversed above), all six of image 0 kept.
@@ -99,9 +90,9 @@ def test_coco_im2txt_scheme_reproduces_build_mscoco_data(tmp_path):
     # im2txt: train2014 + val[:int(0.85 n)], val[int(0.85 n):int(0.90 n)], val[int(0.90 n):], n = 20.
     val_names = [f"COCO_val2014_{1000 + i:012d}.jpg" for i in range(20)]
     train_names = [f"COCO_train2014_{i:012d}.jpg" for i in range(6)] + val_names[:17]
-    assert [r["image_id"] for r in _records(out, "train")] == train_names
-    assert [r["image_id"] for r in _records(out, "val")] == val_names[17:18]
-    assert [r["image_id"] for r in _records(out, "test")] == val_names[18:]
+    assert [r["image_id"] for r in read_records(out, "train")] == train_names
+    assert [r["image_id"] for r in read_records(out, "val")] == val_names[17:18]
+    assert [r["image_id"] for r in read_records(out, "test")] == val_names[18:]
     assert manifest["source_info"]["im2txt_val_cutoffs"] == [17, 18]
     # Pairs as im2txt counts them: every caption of every train image.
     captions_per_image = [6 if i % 3 == 0 else 5 for i in range(20)]
@@ -132,7 +123,7 @@ def test_coco_unsafe_duplicate_and_missing_entries(tmp_path):
     assert skipped["missing"]["examples"] == ["COCO_train2014_gone.jpg"]
     assert skipped["bad_line"]["examples"] == ["captions_train2014.json:annotations[18]"]
     assert manifest["splits"]["train"]["num_images"] == 3
-    assert all("secret" not in c for r in _records(out, "train") for c in r["captions"])
+    assert all("secret" not in c for r in read_records(out, "train") for c in r["captions"])
 
 
 # ---------------------------------------------------------------------------- Karpathy
@@ -158,13 +149,13 @@ def test_karpathy_coco_and_flickr_layouts(tmp_path):
     out = tmp_path / "out"
     manifest = karpathy.convert_karpathy(path, root, out, **_convert_kwargs())
     assert manifest["source"] == "karpathy_coco"
-    train = _records(out, "train")
+    train = read_records(out, "train")
     assert [r["image_id"] for r in train] == ["train2014/COCO_train2014_000000000000.jpg",
                                               "val2014/COCO_val2014_000000000001.jpg",  # restval -> train
                                               "val2014/COCO_val2014_000000000004.jpg"]
     assert train[1]["captions"] == ["A man riding a wave 1.", "A surfer ."]  # "raw", untokenized
-    assert [r["image_id"] for r in _records(out, "val")] == ["val2014/COCO_val2014_000000000002.jpg"]
-    assert [r["image_id"] for r in _records(out, "test")] == ["val2014/COCO_val2014_000000000003.jpg"]
+    assert [r["image_id"] for r in read_records(out, "val")] == ["val2014/COCO_val2014_000000000002.jpg"]
+    assert [r["image_id"] for r in read_records(out, "test")] == ["val2014/COCO_val2014_000000000003.jpg"]
     assert manifest["skipped"]["unsafe_path"]["examples"] == ["../passwd"]
     assert manifest["skipped"]["bad_line"]["examples"] == ["dataset_coco.json:images[6]"]
 
@@ -203,7 +194,7 @@ def test_flickr30k_token_file_and_hash_split(tmp_path):
     counts = {s: v["num_images"] for s, v in manifest["splits"].items()}
     assert sum(counts.values()) == 40 and all(counts[s] > 0 for s in ("train", "val", "test"))
     for split in ("train", "val", "test"):
-        for r in _records(out, split):
+        for r in read_records(out, split):
             assert writer.hash_split(r["image_id"], 0.2, 0.2) == split
             assert len(r["captions"]) == 5
     assert manifest["skipped"]["bad_line"]["examples"] == [f"{flickr30k.TOKEN_FILE}:201"]
@@ -212,7 +203,7 @@ def test_flickr30k_token_file_and_hash_split(tmp_path):
     reordered.write_text("\n".join(reversed(lines[:-1])) + "\n")
     again, _ = flickr30k.read_flickr30k(reordered, images, val_fraction=0.2, test_fraction=0.2)
     assert {s: sorted(i.image_id for i in v) for s, v in again.items()} == {
-        s: sorted(r["image_id"] for r in _records(out, s)) for s in ("train", "val", "test")}
+        s: sorted(r["image_id"] for r in read_records(out, s)) for s in ("train", "val", "test")}
 
 
 # ---------------------------------------------------------------------------- JSONL / CSV
@@ -244,19 +235,19 @@ def test_jsonl_captions_lists_splits_and_bad_lines(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     manifest = jsonl_csv.convert_records(path, "jsonl", out, **_convert_kwargs())
-    train = {r["image_id"]: r["captions"] for r in _records(out, "train")}
+    train = {r["image_id"]: r["captions"] for r in read_records(out, "train")}
     assert train["imgs/0.jpg"] == ["a red ball", "a ball on grass"]
     assert train["imgs/1.jpg"] == ["a cat", "a cat on a mat"]
-    assert [r["image_id"] for r in _records(out, "val")] == ["imgs/2.jpg"] + (
+    assert [r["image_id"] for r in read_records(out, "val")] == ["imgs/2.jpg"] + (
         ["imgs/5.jpg"] if writer.hash_split("imgs/5.jpg", 0.05, 0.05) == "val" else [])
-    assert {r["image_id"]: r["captions"] for r in _records(out, "test")}["imgs/3.jpg"] == ["a bird"]
+    assert {r["image_id"]: r["captions"] for r in read_records(out, "test")}["imgs/3.jpg"] == ["a bird"]
     skipped = manifest["skipped"]
     assert skipped["split_conflict"]["examples"] == ["data.jsonl:6"]
     assert skipped["bad_line"]["examples"] == ["data.jsonl:7 (split 'holdout')", "data.jsonl:9",
                                                "data.jsonl:10"]
     assert skipped["unsafe_path"]["examples"] == ["../outside.jpg"]
     expected_5 = writer.hash_split("imgs/5.jpg", 0.05, 0.05)
-    assert "imgs/5.jpg" in {r["image_id"] for r in _records(out, expected_5)}
+    assert "imgs/5.jpg" in {r["image_id"] for r in read_records(out, expected_5)}
 
 
 def test_csv_rows_root_and_custom_keys(tmp_path):
@@ -276,9 +267,9 @@ def test_csv_rows_root_and_custom_keys(tmp_path):
     manifest = jsonl_csv.convert_records(path, "csv", out, root=data, image_key="file", caption_key="text",
                                          split_key="part", val_fraction=0.0, test_fraction=0.0,
                                          **_convert_kwargs())
-    train = {r["image_id"]: r["captions"] for r in _records(out, "train")}
+    train = {r["image_id"]: r["captions"] for r in read_records(out, "train")}
     assert train == {"imgs/0.jpg": ["a dog, running", 'a "quoted" dog'], "imgs/2.jpg": ["a bird"]}
-    assert [r["image_id"] for r in _records(out, "val")] == ["imgs/1.jpg"]
+    assert [r["image_id"] for r in read_records(out, "val")] == ["imgs/1.jpg"]
     assert manifest["skipped"]["bad_line"]["examples"] == ["captions.csv:6"]
     with pytest.raises(writer.ConversionError, match="image root"):
         jsonl_csv.read_records(path, "csv", root=tmp_path / "nope")
@@ -318,7 +309,7 @@ def test_tfds_coco_captions_with_mock_data(tmp_path):
                                             **_convert_kwargs())
     assert manifest["source"] == "tfds:coco_captions"
     assert {s: v["num_images"] for s, v in manifest["splits"].items()} == {"train": 6, "val": 3, "test": 3}
-    train = _records(out, "train")
+    train = read_records(out, "train")
     assert [r["image_id"] for r in train][:4] == ["COCO_train_000000000000.jpg", "COCO_train_000000000001.jpg",
                                                   "COCO_train_000000000002.jpg", "COCO_restval_000000000100.jpg"]
     assert train[1]["captions"] == ["a train picture 0", "a train picture 1", "a train picture 2"]
@@ -368,8 +359,8 @@ def test_sharded_conversion_merges_into_the_single_run_output(tmp_path):
     for split in ("train", "val", "test"):
         assert merged["splits"][split]["num_images"] == single["splits"][split]["num_images"]
         assert merged["splits"][split]["num_captions"] == single["splits"][split]["num_captions"]
-        got = _records(out, split)
-        want = _records(tmp_path / "single", split)
+        got = read_records(out, split)
+        want = read_records(tmp_path / "single", split)
         assert sorted((r["image_id"], r["encoded"], r["captions"]) for r in got) == sorted(
             (r["image_id"], r["encoded"], r["captions"]) for r in want)
         # Each image in exactly the part its id hashes to.

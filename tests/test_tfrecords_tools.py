@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from PIL import Image
 
 from caption_app.data import manifest as manifest_lib
 from caption_app.data import records
 from caption_app.data import vocabulary as vocab_lib
+from tests.conftest import read_records
 from tfrecords_tools import flickr8k, shapes, writer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,15 +29,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def _read_records(out: Path, split: str) -> list[dict]:
-    files = manifest_lib.load(str(out)).files(split)
-    if not files:
-        return []
-    ds = tf.data.TFRecordDataset(files).map(records.parse_example)
-    return [{"image_id": r["image_id"].numpy().decode(), "encoded": r["encoded"].numpy(),
-             "captions": [c.decode() for c in r["captions"].numpy()]} for r in ds]
 
 
 def _jpeg(seed: int, size: int = 32) -> bytes:
@@ -237,7 +228,7 @@ def test_flickr8k_skips_counts_and_round_trips(fake_flickr8k, tmp_path, capsys):
         assert info["num_captions"] == sum(len(c) for c in want.values())
         assert info["num_shards"] == math.ceil(len(want) / 3) == len(info["files"])
         assert loaded.split(split).num_images == len(want)
-        got = _read_records(out, split)
+        got = read_records(out, split)
         assert [r["image_id"] for r in got] == list(want)  # split-list order
         for r in got:
             assert r["encoded"] == (images / r["image_id"]).read_bytes()
@@ -369,7 +360,7 @@ def test_real_flickr8k_subset(tmp_path):
     assert not set(manifest["skipped"]["missing"]["examples"]) & present
     loaded = manifest_lib.load(str(out))
     assert loaded.max_captions_per_image == 5 and loaded.max_caption_words > 10
-    first = _read_records(out, "val")[0]
+    first = read_records(out, "val")[0]
     assert first["encoded"] == (root / "Flicker8k_Dataset" / first["image_id"]).read_bytes()
 
 
