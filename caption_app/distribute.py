@@ -163,12 +163,13 @@ class ReplicaTrainer(FitModel):
     trips keras-team/keras#20329 on dict inputs.
     """
 
-    def __init__(self, model: keras.Model, *, clip_norm: float = 0.0, multi_worker: bool = False, **kwargs):
+    def __init__(self, model: keras.Model, *, clip_norm: float = 0.0, multi_worker: bool = False,
+                 jit_compile: bool = True, **kwargs):
         super().__init__(model, name=f"{model.name}_replica_trainer", **kwargs)
         self.clip_norm = clip_norm
         self.multi_worker = multi_worker
-        self.per_replica_jit_compile = True
-        self._grads_fn = tf.function(self._loss_and_gradients, jit_compile=True, reduce_retracing=True)
+        self.per_replica_jit_compile = jit_compile
+        self._grads_fn = tf.function(self._loss_and_gradients, jit_compile=jit_compile, reduce_retracing=True)
 
     def compile(self, **kwargs):
         """keras.Model.compile, plus the loss tracker (created here, inside strategy.scope())."""

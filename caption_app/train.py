@@ -229,10 +229,8 @@ def _compile(model: keras.Model, optimizer, config: Config, strategy: tf.distrib
     t = config.train
     if distribute.needs_replica_trainer(strategy):
         trainer = distribute.ReplicaTrainer(model, clip_norm=t.clip_gradient_norm,
-                                            multi_worker=distribute.num_workers(strategy) > 1)
-        trainer.per_replica_jit_compile = t.jit_compile
-        if not t.jit_compile:
-            trainer._grads_fn = tf.function(trainer._loss_and_gradients, reduce_retracing=True)
+                                            multi_worker=distribute.num_workers(strategy) > 1,
+                                            jit_compile=t.jit_compile)
         with strategy.scope():
             trainer.compile(optimizer=optimizer, loss=MaskedCrossEntropy(), jit_compile=False)
         return trainer
