@@ -30,7 +30,6 @@ Data augmentation works on pixels, which the cache does not have: with
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -44,7 +43,7 @@ import tensorflow as tf
 from caption_app import run_dir as run_dir_lib
 from caption_app.config import Config
 from caption_app.data import manifest as manifest_lib
-from caption_app.data import pipeline
+from caption_app.data import pipeline, records
 from caption_app.data.vocabulary import Vocabulary
 from caption_app.model import show_and_tell
 
@@ -53,8 +52,6 @@ CACHE_FILE = "cache.json"
 FORMAT_VERSION = 1
 IMAGES_PER_SHARD = 5000
 SPLITS = ("train", "val")
-
-_FEATURES, _IMAGE_ID, _CAPTIONS = "features", "image/id", "image/captions"
 
 
 def check_config(config: Config) -> None:
@@ -144,17 +141,16 @@ def ensure_cache(model: keras.Model, config: Config, manifest: manifest_lib.Mani
         began = time.time()
         extractor = backbone_extractor(model)
         forward = tf.function(lambda images: extractor(images, training=False), reduce_retracing=True)
-        uncached = dataclasses.replace(config, data=dataclasses.replace(config.data, augment=()))
         info = {"key": key, "feature_size": int(extractor.output.shape[-1]), "splits": {}}
         for split in SPLITS:
             count = manifest.split(split).num_images if split in manifest.splits else 0
             if not count:
                 info["splits"][split] = {"num_images": 0, "files": []}
                 continue
-            ds = pipeline.make_dataset(uncached, manifest, vocab, split, training=False, with_ids=True,
+            ds = pipeline.make_dataset(config, manifest, vocab, split, training=False, with_ids=True,
                                        batch_size=batch_size or config.train.batch_size, shapes=shapes)
             num_shards = -(-count // IMAGES_PER_SHARD)
-            files = [f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
+            files = [records.shard_name(split, i, num_shards) for i in range(num_shards)]
             writers = [tf.io.TFRecordWriter(os.path.join(tmp, f)) for f in files]
             written = 0
             for inputs, _, extras in ds:
@@ -162,7 +158,8 @@ def ensure_cache(model: keras.Model, config: Config, manifest: manifest_lib.Mani
                 for vector, image_id, captions in zip(features, extras["image_id"].numpy(),
                                                       extras["captions"].numpy()):
                     captions = [c for c in captions if c]  # "" pads images with fewer captions
-                    writers[written * num_shards // count].write(_example(vector, image_id, captions))
+                    writers[written * num_shards // count].write(
+                        records.make_feature_example(image_id, vector.astype(np.float32), captions).SerializeToString())
                     written += 1
             for w in writers:
                 w.close()
@@ -179,14 +176,6 @@ def ensure_cache(model: keras.Model, config: Config, manifest: manifest_lib.Mani
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
-
-
-def _example(vector: np.ndarray, image_id: bytes, captions) -> bytes:
-    return tf.train.Example(features=tf.train.Features(feature={
-        _FEATURES: tf.train.Feature(float_list=tf.train.FloatList(value=vector.astype(np.float32))),
-        _IMAGE_ID: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id])),
-        _CAPTIONS: tf.train.Feature(bytes_list=tf.train.BytesList(value=list(captions))),
-    })).SerializeToString()
 
 
 def load_info(cache_dir: str) -> dict:
@@ -208,16 +197,14 @@ def make_cached_dataset(config: Config, manifest: manifest_lib.Manifest, vocab: 
     files = [os.path.join(cache_dir, f) for f in info["splits"][split]["files"]]
     if not files:
         raise ValueError(f"the feature cache {cache_dir} has no {split!r} images")
-    spec = {_FEATURES: tf.io.FixedLenFeature([info["feature_size"]], tf.float32),
-            _IMAGE_ID: tf.io.FixedLenFeature([], tf.string),
-            _CAPTIONS: tf.io.VarLenFeature(tf.string)}
+    feature_size = info["feature_size"]
     table = vocab.lookup_table()
     seed = config.train.seed
     num_captions = shapes.num_captions if training else manifest.max_captions_per_image
 
     def parse(serialized):
-        parsed = tf.io.parse_single_example(serialized, spec)
-        return parsed[_FEATURES], tf.sparse.to_dense(parsed[_CAPTIONS], default_value="")
+        parsed = records.parse_feature_example(serialized, feature_size)
+        return parsed["features"], parsed["captions"]
 
     def to_ids(features, captions):
         return features, pipeline.caption_ids(captions, table, manifest.tokenizer, num_captions,

@@ -96,7 +96,7 @@ def test_interrupted_build_leaves_no_cache(shapes_data, tmp_path, monkeypatch):
     def failing(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(features, "_example", failing)
+    monkeypatch.setattr(features.records, "make_feature_example", failing)  # mid-build
     with pytest.raises(KeyboardInterrupt):
         features.ensure_cache(model, config, manifest, vocab, shapes, str(tmp_path), verbose=False)
     assert os.listdir(tmp_path / features.CACHE_DIR) == []

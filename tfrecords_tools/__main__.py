@@ -22,9 +22,6 @@ import os
 import sys
 from typing import Sequence
 
-SOURCES = ("shapes", "flickr8k", "coco", "karpathy", "flickr30k", "jsonl", "csv", "tfds")
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tfrecords_tools",

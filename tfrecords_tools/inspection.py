@@ -89,12 +89,11 @@ def inspect_data(data_dir: str | os.PathLike, *, html_path: str | os.PathLike | 
                     if j < num_examples:
                         sample[j] = entry
         histogram: collections.Counter = collections.Counter()
-        tokens = in_vocab = total_words = max_words = 0
+        tokens = in_vocab = max_words = 0
         for words in vocab_lib.split_words(captions, manifest.tokenizer):
             histogram[length_bin(len(words))] += 1
             tokens += len(words)
             in_vocab += sum(w in known for w in words)
-            total_words += len(words)
             max_words = max(max_words, len(words))
         order = [length_bin(w) for w in range(0, LAST_BIN + 1, BIN_WIDTH)]
         report["splits"][split] = {
@@ -102,7 +101,7 @@ def inspect_data(data_dir: str | os.PathLike, *, html_path: str | os.PathLike | 
             "num_captions": len(captions),
             "length_histogram": {b: histogram[b] for b in order if histogram[b]},
             "max_words": max_words,
-            "mean_words": total_words / len(captions) if captions else 0.0,
+            "mean_words": tokens / len(captions) if captions else 0.0,
             "tokens": tokens,
             "in_vocab_tokens": in_vocab,
             "vocab_coverage": in_vocab / tokens if tokens else None,

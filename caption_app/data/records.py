@@ -3,7 +3,10 @@
 Each record holds the encoded image bytes once and every raw caption of that
 image (im2txt wrote each image once per caption, five times over for COCO).
 `tfrecords_tools` writes records with `make_example`; the input pipeline reads
-them with `parse_example`. Nothing else knows the feature names.
+them with `parse_example`. The feature cache (caption_app/features.py) stores
+the same record with the backbone's feature vector in place of the image
+(`make_feature_example` / `parse_feature_example`). Nothing else knows the
+feature names.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import tensorflow as tf
 IMAGE_ID = "image/id"  # bytes: the image's file name (or dataset id)
 IMAGE_ENCODED = "image/encoded"  # bytes: JPEG/PNG/GIF/BMP as published
 CAPTIONS = "image/captions"  # bytes list: raw UTF-8 captions, untokenized
+FEATURE_VECTOR = "features"  # float list: a frozen backbone's output (feature cache records)
 
 SPLITS = ("train", "val", "test")
 
@@ -55,6 +59,24 @@ def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         "encoded": parsed[IMAGE_ENCODED],
         "captions": tf.sparse.to_dense(parsed[CAPTIONS], default_value=""),
     }
+
+
+def make_feature_example(image_id: bytes, features: Sequence[float], captions: Sequence[bytes]) -> tf.train.Example:
+    """The feature cache's record of one image: its backbone features [F] instead of its bytes."""
+    return tf.train.Example(features=tf.train.Features(feature={
+        IMAGE_ID: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id])),
+        FEATURE_VECTOR: tf.train.Feature(float_list=tf.train.FloatList(value=features)),
+        CAPTIONS: tf.train.Feature(bytes_list=tf.train.BytesList(value=list(captions))),
+    }))
+
+
+def parse_feature_example(serialized: tf.Tensor, feature_size: int) -> dict[str, tf.Tensor]:
+    """Parses one feature cache record: {"features": [F] float32, "captions": [num_captions] string}."""
+    parsed = tf.io.parse_single_example(serialized, {
+        FEATURE_VECTOR: tf.io.FixedLenFeature([feature_size], tf.float32),
+        CAPTIONS: tf.io.VarLenFeature(tf.string)})
+    return {"features": parsed[FEATURE_VECTOR],
+            "captions": tf.sparse.to_dense(parsed[CAPTIONS], default_value="")}
 
 
 def shard_pattern(split: str) -> str:
