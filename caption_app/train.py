@@ -63,15 +63,20 @@ def learning_rate_schedule(config: Config, learning_rate: float, steps: int, epo
 
 
 def make_optimizer(config: Config, learning_rate) -> keras.optimizers.Optimizer:
+    """The configured optimizer (global-norm clipped), loss-scaled under mixed_float16."""
     t = config.train
     clip = {"global_clipnorm": t.clip_gradient_norm} if t.clip_gradient_norm > 0 else {}
     if t.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate, **clip)
-    if t.optimizer == "adam":
-        if t.weight_decay > 0:
-            return keras.optimizers.AdamW(learning_rate, weight_decay=t.weight_decay, **clip)
-        return keras.optimizers.Adam(learning_rate, **clip)
-    raise ValueError(f"unknown train.optimizer {t.optimizer!r}; choose sgd or adam")
+        optimizer = keras.optimizers.SGD(learning_rate, **clip)
+    elif t.optimizer == "adam" and t.weight_decay > 0:
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=t.weight_decay, **clip)
+    elif t.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(learning_rate, **clip)
+    else:
+        raise ValueError(f"unknown train.optimizer {t.optimizer!r}; choose sgd or adam")
+    if t.precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 class PerplexityCallback(keras.callbacks.Callback):
@@ -208,15 +213,6 @@ def _shard_policy(strategy: tf.distribute.Strategy, num_files: int) -> tf.data.e
     return tf.data.experimental.AutoShardPolicy.DATA
 
 
-def _make_optimizer(config: Config, learning_rate, model: keras.Model):
-    """The phase's optimizer, built (under the strategy's scope), loss-scaled for mixed_float16."""
-    optimizer = make_optimizer(config, learning_rate)
-    if config.train.precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    optimizer.build(model.trainable_variables)
-    return optimizer
-
-
 def _compile(model: keras.Model, optimizer, config: Config, strategy: tf.distribute.Strategy) -> keras.Model:
     """Compiles what `fit` runs over `model` (a distribute.FitModel, or a ReplicaTrainer for several
     replicas) and returns it; `model` itself stays uncompiled (see FitModel).
@@ -343,7 +339,8 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
         show_and_tell.set_backbone_trainable(model, backbone_trainable)
         schedule = learning_rate_schedule(config, learning_rate, steps, last - first)
         with strategy.scope():
-            optimizer = _make_optimizer(config, schedule, model)
+            optimizer = make_optimizer(config, schedule)
+            optimizer.build(model.trainable_variables)
         checkpoint = tf.train.Checkpoint(model=model, epoch=epoch, **{f"optimizer_{name}": optimizer})
         if resuming and (start_epoch > first or start_step > 0):
             # Same phase as the interrupted run: its optimizer state continues

@@ -255,5 +255,8 @@ def test_make_optimizer():
     assert isinstance(adam, keras.optimizers.Adam) and adam.global_clipnorm is None
     adamw = make_optimizer(tiny_config("train.weight_decay=0.1"), 0.01)
     assert isinstance(adamw, keras.optimizers.AdamW) and adamw.weight_decay == pytest.approx(0.1)
+    scaled = make_optimizer(tiny_config("train.precision=mixed_float16"), 0.01)
+    assert isinstance(scaled, keras.optimizers.LossScaleOptimizer)
+    assert isinstance(scaled.inner_optimizer, keras.optimizers.Adam)
     with pytest.raises(ValueError, match="train.optimizer"):
         make_optimizer(tiny_config("train.optimizer=rmsprop"), 0.01)
