@@ -49,6 +49,7 @@ import numpy as np
 import tqdm
 from PIL import Image, ImageOps
 
+from caption_app import io_utils
 from caption_app.data import manifest as manifest_lib
 from caption_app.data import records
 from caption_app.data import vocabulary as vocab_lib
@@ -349,7 +350,7 @@ def _finish(out_dir: str, converted: Mapping, *, source: str, settings: vocab_li
         **(extra or {}),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    _write_json(os.path.join(out_dir, manifest_lib.MANIFEST), manifest)
+    io_utils.write_json_atomic(os.path.join(out_dir, manifest_lib.MANIFEST), manifest)
     if verbose:
         print(format_summary(manifest, out_dir))
     return manifest
@@ -395,7 +396,7 @@ def _write_part(target: str, part: tuple[int, int], converted: Mapping, *, sourc
         "source_info": source_info,
         "train_word_counts": dict(sorted(converted["train_counts"].items())),
     }
-    _write_json(os.path.join(target, PART_FILE), info)
+    io_utils.write_json_atomic(os.path.join(target, PART_FILE), info)
     return info
 
 
@@ -490,13 +491,6 @@ def _link_or_copy(src: str, dst: str) -> None:
     except OSError:  # another file system, or links not allowed
         shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
-
-
-def _write_json(path: str, obj: Mapping) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
 
 
 # ---------------------------------------------------------------------------- helpers for sources
