@@ -33,7 +33,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import datetime
 import functools
 import glob
 import hashlib
@@ -212,7 +211,7 @@ def write_dataset(
                   + f" images; skipped: {skipped.summary_line()}. "
                   "Merge with `python -m tfrecords_tools merge --out OUT` when every part is done.")
         return info
-    if not converted["splits"]["train"]["num_images"]:
+    if not converted["splits"]["train"].num_images:
         raise ConversionError(
             "no usable train image remains after skipping bad inputs "
             f"({skipped.summary_line()}); check the image and caption paths")
@@ -225,7 +224,7 @@ def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[st
     """Checks images and captions, writes the shards into `target`.
 
     Returns:
-      {"splits": split -> {num_images, num_captions, num_shards, files},
+      {"splits": split -> manifest.SplitInfo,
        "train_counts": Counter of train words, "max_caption_words",
        "max_captions_per_image", "skipped": _Counted, "reencoded": _Counted}
     """
@@ -309,12 +308,9 @@ def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[st
                 name = records.shard_name(split, shard, num_shards)
                 _write_shard(os.path.join(target, name), _serialized(items[lo:hi], encoded, bar))
                 files.append(name)
-            splits_info[split] = {
-                "num_images": len(items),
-                "num_captions": sum(len(item.captions) for item in items),
-                "num_shards": num_shards,
-                "files": files,
-            }
+            splits_info[split] = manifest_lib.SplitInfo(
+                num_images=len(items), num_captions=sum(len(item.captions) for item in items),
+                files=tuple(files))
     return {
         "splits": splits_info,
         "train_counts": train_counts,
@@ -328,29 +324,18 @@ def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[st
 
 def _finish(out_dir: str, converted: Mapping, *, source: str, settings: vocab_lib.TokenizerSettings,
             min_word_count: int, images_per_shard: int, source_info: dict, verbose: bool,
-            extra: Mapping | None = None) -> dict:
+            merged_parts: int | None = None) -> dict:
     """Writes `vocab.txt` and, last, `manifest.json` for shards already in `out_dir`."""
     vocab = vocab_lib.Vocabulary.build(converted["train_counts"], min_word_count)
     vocab_file = os.path.basename(vocab_lib.vocab_path(out_dir))
     vocab.save(os.path.join(out_dir, vocab_file))
-    manifest = {
-        "format_version": manifest_lib.FORMAT_VERSION,
-        "source": source,
-        "splits": converted["splits"],
-        "tokenizer": settings.to_dict(),
-        "vocab_size": vocab.size,
-        "vocab_file": vocab_file,
-        "min_word_count": min_word_count,
-        "max_caption_words": converted["max_caption_words"],
-        "max_captions_per_image": converted["max_captions_per_image"],
-        "images_per_shard": images_per_shard,
-        "skipped": converted["skipped"].to_dict(),
-        "reencoded": converted["reencoded"].to_dict(),
-        "source_info": source_info,
-        **(extra or {}),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    io_utils.write_json_atomic(os.path.join(out_dir, manifest_lib.MANIFEST), manifest)
+    manifest = manifest_lib.write(
+        out_dir, source=source, splits=converted["splits"], tokenizer=settings, vocab_size=vocab.size,
+        vocab_file=vocab_file, min_word_count=min_word_count,
+        max_caption_words=converted["max_caption_words"],
+        max_captions_per_image=converted["max_captions_per_image"], images_per_shard=images_per_shard,
+        skipped=converted["skipped"].to_dict(), reencoded=converted["reencoded"].to_dict(),
+        source_info=source_info, merged_parts=merged_parts)
     if verbose:
         print(format_summary(manifest, out_dir))
     return manifest
@@ -385,7 +370,7 @@ def _write_part(target: str, part: tuple[int, int], converted: Mapping, *, sourc
         "format_version": manifest_lib.FORMAT_VERSION,
         "part": list(part),
         "source": source,
-        "splits": converted["splits"],
+        "splits": {name: split.to_dict() for name, split in converted["splits"].items()},
         "tokenizer": settings.to_dict(),
         "min_word_count": min_word_count,
         "images_per_shard": images_per_shard,
@@ -452,20 +437,19 @@ def merge_parts(out_dir: str | os.PathLike, *, keep_parts: bool = False, verbose
         train_counts.update(p["train_word_counts"])
     splits_info = {}
     for split in split_names:
-        sources = [os.path.join(part_dir(out_dir, p["part"][0], count), f)
-                   for p in parts for f in p["splits"].get(split, {}).get("files", [])]
+        in_parts = {p["part"][0]: manifest_lib.SplitInfo.from_dict(p["splits"][split])
+                    for p in parts if split in p["splits"]}
+        sources = [os.path.join(part_dir(out_dir, index, count), f)
+                   for index, info in in_parts.items() for f in info.files]
         files = []
         for shard, src in enumerate(sources):
             name = records.shard_name(split, shard, len(sources))
             _link_or_copy(src, os.path.join(out_dir, name))
             files.append(name)
-        splits_info[split] = {
-            "num_images": sum(p["splits"].get(split, {}).get("num_images", 0) for p in parts),
-            "num_captions": sum(p["splits"].get(split, {}).get("num_captions", 0) for p in parts),
-            "num_shards": len(files),
-            "files": files,
-        }
-    if not splits_info["train"]["num_images"]:
+        splits_info[split] = manifest_lib.SplitInfo(
+            num_images=sum(info.num_images for info in in_parts.values()),
+            num_captions=sum(info.num_captions for info in in_parts.values()), files=tuple(files))
+    if not splits_info["train"].num_images:
         raise ConversionError(f"no part of {parts_root} has a usable train image "
                               f"({skipped.summary_line()}); check the image and caption paths")
     converted = {
@@ -476,7 +460,7 @@ def merge_parts(out_dir: str | os.PathLike, *, keep_parts: bool = False, verbose
     manifest = _finish(out_dir, converted, source=first["source"],
                        settings=vocab_lib.TokenizerSettings.from_dict(first["tokenizer"]),
                        min_word_count=first["min_word_count"], images_per_shard=first["images_per_shard"],
-                       source_info=first["source_info"], verbose=verbose, extra={"merged_parts": count})
+                       source_info=first["source_info"], verbose=verbose, merged_parts=count)
     if not keep_parts:
         shutil.rmtree(parts_root)
     return manifest
