@@ -19,7 +19,7 @@ from caption_app.data import manifest as manifest_lib
 from caption_app.data import records
 from caption_app.data import vocabulary as vocab_lib
 from tests.conftest import read_records
-from tfrecords_tools import flickr8k, shapes, writer
+from tfrecords_tools import flickr8k, shapes, source_api, writer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -264,10 +264,10 @@ def test_flickr8k_output_independent_of_workers(fake_flickr8k, tmp_path):
 def test_flickr8k_errors_name_the_missing_file(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "text").mkdir()
-    with pytest.raises(writer.ConversionError, match=r"lacks Flickr8k\.token\.txt"):
+    with pytest.raises(source_api.ConversionError, match=r"lacks Flickr8k\.token\.txt"):
         flickr8k.convert_flickr8k(tmp_path / "images", tmp_path / "text", tmp_path / "out",
                                   progress=False, verbose=False)
-    with pytest.raises(writer.ConversionError, match="does not exist"):
+    with pytest.raises(source_api.ConversionError, match="does not exist"):
         flickr8k.convert_flickr8k(tmp_path / "images", tmp_path / "nope", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -278,7 +278,7 @@ def test_flickr8k_errors_name_the_missing_file(tmp_path):
 def test_writer_empty_splits_duplicates_and_no_train(tmp_path):
     (tmp_path / "a.jpg").write_bytes(_jpeg(1))
     (tmp_path / "b.png").write_bytes(b"")
-    item = writer.Item("a.jpg", str(tmp_path / "a.jpg"), ("a cat",))
+    item = source_api.Item("a.jpg", str(tmp_path / "a.jpg"), ("a cat",))
     manifest = writer.write_dataset(
         tmp_path / "out", {"train": [item, item], "test": [item]}, source="unit",
         min_word_count=1, progress=False, verbose=False)
@@ -290,11 +290,11 @@ def test_writer_empty_splits_duplicates_and_no_train(tmp_path):
     assert manifest["vocab_size"] == len(vocab_lib.SPECIAL_TOKENS) + 2
     assert manifest_lib.load(str(tmp_path / "out")).split("val").files == ()
 
-    bad = writer.Item("b.png", str(tmp_path / "b.png"), ("a cat",))
-    with pytest.raises(writer.ConversionError, match="no usable train image"):
+    bad = source_api.Item("b.png", str(tmp_path / "b.png"), ("a cat",))
+    with pytest.raises(source_api.ConversionError, match="no usable train image"):
         writer.write_dataset(tmp_path / "out2", {"train": [bad]}, source="unit",
                              progress=False, verbose=False)
-    with pytest.raises(writer.ConversionError, match="'train'"):
+    with pytest.raises(source_api.ConversionError, match="'train'"):
         writer.write_dataset(tmp_path / "out3", {"val": [item]}, source="unit")
 
 

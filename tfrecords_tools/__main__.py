@@ -11,8 +11,8 @@
     python -m tfrecords_tools merge --out DIR        (after --num-shards N --shard-index I runs)
     python -m tfrecords_tools inspect DIR [--html page.html] [--examples 20]
 
-Argument parsing only; the work is in one module per source and in
-`tfrecords_tools.writer` (and `tfrecords_tools.inspection`).
+Argument parsing only; the work is in one module per source, in
+`tfrecords_tools.writer` (and `merge`, `inspection`).
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     part = _part(args)
     # Imported here so `--help` and usage errors do not wait for TensorFlow.
-    from tfrecords_tools import writer
+    from tfrecords_tools import merge
+    from tfrecords_tools.source_api import ConversionError
 
     try:
         if args.source == "inspect":
@@ -149,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     seed=args.seed)
             return 0
         if args.source == "merge":
-            writer.merge_parts(args.out, keep_parts=args.keep_parts)
+            merge.merge_parts(args.out, keep_parts=args.keep_parts)
         else:
             kw = dict(min_word_count=args.min_word_count, num_workers=args.num_workers,
                       images_per_shard=args.images_per_shard, progress=not args.no_progress)
@@ -158,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if part is not None:
                 kw["part"] = part
             _convert(args, kw)
-    except (writer.ConversionError, OSError) as e:  # bad input or an unwritable --out
+    except (ConversionError, OSError) as e:  # bad input or an unwritable --out
         print(f"error: {e}", file=sys.stderr)
         return 1
     if part is None:
@@ -203,7 +204,7 @@ def _convert(args, kw: dict) -> None:
         if args.split_map:
             pairs = [s.partition("=") for s in args.split_map]
             if not all(sep and a and b for a, sep, b in pairs):
-                from tfrecords_tools.writer import ConversionError
+                from tfrecords_tools.source_api import ConversionError
 
                 raise ConversionError(f"--split-map takes TFDS_SPLIT=SPLIT pairs, got {args.split_map}")
             split_map = {a: b for a, _, b in pairs}

@@ -33,7 +33,8 @@ import numpy as np
 import tqdm
 from PIL import Image, ImageDraw
 
-from tfrecords_tools import flickr8k, writer
+from tfrecords_tools import flickr8k
+from tfrecords_tools.source_api import ConversionError
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 COLOURS = {  # saturated, far from each other and from the pale backgrounds
@@ -103,11 +104,11 @@ def generate_shapes(raw_dir: str | os.PathLike, *, seed: int = 0, num_train: int
     counts = {"train": num_train, "val": num_val, "test": num_test}
     for split, n in counts.items():
         if n < 0:
-            raise writer.ConversionError(f"num_{split} must be >= 0, got {n}")
+            raise ConversionError(f"num_{split} must be >= 0, got {n}")
     if num_train < 1:
-        raise writer.ConversionError("num_train must be >= 1: the vocabulary is built from train")
+        raise ConversionError("num_train must be >= 1: the vocabulary is built from train")
     if image_size < MIN_IMAGE_SIZE:
-        raise writer.ConversionError(f"image_size must be >= {MIN_IMAGE_SIZE} pixels, got {image_size}")
+        raise ConversionError(f"image_size must be >= {MIN_IMAGE_SIZE} pixels, got {image_size}")
 
     raw_dir = os.fspath(raw_dir)
     images_dir = os.path.join(raw_dir, "images")
