@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import math
@@ -19,7 +20,8 @@ from caption_app.data import manifest as manifest_lib
 from caption_app.data import records
 from caption_app.data import vocabulary as vocab_lib
 from tests.conftest import read_records
-from tfrecords_tools import flickr8k, shapes, source_api, writer
+from tfrecords_tools import __main__ as cli
+from tfrecords_tools import coco, flickr8k, flickr30k, jsonl_csv, karpathy, shapes, source_api, tfds_source, writer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -395,3 +397,33 @@ def test_cli_missing_token_file_is_a_clear_error(tmp_path):
     assert result.returncode != 0
     assert "Flickr8k.token.txt" in result.stderr and "error:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _defaults(fn) -> dict:
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+
+
+@pytest.mark.parametrize("argv, fn, names", [
+    (["shapes"], shapes.convert_shapes, ("seed", "num_train", "num_val", "num_test", "image_size")),
+    (["flickr30k", "--token", "t", "--images", "i"], flickr30k.convert_flickr30k, ("val_fraction", "test_fraction")),
+    (["jsonl", "--file", "f"], jsonl_csv.convert_records,
+     ("image_key", "caption_key", "split_key", "val_fraction", "test_fraction")),
+    (["csv", "--file", "f"], jsonl_csv.convert_records, ("image_key", "caption_key", "split_key")),
+    (["tfds"], tfds_source.convert_tfds, ("image_key", "captions_key", "id_key")),
+    (["coco", "--annotations", "a", "--images", "i"], coco.convert_coco, ("split_scheme",)),
+    (["karpathy", "--json", "j", "--images", "i"], karpathy.convert_karpathy, ("restval",)),
+    (["flickr8k", "--images", "i", "--text", "t"], writer.write_dataset, ("min_word_count", "images_per_shard")),
+])
+def test_cli_defaults_are_the_source_modules_defaults(argv, fn, names):
+    args = cli.build_parser().parse_args([*argv, "--out", "o"])
+    assert {n: getattr(args, n) for n in names} == {n: _defaults(fn)[n] for n in names}
+    if argv[0] == "tfds":
+        assert args.name == tfds_source.DEFAULT_NAME == "coco_captions"
+
+
+def test_cli_help_does_not_load_tensorflow():
+    code = "import sys, tfrecords_tools.__main__ as m; m.build_parser(); print('tensorflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

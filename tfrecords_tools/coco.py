@@ -26,10 +26,10 @@ import os
 import re
 from typing import Sequence
 
-from tfrecords_tools import writer
 from tfrecords_tools.source_api import ConversionError, Item, image_path, read_text
 
 SCHEMES = ("file", "im2txt")
+DEFAULT_SCHEME = "file"
 IM2TXT_TRAIN_FRACTION, IM2TXT_VAL_END = 0.85, 0.90
 
 _FILE_SPLIT = re.compile(r"(train|val|test)(\d{4})?", re.IGNORECASE)
@@ -105,7 +105,7 @@ def file_split(path: str | os.PathLike) -> str:
 
 
 def read_coco(annotation_files: Sequence[str | os.PathLike], image_dirs: Sequence[str | os.PathLike],
-              *, split_scheme: str = "file", splits: Sequence[str] | None = None
+              *, split_scheme: str = DEFAULT_SCHEME, splits: Sequence[str] | None = None
               ) -> tuple[dict[str, list[Item]], dict[str, list[str]], dict]:
     """Reads the caption files into items per split; no image is opened.
 
@@ -166,9 +166,11 @@ def read_coco(annotation_files: Sequence[str | os.PathLike], image_dirs: Sequenc
 
 
 def convert_coco(annotation_files: Sequence[str | os.PathLike], image_dirs: Sequence[str | os.PathLike],
-                 out_dir: str | os.PathLike, *, split_scheme: str = "file",
+                 out_dir: str | os.PathLike, *, split_scheme: str = DEFAULT_SCHEME,
                  splits: Sequence[str] | None = None, source: str = "coco", **writer_kwargs) -> dict:
     """Converts COCO caption files into `out_dir`; `writer_kwargs` go to `writer.write_dataset`."""
+    from tfrecords_tools import writer  # loads TensorFlow, so only when converting (see source_api)
+
     items_by_split, skipped, info = read_coco(annotation_files, image_dirs, split_scheme=split_scheme,
                                               splits=splits)
     return writer.write_dataset(out_dir, items_by_split, source=source, extra_skipped=skipped,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from tfrecords_tools import flickr8k, writer
+from tfrecords_tools import flickr8k
 from tfrecords_tools.source_api import ConversionError, Item, hash_split, image_path
 
 TOKEN_FILE = "results_20130124.token"
@@ -49,6 +49,8 @@ def convert_flickr30k(token_path: str | os.PathLike, images_dir: str | os.PathLi
                       out_dir: str | os.PathLike, *, val_fraction: float = DEFAULT_FRACTION,
                       test_fraction: float = DEFAULT_FRACTION, **writer_kwargs) -> dict:
     """Converts Flickr30k into `out_dir`; `writer_kwargs` go to `writer.write_dataset`."""
+    from tfrecords_tools import writer  # loads TensorFlow, so only when converting (see source_api)
+
     items_by_split, skipped = read_flickr30k(token_path, images_dir, val_fraction=val_fraction,
                                              test_fraction=test_fraction)
     info = {"token_file": os.path.abspath(token_path), "images": os.path.abspath(images_dir),

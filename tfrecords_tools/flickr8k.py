@@ -14,7 +14,6 @@ import collections
 import os
 import re
 
-from tfrecords_tools import writer
 from tfrecords_tools.source_api import ConversionError, Item, image_path, read_text
 
 TOKEN_FILE = "Flickr8k.token.txt"
@@ -125,6 +124,8 @@ def convert_flickr8k(images_dir: str | os.PathLike, text_dir: str | os.PathLike,
     Returns:
       The manifest dict.
     """
+    from tfrecords_tools import writer  # loads TensorFlow, so only when converting (see source_api)
+
     items_by_split, skipped = read_flickr8k(images_dir, text_dir)
     if source_info is None:
         source_info = {"images_dir": os.path.abspath(images_dir),

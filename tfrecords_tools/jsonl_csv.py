@@ -32,13 +32,13 @@ import json
 import os
 from typing import Iterator
 
-from tfrecords_tools import writer
 from tfrecords_tools.source_api import ConversionError, Item, hash_split, image_path, read_text
 
 FORMATS = ("jsonl", "csv")
 SPLIT_ALIASES = {"train": "train", "restval": "train", "val": "val", "dev": "val", "validation": "val",
                  "test": "test"}
 DEFAULT_FRACTION = 0.05
+DEFAULT_IMAGE_KEY, DEFAULT_CAPTION_KEY, DEFAULT_SPLIT_KEY = "image", "caption", "split"
 
 
 def _records(path: str, fmt: str) -> Iterator[tuple[str, object]]:
@@ -62,9 +62,9 @@ def _records(path: str, fmt: str) -> Iterator[tuple[str, object]]:
 
 
 def read_records(path: str | os.PathLike, fmt: str, *, root: str | os.PathLike | None = None,
-                 image_key: str = "image", caption_key: str = "caption", split_key: str = "split",
-                 val_fraction: float = DEFAULT_FRACTION, test_fraction: float = DEFAULT_FRACTION
-                 ) -> tuple[dict[str, list[Item]], dict[str, list[str]]]:
+                 image_key: str = DEFAULT_IMAGE_KEY, caption_key: str = DEFAULT_CAPTION_KEY,
+                 split_key: str = DEFAULT_SPLIT_KEY, val_fraction: float = DEFAULT_FRACTION,
+                 test_fraction: float = DEFAULT_FRACTION) -> tuple[dict[str, list[Item]], dict[str, list[str]]]:
     """Reads a JSONL or CSV file into items per split (first-appearance order).
 
     Args:
@@ -125,11 +125,13 @@ def read_records(path: str | os.PathLike, fmt: str, *, root: str | os.PathLike |
 
 
 def convert_records(path: str | os.PathLike, fmt: str, out_dir: str | os.PathLike, *,
-                    root: str | os.PathLike | None = None, image_key: str = "image",
-                    caption_key: str = "caption", split_key: str = "split",
+                    root: str | os.PathLike | None = None, image_key: str = DEFAULT_IMAGE_KEY,
+                    caption_key: str = DEFAULT_CAPTION_KEY, split_key: str = DEFAULT_SPLIT_KEY,
                     val_fraction: float = DEFAULT_FRACTION, test_fraction: float = DEFAULT_FRACTION,
                     **writer_kwargs) -> dict:
     """Converts a JSONL or CSV file into `out_dir`; `writer_kwargs` go to `writer.write_dataset`."""
+    from tfrecords_tools import writer  # loads TensorFlow, so only when converting (see source_api)
+
     items_by_split, skipped = read_records(path, fmt, root=root, image_key=image_key,
                                            caption_key=caption_key, split_key=split_key,
                                            val_fraction=val_fraction, test_fraction=test_fraction)

@@ -17,14 +17,14 @@ import collections
 import json
 import os
 
-from tfrecords_tools import writer
 from tfrecords_tools.source_api import ConversionError, Item, image_path, read_text
 
 SPLITS = {"train": "train", "val": "val", "test": "test"}
 RESTVAL_CHOICES = ("train", "val", "drop")
+DEFAULT_RESTVAL = "train"  # as the papers that use the split
 
 
-def read_karpathy(json_path: str | os.PathLike, images_dir: str | os.PathLike, *, restval: str = "train"
+def read_karpathy(json_path: str | os.PathLike, images_dir: str | os.PathLike, *, restval: str = DEFAULT_RESTVAL
                   ) -> tuple[dict[str, list[Item]], dict[str, list[str]]]:
     """Reads a Karpathy split file into items per split (file order); no image is opened.
 
@@ -73,8 +73,10 @@ def read_karpathy(json_path: str | os.PathLike, images_dir: str | os.PathLike, *
 
 
 def convert_karpathy(json_path: str | os.PathLike, images_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                     *, restval: str = "train", source: str | None = None, **writer_kwargs) -> dict:
+                     *, restval: str = DEFAULT_RESTVAL, source: str | None = None, **writer_kwargs) -> dict:
     """Converts a Karpathy split file into `out_dir`; `writer_kwargs` go to `writer.write_dataset`."""
+    from tfrecords_tools import writer  # loads TensorFlow, so only when converting (see source_api)
+
     items_by_split, skipped = read_karpathy(json_path, images_dir, restval=restval)
     name = os.path.splitext(os.path.basename(os.fspath(json_path)))[0]  # dataset_coco
     source = source or f"karpathy_{name.removeprefix('dataset_')}"

@@ -5,7 +5,12 @@ split and raises `ConversionError` for input the user has to fix. It finds
 image files with `image_path` (never outside the image root), reads text with
 `read_text` (bad bytes kept for the writer to count), splits by `hash_split`
 where the release has no split, and (`tfds_source`) keeps only its part of a
-many-machine conversion with `in_part`.
+many-machine conversion with `in_part`. It passes the writer's settings
+through (`**writer_kwargs`), whose defaults are here too.
+
+Nothing here or in a source module's top level loads TensorFlow: the CLI
+imports the sources for their defaults, and `--help` should not wait for it.
+Sources import `writer` inside their `convert_*` functions.
 """
 
 from __future__ import annotations
@@ -13,6 +18,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+
+# The writer's defaults (`write_dataset`; the CLI's --min-word-count, --images-per-shard).
+DEFAULT_MIN_WORD_COUNT = 4
+DEFAULT_IMAGES_PER_SHARD = 1000
 
 
 class ConversionError(ValueError):

@@ -18,11 +18,13 @@ import shutil
 import tempfile
 from typing import Mapping
 
-from tfrecords_tools import writer
 from tfrecords_tools.source_api import ConversionError, Item, check_part, in_part
 
 # coco_captions' splits; a dataset with a "validation" split gets it as val too.
 DEFAULT_SPLIT_MAP = {"train": "train", "restval": "train", "val": "val", "test": "test"}
+DEFAULT_NAME = "coco_captions"
+# coco_captions' feature names; `captions/text` reaches into the `captions` sequence.
+DEFAULT_IMAGE_KEY, DEFAULT_CAPTIONS_KEY, DEFAULT_ID_KEY = "image", "captions/text", "image/filename"
 
 
 def _get(example: Mapping, key: str):
@@ -43,8 +45,8 @@ def _as_text(value) -> str:
 
 
 def convert_tfds(name: str, out_dir: str | os.PathLike, *, data_dir: str | None = None,
-                 split_map: Mapping[str, str] | None = None, image_key: str = "image",
-                 captions_key: str = "captions/text", id_key: str = "image/filename",
+                 split_map: Mapping[str, str] | None = None, image_key: str = DEFAULT_IMAGE_KEY,
+                 captions_key: str = DEFAULT_CAPTIONS_KEY, id_key: str = DEFAULT_ID_KEY,
                  part: tuple[int, int] | None = None, **writer_kwargs) -> dict:
     """Converts a prepared TFDS caption dataset into `out_dir`.
 
@@ -60,6 +62,8 @@ def convert_tfds(name: str, out_dir: str | os.PathLike, *, data_dir: str | None 
       **writer_kwargs: passed to `writer.write_dataset`.
     """
     import tensorflow_datasets as tfds  # imported here: slow, and only this source needs it
+
+    from tfrecords_tools import writer  # loads TensorFlow, so only when converting (see source_api)
 
     given_map = split_map
     split_map = dict(split_map or DEFAULT_SPLIT_MAP)

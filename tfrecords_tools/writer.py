@@ -39,7 +39,7 @@ import tqdm
 from caption_app.data import manifest as manifest_lib
 from caption_app.data import records
 from caption_app.data import vocabulary as vocab_lib
-from tfrecords_tools import images, layout, merge, report
+from tfrecords_tools import images, layout, merge, report, source_api
 from tfrecords_tools.source_api import ConversionError, Item, check_part, in_part
 
 _T = TypeVar("_T")
@@ -51,9 +51,9 @@ def write_dataset(
     items_by_split: Mapping[str, Sequence[Item]],
     *,
     source: str,
-    min_word_count: int = 4,
+    min_word_count: int = source_api.DEFAULT_MIN_WORD_COUNT,
     num_workers: int | None = None,
-    images_per_shard: int = 1000,
+    images_per_shard: int = source_api.DEFAULT_IMAGES_PER_SHARD,
     settings: vocab_lib.TokenizerSettings = vocab_lib.TokenizerSettings(),
     extra_skipped: Mapping[str, Sequence[str]] | None = None,
     source_info: Mapping | None = None,
