@@ -1,4 +1,4 @@
-"""The dataset sources: COCO, Karpathy, Flickr30k, JSONL/CSV, TFDS; sharded conversion + merge; inspect.
+"""The dataset sources: COCO, Karpathy, Flickr30k, JSONL/CSV, TFDS; conversion in parts + merge; inspect.
 
 Every fixture is generated here in the real formats (tiny JSON, token, JSONL
 and CSV files and JPEGs made with PIL).
@@ -333,7 +333,7 @@ def test_tfds_not_prepared_is_a_clear_error(tmp_path):
 # ---------------------------------------------------------------------------- many machines
 
 
-def test_sharded_conversion_merges_into_the_single_run_output(tmp_path):
+def test_conversion_in_parts_merges_into_the_single_run_output(tmp_path):
     names = _own_images(tmp_path, 24)
     lines = [json.dumps({"image": n, "captions": [f"a thing number {i % 5}", "a photo"],
                          "split": ("train", "train", "val", "test")[i % 4]}) for i, n in enumerate(names)]
@@ -343,7 +343,7 @@ def test_sharded_conversion_merges_into_the_single_run_output(tmp_path):
     single = jsonl_csv.convert_records(path, "jsonl", tmp_path / "single", images_per_shard=4,
                                        **_convert_kwargs())
 
-    out = tmp_path / "sharded"
+    out = tmp_path / "in_parts"
     parts = [jsonl_csv.convert_records(path, "jsonl", out, images_per_shard=4, part=(i, 3), **_convert_kwargs())
              for i in (2, 0)]
     assert all(p["splits"]["train"]["num_images"] > 0 for p in parts)
@@ -370,22 +370,24 @@ def test_sharded_conversion_merges_into_the_single_run_output(tmp_path):
     assert [Path(f).name for f in files] == [records.shard_name("train", i, len(files)) for i in range(len(files))]
 
     assert sum(source_api.in_part(n, i, 3) for n in names for i in range(3)) == len(names)
-    with pytest.raises(source_api.ConversionError, match="shard index 3 of 3"):
+    with pytest.raises(source_api.ConversionError, match="part index 3 of 3"):
         source_api.check_part(3, 3)
 
 
 @pytest.mark.slow
-def test_cli_sharded_then_merge_then_inspect(tmp_path):
+def test_cli_parts_then_merge_then_inspect(tmp_path):
     names = _own_images(tmp_path, 8)
     path = tmp_path / "data.csv"
     path.write_text("image,caption,split\n" + "".join(
         f"{n},a small picture number {i},{'train' if i < 6 else 'val'}\n" for i, n in enumerate(names)))
     out = tmp_path / "out"
-    for i in range(2):
+    # Part 0 with the flags' names, part 1 with their deprecated names (a "shard" is a record file).
+    for i, flags in enumerate((("--num-parts", "2", "--part-index", "0"), ("--num-shards", "2", "--shard-index", "1"))):
         r = run_cli("tfrecords_tools", "csv", "--file", str(path), "--out", str(out), "--min-word-count", "1",
-                    "--num-shards", "2", "--shard-index", str(i), "--no-progress")
+                    *flags, "--no-progress")
         assert r.returncode == 0, r.stderr
         assert f"Wrote part {i} of 2" in r.stdout
+        assert ("--num-shards/--shard-index are deprecated" in r.stderr) == (i == 1)
     r = run_cli("tfrecords_tools", "merge", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "train:       6 images" in r.stdout

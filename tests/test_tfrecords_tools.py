@@ -427,3 +427,20 @@ def test_cli_help_does_not_load_tensorflow():
                             env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_cli_part_flags_and_their_deprecated_shard_names(capsys):
+    def part(*flags):
+        return cli.parse_part(cli.build_parser().parse_args(["csv", "--file", "f", "--out", "o", *flags]))
+
+    assert part() is None
+    assert part("--num-parts", "3", "--part-index", "2") == (2, 3)
+    assert capsys.readouterr().err == ""
+    assert part("--num-shards", "3", "--shard-index", "2") == (2, 3)  # old names still work ...
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "deprecated" in err and "--num-parts/--part-index" in err  # ... with a note
+    assert part("--num-parts", "3", "--shard-index", "1") == (1, 3)
+    with pytest.raises(SystemExit, match="not also --num-shards"):
+        part("--num-parts", "3", "--num-shards", "3", "--part-index", "0")
+    with pytest.raises(SystemExit, match="go together"):
+        part("--num-parts", "3")

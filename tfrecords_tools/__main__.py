@@ -8,7 +8,7 @@
     python -m tfrecords_tools flickr30k --token results_20130124.token --images flickr30k-images --out DIR
     python -m tfrecords_tools jsonl --file data.jsonl --out DIR     (or: csv --file data.csv)
     python -m tfrecords_tools tfds --name coco_captions --data-dir ~/tensorflow_datasets --out DIR
-    python -m tfrecords_tools merge --out DIR        (after --num-shards N --shard-index I runs)
+    python -m tfrecords_tools merge --out DIR        (after --num-parts N --part-index I runs)
     python -m tfrecords_tools inspect DIR [--html page.html] [--examples 20]
 
 Argument parsing only; the work is in one module per source, in
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a caption dataset into TFRecord shards, vocab.txt and manifest.json.")
     sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
 
-    def common(p: argparse.ArgumentParser, shardable: bool = True) -> None:
+    def common(p: argparse.ArgumentParser, in_parts: bool = True) -> None:
         p.add_argument("--out", required=True, help="data dir to write")
         p.add_argument("--min-word-count", type=int, default=source_api.DEFAULT_MIN_WORD_COUNT,
                        help="train words seen fewer times become <unk> (default %(default)s)")
@@ -43,11 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-pixels", type=int, default=None,
                        help="skip images whose header claims more pixels (default: PIL's limit, ~89M)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
-        if shardable:
-            p.add_argument("--num-shards", type=int, default=None,
-                           help="split the work over this many machines/processes (then run merge)")
-            p.add_argument("--shard-index", type=int, default=None,
-                           help="which part this run converts, 0..num-shards-1")
+        if in_parts:
+            p.add_argument("--num-parts", type=int, default=None,
+                           help="split the work into this many parts, one per machine/process (then run merge)")
+            p.add_argument("--part-index", type=int, default=None,
+                           help="which part this run converts, 0..num-parts-1")
+            # The old names (a "shard" is a record file); kept one release, with a note.
+            p.add_argument("--num-shards", dest="deprecated_num_parts", type=int, default=None,
+                           help="deprecated: use --num-parts")
+            p.add_argument("--shard-index", dest="deprecated_part_index", type=int, default=None,
+                           help="deprecated: use --part-index")
 
     def fractions(p: argparse.ArgumentParser, default: float) -> None:
         p.add_argument("--val-fraction", type=float, default=default,
@@ -56,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"hash split: fraction of images for test (default {default:.4f})")
 
     shapes_parser = sources.add_parser("shapes", help="generate and convert the synthetic shapes dataset")
-    common(shapes_parser, shardable=False)
+    common(shapes_parser, in_parts=False)
     shapes_parser.add_argument("--raw-dir", default=None,
                         help="where the generated Flickr8k-layout files go (default OUT/raw)")
     shapes_parser.add_argument("--seed", type=int, default=shapes.DEFAULT_SEED)
@@ -120,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     tfds.add_argument("--captions-key", default=tfds_source.DEFAULT_CAPTIONS_KEY)
     tfds.add_argument("--id-key", default=tfds_source.DEFAULT_ID_KEY)
 
-    merge = sources.add_parser("merge", help="combine OUT/parts/* (from --num-shards runs) into OUT")
-    merge.add_argument("--out", required=True)
-    merge.add_argument("--keep-parts", action="store_true", help="do not delete OUT/parts afterwards")
+    merge_parser = sources.add_parser("merge", help="combine OUT/parts/* (from --num-parts runs) into OUT")
+    merge_parser.add_argument("--out", required=True)
+    merge_parser.add_argument("--keep-parts", action="store_true", help="do not delete OUT/parts afterwards")
 
     inspect = sources.add_parser("inspect", help="counts, caption lengths, vocabulary coverage, HTML examples")
     inspect.add_argument("data_dir")
@@ -132,19 +137,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _part(args) -> tuple[int, int] | None:
-    num, index = getattr(args, "num_shards", None), getattr(args, "shard_index", None)
+def parse_part(args: argparse.Namespace) -> tuple[int, int] | None:
+    """(index, count) from --part-index/--num-parts (or their deprecated names), or None."""
+    num, index = getattr(args, "num_parts", None), getattr(args, "part_index", None)
+    old_num, old_index = getattr(args, "deprecated_num_parts", None), getattr(args, "deprecated_part_index", None)
+    if old_num is not None or old_index is not None:
+        print("note: --num-shards/--shard-index are deprecated and will be removed; "
+              "use --num-parts/--part-index", file=sys.stderr)
+        if (num is not None and old_num is not None) or (index is not None and old_index is not None):
+            raise SystemExit("error: give --num-parts/--part-index only, not also --num-shards/--shard-index")
+        num = old_num if num is None else num
+        index = old_index if index is None else index
     if num is None and index is None:
         return None
     if num is None or index is None:
-        raise SystemExit("error: --num-shards and --shard-index go together")
+        raise SystemExit("error: --num-parts and --part-index go together")
     return index, num
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parses `argv` (default sys.argv[1:]), converts, returns the exit code."""
     args = build_parser().parse_args(argv)
-    part = _part(args)
+    part = parse_part(args)
     # Imported here so `--help` and usage errors do not wait for TensorFlow.
     from tfrecords_tools import merge
 

@@ -81,19 +81,19 @@ def merge_parts(out_dir: str | os.PathLike, *, keep_parts: bool = False, verbose
     parts_root = os.path.join(out_dir, layout.PARTS_DIR)
     dirs = sorted(glob.glob(os.path.join(glob.escape(parts_root), "part-?????-of-?????")))
     if not dirs:
-        raise ConversionError(f"{parts_root} has no parts; convert with --num-shards N --shard-index I "
-                              "(once per I) and --out {out_dir} first")
+        raise ConversionError(f"{parts_root} has no parts; convert with --num-parts N --part-index I "
+                              f"(once per I) and --out {out_dir} first")
     counts = {int(os.path.basename(d)[-5:]) for d in dirs}
     if len(counts) != 1:
-        raise ConversionError(f"{parts_root} mixes parts of {sorted(counts)} shards; delete the stale "
-                              "ones and merge again")
+        raise ConversionError(f"{parts_root} mixes conversions into {sorted(counts)} parts; delete the "
+                              "stale parts and merge again")
     count = counts.pop()
     parts = []
     for index in range(count):
         path = os.path.join(layout.part_dir(out_dir, index, count), layout.PART_FILE)
         if not os.path.exists(path):
             raise ConversionError(f"part {index} of {count} is missing or unfinished ({path} does not exist); "
-                                  f"run the converter again with --num-shards {count} --shard-index {index}")
+                                  f"run the converter again with --num-parts {count} --part-index {index}")
         with open(path) as f:
             parts.append(json.load(f))
     first = parts[0]

@@ -88,8 +88,8 @@ def read_text(path: str | os.PathLike) -> str:
 def check_part(index: int, count: int) -> None:
     """Raises ConversionError unless 0 <= index < count."""
     if count < 1 or not 0 <= index < count:
-        raise ConversionError(f"shard index {index} of {count} shards: need 0 <= index < count "
-                              "(--shard-index I --num-shards N)")
+        raise ConversionError(f"part index {index} of {count} parts: need 0 <= index < count "
+                              "(--part-index I --num-parts N)")
 
 
 def in_part(image_id: str, index: int, count: int) -> bool:
