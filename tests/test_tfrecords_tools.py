@@ -19,7 +19,7 @@ from PIL import Image
 from caption_app.data import manifest as manifest_lib
 from caption_app.data import records
 from caption_app.data import vocabulary as vocab_lib
-from tests.conftest import read_records
+from tests.conftest import read_records, run_cli
 from tfrecords_tools import __main__ as cli
 from tfrecords_tools import coco, flickr8k, flickr30k, jsonl_csv, karpathy, shapes, source_api, tfds_source, writer
 
@@ -261,6 +261,20 @@ def test_flickr8k_output_independent_of_workers(fake_flickr8k, tmp_path):
     for name in one:
         if name != "manifest.json":  # holds the creation time
             assert one[name] == four[name], name
+
+
+@pytest.mark.slow
+def test_flickr8k_output_byte_identical_across_processes(fake_flickr8k, tmp_path):
+    images, text, _ = fake_flickr8k
+    for out in ("first", "second"):
+        result = run_cli("tfrecords_tools", "flickr8k", "--images", str(images), "--text", str(text),
+                         "--out", str(tmp_path / out), "--images-per-shard", "2", "--no-progress")
+        assert result.returncode == 0, result.stderr
+    first, second = _files(tmp_path / "first"), _files(tmp_path / "second")
+    assert first.keys() == second.keys()
+    for name in first:
+        if name != "manifest.json":  # holds the creation time
+            assert first[name] == second[name], name
 
 
 def test_flickr8k_errors_name_the_missing_file(tmp_path):

@@ -261,7 +261,8 @@ def _serialized(items: Sequence[Item], encoded: Iterator[bytes], bar) -> Iterato
     for item in items:
         data = next(encoded)
         bar.update()
-        yield records.make_example(item.image_id, data, item.captions).SerializeToString()
+        # deterministic: the features map in a fixed order, so reruns (other processes) give the same bytes
+        yield records.make_example(item.image_id, data, item.captions).SerializeToString(deterministic=True)
 
 
 def _ordered_map(pool: concurrent.futures.Executor, fn: Callable[[_T], _R], items: Iterable[_T],
