@@ -20,7 +20,7 @@ Same input -> byte-identical shards and vocabulary: records keep the input
 order, whatever the number of workers.
 
 Many machines: `part=(index, count)` converts one part into
-`OUT/parts/part-IIIII-of-NNNNN/` with a `part.json` instead of steps 5's files;
+`OUT/parts/part-IIIII-of-NNNNN/` with a `part.json` instead of step 5's files;
 `merge.merge_parts` then combines the parts (see `tfrecords_tools.merge`).
 """
 
