@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 from caption_app.data import manifest as manifest_lib
 from caption_app.data import pipeline, records
 from caption_app.data import vocabulary as vocab_lib
-from tfrecords_tools import flickr8k, jsonl_csv, writer
+from tfrecords_tools import flickr8k, images, jsonl_csv, report, source_api, writer
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -43,7 +43,7 @@ def _convert(tmp_path: Path, files: dict[str, bytes], captions: dict[str, tuple[
     items = []
     for name, data in files.items():
         (folder / name).write_bytes(data)
-        items.append(writer.Item(name, str(folder / name), (captions or {}).get(name, ("a picture",))))
+        items.append(source_api.Item(name, str(folder / name), (captions or {}).get(name, ("a picture",))))
     manifest = writer.write_dataset(tmp_path / "out", {"train": items}, source="unit", min_word_count=1,
                                     progress=False, verbose=False, **kwargs)
     loaded = manifest_lib.load(str(tmp_path / "out"))
@@ -166,7 +166,7 @@ def test_absurd_dimensions_are_skipped_before_decoding(tmp_path):
 def test_default_pixel_limit_is_pils(tmp_path):
     manifest, _ = _convert(tmp_path, {"bomb.png": _png_claiming(30000, 30000)})
     assert manifest["skipped"]["too_large"]["count"] == 1
-    assert writer.DEFAULT_MAX_PIXELS == Image.MAX_IMAGE_PIXELS < 30000 * 30000
+    assert images.DEFAULT_MAX_PIXELS == Image.MAX_IMAGE_PIXELS < 30000 * 30000
 
 
 # ---------------------------------------------------------------------------- names and captions
@@ -189,17 +189,17 @@ def test_path_traversal_in_a_split_list_is_rejected_and_counted(tmp_path):
     assert manifest["skipped"]["unsafe_path"] == {"count": 2, "examples": ["../../secret.jpg", "/etc/passwd"]}
     assert manifest["splits"]["train"]["num_images"] == 1
 
-    assert writer.image_path("/data", "a/../b.jpg") == "/data/b.jpg"
+    assert source_api.image_path("/data", "a/../b.jpg") == "/data/b.jpg"
     for bad in ("../x.jpg", "a/../../x.jpg", "/abs.jpg", "..", "C:\\x.jpg", "..\\x.jpg", ""):
-        assert writer.image_path("/data", bad) is None, bad
+        assert source_api.image_path("/data", bad) is None, bad
 
 
 def test_duplicate_entries_keep_the_first(tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
     (folder / "a.jpg").write_bytes(_encode(Image.fromarray(_pixels()), "JPEG"))
-    first = writer.Item("a.jpg", str(folder / "a.jpg"), ("a first caption",))
-    second = writer.Item("a.jpg", str(folder / "a.jpg"), ("a second caption",))
+    first = source_api.Item("a.jpg", str(folder / "a.jpg"), ("a first caption",))
+    second = source_api.Item("a.jpg", str(folder / "a.jpg"), ("a second caption",))
     manifest = writer.write_dataset(tmp_path / "out", {"train": [first, second], "test": [second]},
                                     source="unit", min_word_count=1, progress=False, verbose=False)
     assert manifest["skipped"]["duplicate"] == {"count": 2, "examples": ["train:a.jpg", "test:a.jpg"]}
@@ -220,7 +220,7 @@ def test_non_utf8_whitespace_and_500_word_captions(tmp_path, capsys):
              b"c.jpg#0\t" + long_caption.encode() + b"\n")
     (tmp_path / "results.token").write_bytes(token)
     captions, _ = flickr8k.read_token_file(tmp_path / "results.token")
-    items = [writer.Item(n, str(folder / n), tuple(captions[n])) for n in ("a.jpg", "b.jpg", "c.jpg")]
+    items = [source_api.Item(n, str(folder / n), tuple(captions[n])) for n in ("a.jpg", "b.jpg", "c.jpg")]
     manifest = writer.write_dataset(tmp_path / "out", {"train": items}, source="unit", min_word_count=1,
                                     progress=False, verbose=True)
     skipped = _reasons(manifest, "skipped")
@@ -258,8 +258,8 @@ def test_summary_lists_reasons_with_first_files(tmp_path):
     files = {f"t{i}.bmp": _encode(Image.fromarray(_pixels(seed=i)), "BMP") for i in range(7)}
     files["empty.jpg"] = b""
     manifest, _ = _convert(tmp_path, files)
-    text = writer.format_summary(manifest, tmp_path / "out")
+    text = report.format_summary(manifest, tmp_path / "out")
     assert "Re-encoded:\n  format: 7 (" in text
     assert "t0.bmp, t1.bmp, t2.bmp, t3.bmp, t4.bmp, ..." in text  # first NUM_EXAMPLES names
     assert "empty_file: 1" in text and "empty.jpg" in text
-    assert len(manifest["reencoded"]["format"]["examples"]) == writer.NUM_EXAMPLES
+    assert len(manifest["reencoded"]["format"]["examples"]) == report.NUM_EXAMPLES

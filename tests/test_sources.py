@@ -1,4 +1,4 @@
-"""The dataset sources: COCO, Karpathy, Flickr30k, JSONL/CSV, TFDS; sharded conversion + merge; inspect.
+"""The dataset sources: COCO, Karpathy, Flickr30k, JSONL/CSV, TFDS; conversion in parts + merge; inspect.
 
 Every fixture is generated here in the real formats (tiny JSON, token, JSONL
 and CSV files and JPEGs made with PIL).
@@ -20,7 +20,7 @@ from caption_app.data import manifest as manifest_lib
 from caption_app.data import records
 from caption_app.data import vocabulary as vocab_lib
 from tests.conftest import read_records, run_cli
-from tfrecords_tools import coco, flickr30k, inspection, jsonl_csv, karpathy, writer
+from tfrecords_tools import coco, flickr30k, inspection, jsonl_csv, karpathy, layout, merge, source_api
 
 
 def _jpeg(seed: int, size: int = 24) -> bytes:
@@ -74,7 +74,7 @@ def test_coco_file_scheme_2017(tmp_path):
     assert got[0]["captions"] == [f"A train photo number 0 caption {j}." for j in reversed(range(6))]
     assert manifest["max_captions_per_image"] == 6
 
-    with pytest.raises(writer.ConversionError, match="one --splits name per"):
+    with pytest.raises(source_api.ConversionError, match="one --splits name per"):
         coco.read_coco([tmp_path / "train2017" / "000000000000.jpg"], [tmp_path])
     renamed = tmp_path / "captions_mine.json"
     renamed.write_bytes(train.read_bytes())
@@ -99,7 +99,7 @@ def test_coco_im2txt_scheme_reproduces_build_mscoco_data(tmp_path):
     assert manifest["splits"]["train"]["num_captions"] == (
         sum(captions_per_image[:6]) + sum(captions_per_image[:17]))
 
-    with pytest.raises(writer.ConversionError, match="im2txt needs exactly"):
+    with pytest.raises(source_api.ConversionError, match="im2txt needs exactly"):
         coco.read_coco([train], [tmp_path / "train2014"], split_scheme="im2txt")
 
 
@@ -195,7 +195,7 @@ def test_flickr30k_token_file_and_hash_split(tmp_path):
     assert sum(counts.values()) == 40 and all(counts[s] > 0 for s in ("train", "val", "test"))
     for split in ("train", "val", "test"):
         for r in read_records(out, split):
-            assert writer.hash_split(r["image_id"], 0.2, 0.2) == split
+            assert source_api.hash_split(r["image_id"], 0.2, 0.2) == split
             assert len(r["captions"]) == 5
     assert manifest["skipped"]["bad_line"]["examples"] == [f"{flickr30k.TOKEN_FILE}:201"]
     # The split depends on the name only, not on the file order.
@@ -239,14 +239,14 @@ def test_jsonl_captions_lists_splits_and_bad_lines(tmp_path):
     assert train["imgs/0.jpg"] == ["a red ball", "a ball on grass"]
     assert train["imgs/1.jpg"] == ["a cat", "a cat on a mat"]
     assert [r["image_id"] for r in read_records(out, "val")] == ["imgs/2.jpg"] + (
-        ["imgs/5.jpg"] if writer.hash_split("imgs/5.jpg", 0.05, 0.05) == "val" else [])
+        ["imgs/5.jpg"] if source_api.hash_split("imgs/5.jpg", 0.05, 0.05) == "val" else [])
     assert {r["image_id"]: r["captions"] for r in read_records(out, "test")}["imgs/3.jpg"] == ["a bird"]
     skipped = manifest["skipped"]
     assert skipped["split_conflict"]["examples"] == ["data.jsonl:6"]
     assert skipped["bad_line"]["examples"] == ["data.jsonl:7 (split 'holdout')", "data.jsonl:9",
                                                "data.jsonl:10"]
     assert skipped["unsafe_path"]["examples"] == ["../outside.jpg"]
-    expected_5 = writer.hash_split("imgs/5.jpg", 0.05, 0.05)
+    expected_5 = source_api.hash_split("imgs/5.jpg", 0.05, 0.05)
     assert "imgs/5.jpg" in {r["image_id"] for r in read_records(out, expected_5)}
 
 
@@ -271,7 +271,7 @@ def test_csv_rows_root_and_custom_keys(tmp_path):
     assert train == {"imgs/0.jpg": ["a dog, running", 'a "quoted" dog'], "imgs/2.jpg": ["a bird"]}
     assert [r["image_id"] for r in read_records(out, "val")] == ["imgs/1.jpg"]
     assert manifest["skipped"]["bad_line"]["examples"] == ["captions.csv:6"]
-    with pytest.raises(writer.ConversionError, match="image root"):
+    with pytest.raises(source_api.ConversionError, match="image root"):
         jsonl_csv.read_records(path, "csv", root=tmp_path / "nope")
 
 
@@ -324,7 +324,7 @@ def test_tfds_not_prepared_is_a_clear_error(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     from tfrecords_tools import tfds_source
 
-    with pytest.raises(writer.ConversionError, match="never downloads"):
+    with pytest.raises(source_api.ConversionError, match="never downloads"):
         tfds_source.convert_tfds("coco_captions", tmp_path / "out", data_dir=str(tmp_path / "empty"),
                                  **_convert_kwargs())
     assert not [p for p in (tmp_path / "out").iterdir()]  # staging removed
@@ -333,7 +333,7 @@ def test_tfds_not_prepared_is_a_clear_error(tmp_path):
 # ---------------------------------------------------------------------------- many machines
 
 
-def test_sharded_conversion_merges_into_the_single_run_output(tmp_path):
+def test_conversion_in_parts_merges_into_the_single_run_output(tmp_path):
     names = _own_images(tmp_path, 24)
     lines = [json.dumps({"image": n, "captions": [f"a thing number {i % 5}", "a photo"],
                          "split": ("train", "train", "val", "test")[i % 4]}) for i, n in enumerate(names)]
@@ -343,16 +343,16 @@ def test_sharded_conversion_merges_into_the_single_run_output(tmp_path):
     single = jsonl_csv.convert_records(path, "jsonl", tmp_path / "single", images_per_shard=4,
                                        **_convert_kwargs())
 
-    out = tmp_path / "sharded"
+    out = tmp_path / "in_parts"
     parts = [jsonl_csv.convert_records(path, "jsonl", out, images_per_shard=4, part=(i, 3), **_convert_kwargs())
              for i in (2, 0)]
     assert all(p["splits"]["train"]["num_images"] > 0 for p in parts)
-    with pytest.raises(writer.ConversionError, match="part 1 of 3 is missing"):
-        writer.merge_parts(out, verbose=False)
+    with pytest.raises(source_api.ConversionError, match="part 1 of 3 is missing"):
+        merge.merge_parts(out, verbose=False)
     jsonl_csv.convert_records(path, "jsonl", out, images_per_shard=4, part=(1, 3), **_convert_kwargs())
-    merged = writer.merge_parts(out, verbose=False)
+    merged = merge.merge_parts(out, verbose=False)
 
-    assert not (out / writer.PARTS_DIR).exists()
+    assert not (out / layout.PARTS_DIR).exists()
     assert merged["vocab_size"] == single["vocab_size"]
     assert (out / "vocab.txt").read_text() == (tmp_path / "single" / "vocab.txt").read_text()
     assert merged["skipped"] == single["skipped"]  # the bad line counted once, not per part
@@ -369,23 +369,25 @@ def test_sharded_conversion_merges_into_the_single_run_output(tmp_path):
     files = loaded.files("train")
     assert [Path(f).name for f in files] == [records.shard_name("train", i, len(files)) for i in range(len(files))]
 
-    assert sum(writer.in_part(n, i, 3) for n in names for i in range(3)) == len(names)
-    with pytest.raises(writer.ConversionError, match="shard index 3 of 3"):
-        writer.check_part(3, 3)
+    assert sum(source_api.in_part(n, i, 3) for n in names for i in range(3)) == len(names)
+    with pytest.raises(source_api.ConversionError, match="part index 3 of 3"):
+        source_api.check_part(3, 3)
 
 
 @pytest.mark.slow
-def test_cli_sharded_then_merge_then_inspect(tmp_path):
+def test_cli_parts_then_merge_then_inspect(tmp_path):
     names = _own_images(tmp_path, 8)
     path = tmp_path / "data.csv"
     path.write_text("image,caption,split\n" + "".join(
         f"{n},a small picture number {i},{'train' if i < 6 else 'val'}\n" for i, n in enumerate(names)))
     out = tmp_path / "out"
-    for i in range(2):
+    # Part 0 with the flags' names, part 1 with their deprecated names (a "shard" is a record file).
+    for i, flags in enumerate((("--num-parts", "2", "--part-index", "0"), ("--num-shards", "2", "--shard-index", "1"))):
         r = run_cli("tfrecords_tools", "csv", "--file", str(path), "--out", str(out), "--min-word-count", "1",
-                    "--num-shards", "2", "--shard-index", str(i), "--no-progress")
+                    *flags, "--no-progress")
         assert r.returncode == 0, r.stderr
         assert f"Wrote part {i} of 2" in r.stdout
+        assert ("--num-shards/--shard-index are deprecated" in r.stderr) == (i == 1)
     r = run_cli("tfrecords_tools", "merge", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "train:       6 images" in r.stdout

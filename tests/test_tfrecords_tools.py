@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import math
@@ -18,8 +19,9 @@ from PIL import Image
 from caption_app.data import manifest as manifest_lib
 from caption_app.data import records
 from caption_app.data import vocabulary as vocab_lib
-from tests.conftest import read_records
-from tfrecords_tools import flickr8k, shapes, writer
+from tests.conftest import read_records, run_cli
+from tfrecords_tools import __main__ as cli
+from tfrecords_tools import coco, flickr8k, flickr30k, jsonl_csv, karpathy, shapes, source_api, tfds_source, writer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -261,13 +263,27 @@ def test_flickr8k_output_independent_of_workers(fake_flickr8k, tmp_path):
             assert one[name] == four[name], name
 
 
+@pytest.mark.slow
+def test_flickr8k_output_byte_identical_across_processes(fake_flickr8k, tmp_path):
+    images, text, _ = fake_flickr8k
+    for out in ("first", "second"):
+        result = run_cli("tfrecords_tools", "flickr8k", "--images", str(images), "--text", str(text),
+                         "--out", str(tmp_path / out), "--images-per-shard", "2", "--no-progress")
+        assert result.returncode == 0, result.stderr
+    first, second = _files(tmp_path / "first"), _files(tmp_path / "second")
+    assert first.keys() == second.keys()
+    for name in first:
+        if name != "manifest.json":  # holds the creation time
+            assert first[name] == second[name], name
+
+
 def test_flickr8k_errors_name_the_missing_file(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "text").mkdir()
-    with pytest.raises(writer.ConversionError, match=r"lacks Flickr8k\.token\.txt"):
+    with pytest.raises(source_api.ConversionError, match=r"lacks Flickr8k\.token\.txt"):
         flickr8k.convert_flickr8k(tmp_path / "images", tmp_path / "text", tmp_path / "out",
                                   progress=False, verbose=False)
-    with pytest.raises(writer.ConversionError, match="does not exist"):
+    with pytest.raises(source_api.ConversionError, match="does not exist"):
         flickr8k.convert_flickr8k(tmp_path / "images", tmp_path / "nope", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -278,7 +294,7 @@ def test_flickr8k_errors_name_the_missing_file(tmp_path):
 def test_writer_empty_splits_duplicates_and_no_train(tmp_path):
     (tmp_path / "a.jpg").write_bytes(_jpeg(1))
     (tmp_path / "b.png").write_bytes(b"")
-    item = writer.Item("a.jpg", str(tmp_path / "a.jpg"), ("a cat",))
+    item = source_api.Item("a.jpg", str(tmp_path / "a.jpg"), ("a cat",))
     manifest = writer.write_dataset(
         tmp_path / "out", {"train": [item, item], "test": [item]}, source="unit",
         min_word_count=1, progress=False, verbose=False)
@@ -290,11 +306,11 @@ def test_writer_empty_splits_duplicates_and_no_train(tmp_path):
     assert manifest["vocab_size"] == len(vocab_lib.SPECIAL_TOKENS) + 2
     assert manifest_lib.load(str(tmp_path / "out")).split("val").files == ()
 
-    bad = writer.Item("b.png", str(tmp_path / "b.png"), ("a cat",))
-    with pytest.raises(writer.ConversionError, match="no usable train image"):
+    bad = source_api.Item("b.png", str(tmp_path / "b.png"), ("a cat",))
+    with pytest.raises(source_api.ConversionError, match="no usable train image"):
         writer.write_dataset(tmp_path / "out2", {"train": [bad]}, source="unit",
                              progress=False, verbose=False)
-    with pytest.raises(writer.ConversionError, match="'train'"):
+    with pytest.raises(source_api.ConversionError, match="'train'"):
         writer.write_dataset(tmp_path / "out3", {"val": [item]}, source="unit")
 
 
@@ -395,3 +411,50 @@ def test_cli_missing_token_file_is_a_clear_error(tmp_path):
     assert result.returncode != 0
     assert "Flickr8k.token.txt" in result.stderr and "error:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _defaults(fn) -> dict:
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+
+
+@pytest.mark.parametrize("argv, fn, names", [
+    (["shapes"], shapes.convert_shapes, ("seed", "num_train", "num_val", "num_test", "image_size")),
+    (["flickr30k", "--token", "t", "--images", "i"], flickr30k.convert_flickr30k, ("val_fraction", "test_fraction")),
+    (["jsonl", "--file", "f"], jsonl_csv.convert_records,
+     ("image_key", "caption_key", "split_key", "val_fraction", "test_fraction")),
+    (["csv", "--file", "f"], jsonl_csv.convert_records, ("image_key", "caption_key", "split_key")),
+    (["tfds"], tfds_source.convert_tfds, ("image_key", "captions_key", "id_key")),
+    (["coco", "--annotations", "a", "--images", "i"], coco.convert_coco, ("split_scheme",)),
+    (["karpathy", "--json", "j", "--images", "i"], karpathy.convert_karpathy, ("restval",)),
+    (["flickr8k", "--images", "i", "--text", "t"], writer.write_dataset, ("min_word_count", "images_per_shard")),
+])
+def test_cli_defaults_are_the_source_modules_defaults(argv, fn, names):
+    args = cli.build_parser().parse_args([*argv, "--out", "o"])
+    assert {n: getattr(args, n) for n in names} == {n: _defaults(fn)[n] for n in names}
+    if argv[0] == "tfds":
+        assert args.name == tfds_source.DEFAULT_NAME == "coco_captions"
+
+
+def test_cli_help_does_not_load_tensorflow():
+    code = "import sys, tfrecords_tools.__main__ as m; m.build_parser(); print('tensorflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_cli_part_flags_and_their_deprecated_shard_names(capsys):
+    def part(*flags):
+        return cli.parse_part(cli.build_parser().parse_args(["csv", "--file", "f", "--out", "o", *flags]))
+
+    assert part() is None
+    assert part("--num-parts", "3", "--part-index", "2") == (2, 3)
+    assert capsys.readouterr().err == ""
+    assert part("--num-shards", "3", "--shard-index", "2") == (2, 3)  # old names still work ...
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "deprecated" in err and "--num-parts/--part-index" in err  # ... with a note
+    assert part("--num-parts", "3", "--shard-index", "1") == (1, 3)
+    with pytest.raises(SystemExit, match="not also --num-shards"):
+        part("--num-parts", "3", "--num-shards", "3", "--part-index", "0")
+    with pytest.raises(SystemExit, match="go together"):
+        part("--num-parts", "3")

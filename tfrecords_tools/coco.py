@@ -26,16 +26,17 @@ import os
 import re
 from typing import Sequence
 
-from tfrecords_tools import writer
+from tfrecords_tools.source_api import ConversionError, Item, image_path, read_text
 
 SCHEMES = ("file", "im2txt")
+DEFAULT_SCHEME = "file"
 IM2TXT_TRAIN_FRACTION, IM2TXT_VAL_END = 0.85, 0.90
 
 _FILE_SPLIT = re.compile(r"(train|val|test)(\d{4})?", re.IGNORECASE)
 
 
 def read_annotations(path: str | os.PathLike, image_dirs: Sequence[str | os.PathLike]
-                     ) -> tuple[list[writer.Item], dict[str, list[str]]]:
+                     ) -> tuple[list[Item], dict[str, list[str]]]:
     """One COCO caption file -> items in its `images` order (+ names skipped here).
 
     Captions keep the annotation order. Image entries listed twice are kept
@@ -44,16 +45,16 @@ def read_annotations(path: str | os.PathLike, image_dirs: Sequence[str | os.Path
     names that are absolute or climb out of the image folders are "unsafe_path".
 
     Raises:
-      writer.ConversionError: the file is not a COCO caption file.
+      ConversionError: the file is not a COCO caption file.
     """
     path = os.fspath(path)
     try:
-        data = json.loads(writer.read_text(path))
+        data = json.loads(read_text(path))
     except (OSError, ValueError) as e:
-        raise writer.ConversionError(f"cannot read COCO caption file {path}: {e}") from e
+        raise ConversionError(f"cannot read COCO caption file {path}: {e}") from e
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
-        raise writer.ConversionError(
+        raise ConversionError(
             f"{path} is not a COCO caption file: it needs 'images' (id, file_name) and 'annotations' "
             "(image_id, caption) lists, like captions_train2014.json")
     base = os.path.basename(path)
@@ -74,19 +75,19 @@ def read_annotations(path: str | os.PathLike, image_dirs: Sequence[str | os.Path
             skipped["duplicate"].append(f"{base}:{name}")
             continue
         seen.add(name)
-        image_path = _find(name, image_dirs)
-        if image_path is None:
+        found = _find(name, image_dirs)
+        if found is None:
             skipped["unsafe_path"].append(name)
             continue
-        items.append(writer.Item(image_id=name, path=image_path,
-                                 captions=tuple(captions.get(image["id"], ()))))
+        items.append(Item(image_id=name, path=found,
+                          captions=tuple(captions.get(image["id"], ()))))
     return items, dict(skipped)
 
 
 def _find(name: str, image_dirs: Sequence[str | os.PathLike]) -> str | None:
     """The first folder's file that exists (else the first folder's path, reported
     "missing" by the writer); None for an unsafe name."""
-    paths = [writer.image_path(d, name) for d in image_dirs]
+    paths = [image_path(d, name) for d in image_dirs]
     if paths[0] is None:
         return None
     return next((p for p in paths if os.path.exists(p)), paths[0])
@@ -97,15 +98,15 @@ def file_split(path: str | os.PathLike) -> str:
     found = _FILE_SPLIT.findall(os.path.basename(os.fspath(path)))
     names = {m[0].lower() for m in found}
     if len(names) != 1:
-        raise writer.ConversionError(
+        raise ConversionError(
             f"cannot tell the split of {path} from its name; pass one --splits name per annotation file "
             "(e.g. --splits train val) or rename it like captions_train2014.json")
     return names.pop()
 
 
 def read_coco(annotation_files: Sequence[str | os.PathLike], image_dirs: Sequence[str | os.PathLike],
-              *, split_scheme: str = "file", splits: Sequence[str] | None = None
-              ) -> tuple[dict[str, list[writer.Item]], dict[str, list[str]], dict]:
+              *, split_scheme: str = DEFAULT_SCHEME, splits: Sequence[str] | None = None
+              ) -> tuple[dict[str, list[Item]], dict[str, list[str]], dict]:
     """Reads the caption files into items per split; no image is opened.
 
     Args:
@@ -119,18 +120,18 @@ def read_coco(annotation_files: Sequence[str | os.PathLike], image_dirs: Sequenc
       (split -> items, reason -> names skipped here, facts for the manifest).
     """
     if not annotation_files:
-        raise writer.ConversionError("no --annotations file given")
+        raise ConversionError("no --annotations file given")
     if not image_dirs:
-        raise writer.ConversionError("no --images folder given")
+        raise ConversionError("no --images folder given")
     for d in image_dirs:
         if not os.path.isdir(d):
-            raise writer.ConversionError(f"image folder {d} does not exist (e.g. pass train2014 val2014)")
+            raise ConversionError(f"image folder {d} does not exist (e.g. pass train2014 val2014)")
     if split_scheme not in SCHEMES:
-        raise writer.ConversionError(f"unknown split scheme {split_scheme!r}; choose {', '.join(SCHEMES)}")
+        raise ConversionError(f"unknown split scheme {split_scheme!r}; choose {', '.join(SCHEMES)}")
     if split_scheme == "im2txt" and splits:
-        raise writer.ConversionError("--splits goes with --split-scheme file, not im2txt")
+        raise ConversionError("--splits goes with --split-scheme file, not im2txt")
     if splits and len(splits) != len(annotation_files):
-        raise writer.ConversionError(f"{len(splits)} --splits names for {len(annotation_files)} "
+        raise ConversionError(f"{len(splits)} --splits names for {len(annotation_files)} "
                                      "annotation files; give one per file")
     names = list(splits) if splits else [file_split(f) for f in annotation_files]
 
@@ -142,7 +143,7 @@ def read_coco(annotation_files: Sequence[str | os.PathLike], image_dirs: Sequenc
         for reason, found in s.items():
             skipped[reason].extend(found)
 
-    items_by_split: dict[str, list[writer.Item]] = collections.defaultdict(list)
+    items_by_split: dict[str, list[Item]] = collections.defaultdict(list)
     info: dict = {"annotations": [os.path.abspath(f) for f in annotation_files],
                   "images": [os.path.abspath(d) for d in image_dirs], "split_scheme": split_scheme}
     if split_scheme == "file":
@@ -150,7 +151,7 @@ def read_coco(annotation_files: Sequence[str | os.PathLike], image_dirs: Sequenc
             items_by_split[name].extend(items)
     else:
         if sorted(names) != ["train", "val"]:
-            raise writer.ConversionError(
+            raise ConversionError(
                 "--split-scheme im2txt needs exactly the train and the val caption file of COCO 2014 "
                 f"(captions_train2014.json captions_val2014.json); got splits {names} from the file names")
         train, val = read[names.index("train")], read[names.index("val")]
@@ -165,9 +166,11 @@ def read_coco(annotation_files: Sequence[str | os.PathLike], image_dirs: Sequenc
 
 
 def convert_coco(annotation_files: Sequence[str | os.PathLike], image_dirs: Sequence[str | os.PathLike],
-                 out_dir: str | os.PathLike, *, split_scheme: str = "file",
+                 out_dir: str | os.PathLike, *, split_scheme: str = DEFAULT_SCHEME,
                  splits: Sequence[str] | None = None, source: str = "coco", **writer_kwargs) -> dict:
     """Converts COCO caption files into `out_dir`; `writer_kwargs` go to `writer.write_dataset`."""
+    from tfrecords_tools import writer  # loads TensorFlow, so only when converting (see source_api)
+
     items_by_split, skipped, info = read_coco(annotation_files, image_dirs, split_scheme=split_scheme,
                                               splits=splits)
     return writer.write_dataset(out_dir, items_by_split, source=source, extra_skipped=skipped,

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 
-from tfrecords_tools import flickr8k, writer
+from tfrecords_tools import flickr8k
+from tfrecords_tools.source_api import ConversionError, Item, hash_split, image_path
 
 TOKEN_FILE = "results_20130124.token"
 DEFAULT_FRACTION = 1000 / 31783
@@ -22,24 +23,24 @@ DEFAULT_FRACTION = 1000 / 31783
 
 def read_flickr30k(token_path: str | os.PathLike, images_dir: str | os.PathLike, *,
                    val_fraction: float = DEFAULT_FRACTION, test_fraction: float = DEFAULT_FRACTION
-                   ) -> tuple[dict[str, list[writer.Item]], dict[str, list[str]]]:
+                   ) -> tuple[dict[str, list[Item]], dict[str, list[str]]]:
     """Reads the token file into items per split (token-file order); no image is opened."""
     token_path, images_dir = os.fspath(token_path), os.fspath(images_dir)
     if not os.path.isfile(token_path):
-        raise writer.ConversionError(f"token file {token_path} does not exist; pass {TOKEN_FILE} of the "
+        raise ConversionError(f"token file {token_path} does not exist; pass {TOKEN_FILE} of the "
                                      "Flickr30k release")
     if not os.path.isdir(images_dir):
-        raise writer.ConversionError(f"image folder {images_dir} does not exist (flickr30k-images)")
+        raise ConversionError(f"image folder {images_dir} does not exist (flickr30k-images)")
     captions, bad_lines = flickr8k.read_token_file(token_path)
-    items: dict[str, list[writer.Item]] = {"train": [], "val": [], "test": []}
+    items: dict[str, list[Item]] = {"train": [], "val": [], "test": []}
     unsafe = []
     for name, caps in captions.items():
-        path = writer.image_path(images_dir, name)
+        path = image_path(images_dir, name)
         if path is None:
             unsafe.append(name)
             continue
-        split = writer.hash_split(name, val_fraction, test_fraction)
-        items[split].append(writer.Item(image_id=name, path=path, captions=tuple(caps)))
+        split = hash_split(name, val_fraction, test_fraction)
+        items[split].append(Item(image_id=name, path=path, captions=tuple(caps)))
     skipped = {r: n for r, n in (("bad_line", bad_lines), ("unsafe_path", unsafe)) if n}
     return items, skipped
 
@@ -48,6 +49,8 @@ def convert_flickr30k(token_path: str | os.PathLike, images_dir: str | os.PathLi
                       out_dir: str | os.PathLike, *, val_fraction: float = DEFAULT_FRACTION,
                       test_fraction: float = DEFAULT_FRACTION, **writer_kwargs) -> dict:
     """Converts Flickr30k into `out_dir`; `writer_kwargs` go to `writer.write_dataset`."""
+    from tfrecords_tools import writer  # loads TensorFlow, so only when converting (see source_api)
+
     items_by_split, skipped = read_flickr30k(token_path, images_dir, val_fraction=val_fraction,
                                              test_fraction=test_fraction)
     info = {"token_file": os.path.abspath(token_path), "images": os.path.abspath(images_dir),

@@ -14,7 +14,7 @@ import collections
 import os
 import re
 
-from tfrecords_tools import writer
+from tfrecords_tools.source_api import ConversionError, Item, image_path, read_text
 
 TOKEN_FILE = "Flickr8k.token.txt"
 SPLIT_FILES = {  # our split -> the release's list
@@ -28,7 +28,7 @@ _STRAY_SUFFIX = re.compile(r"^(.+\.(?:jpe?g|png))\.\d+$", re.IGNORECASE)
 
 
 def read_flickr8k(images_dir: str | os.PathLike, text_dir: str | os.PathLike
-                  ) -> tuple[dict[str, list[writer.Item]], dict[str, list[str]]]:
+                  ) -> tuple[dict[str, list[Item]], dict[str, list[str]]]:
     """Reads the text files into items; no image is opened.
 
     Args:
@@ -42,39 +42,39 @@ def read_flickr8k(images_dir: str | os.PathLike, text_dir: str | os.PathLike
       the writer skips it as "no_captions".
 
     Raises:
-      writer.ConversionError: a folder or one of the text files is missing.
+      ConversionError: a folder or one of the text files is missing.
     """
     images_dir, text_dir = os.fspath(images_dir), os.fspath(text_dir)
     if not os.path.isdir(images_dir):
-        raise writer.ConversionError(
+        raise ConversionError(
             f"image folder {images_dir} does not exist; pass the folder of the Flickr8k JPEGs "
             "(Flicker8k_Dataset in the release)")
     if not os.path.isdir(text_dir):
-        raise writer.ConversionError(
+        raise ConversionError(
             f"text folder {text_dir} does not exist; pass the Flickr8k_text folder, which holds "
             f"{TOKEN_FILE} and {', '.join(SPLIT_FILES.values())}")
     needed = [TOKEN_FILE, *SPLIT_FILES.values()]
     absent = [f for f in needed if not os.path.isfile(os.path.join(text_dir, f))]
     if absent:
-        raise writer.ConversionError(
+        raise ConversionError(
             f"{text_dir} lacks {', '.join(absent)}; pass the Flickr8k_text folder of the release, "
             f"which holds {', '.join(needed)}")
 
     captions, bad_lines = read_token_file(os.path.join(text_dir, TOKEN_FILE))
 
-    items_by_split: dict[str, list[writer.Item]] = {}
+    items_by_split: dict[str, list[Item]] = {}
     unsafe: list[str] = []
     for split, list_file in SPLIT_FILES.items():
-        names = [line.strip() for line in writer.read_text(os.path.join(text_dir, list_file)).split("\n")
+        names = [line.strip() for line in read_text(os.path.join(text_dir, list_file)).split("\n")
                  if line.strip()]
         items_by_split[split] = []
         for name in names:
-            path = writer.image_path(images_dir, name)
+            path = image_path(images_dir, name)
             if path is None:
                 unsafe.append(name)
             else:
                 items_by_split[split].append(
-                    writer.Item(image_id=name, path=path, captions=tuple(captions.get(name, ()))))
+                    Item(image_id=name, path=path, captions=tuple(captions.get(name, ()))))
     skipped = {"bad_line": bad_lines, "unsafe_path": unsafe}
     skipped = {reason: names for reason, names in skipped.items() if names}
     return items_by_split, skipped
@@ -91,7 +91,7 @@ def read_token_file(path: str | os.PathLike) -> tuple[dict[str, list[str]], list
     captions: dict[str, list[str]] = collections.defaultdict(list)
     bad_lines: list[str] = []
     base = os.path.basename(path)
-    for line_no, line in enumerate(writer.read_text(path).split("\n"), 1):
+    for line_no, line in enumerate(read_text(path).split("\n"), 1):
         line = line.rstrip("\r")
         if not line.strip():
             continue
@@ -124,6 +124,8 @@ def convert_flickr8k(images_dir: str | os.PathLike, text_dir: str | os.PathLike,
     Returns:
       The manifest dict.
     """
+    from tfrecords_tools import writer  # loads TensorFlow, so only when converting (see source_api)
+
     items_by_split, skipped = read_flickr8k(images_dir, text_dir)
     if source_info is None:
         source_info = {"images_dir": os.path.abspath(images_dir),

@@ -20,6 +20,7 @@ import random
 
 import tensorflow as tf
 
+from caption_app import io_utils
 from caption_app.data import manifest as manifest_lib
 from caption_app.data import records
 from caption_app.data import vocabulary as vocab_lib
@@ -154,6 +155,4 @@ def _write_html(path: str, manifest: manifest_lib.Manifest, report: dict, sample
 </body></html>
 """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(page)
-    os.replace(path + ".tmp", path)
+    io_utils.write_text_atomic(path, page)

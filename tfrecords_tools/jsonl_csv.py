@@ -32,18 +32,19 @@ import json
 import os
 from typing import Iterator
 
-from tfrecords_tools import writer
+from tfrecords_tools.source_api import ConversionError, Item, hash_split, image_path, read_text
 
 FORMATS = ("jsonl", "csv")
 SPLIT_ALIASES = {"train": "train", "restval": "train", "val": "val", "dev": "val", "validation": "val",
                  "test": "test"}
 DEFAULT_FRACTION = 0.05
+DEFAULT_IMAGE_KEY, DEFAULT_CAPTION_KEY, DEFAULT_SPLIT_KEY = "image", "caption", "split"
 
 
 def _records(path: str, fmt: str) -> Iterator[tuple[str, object]]:
     """(`file:line`, record dict or None when the line is malformed)."""
     base = os.path.basename(path)
-    text = writer.read_text(path)
+    text = read_text(path)
     if fmt == "jsonl":
         for line_no, line in enumerate(text.split("\n"), 1):
             if not line.strip():
@@ -61,9 +62,9 @@ def _records(path: str, fmt: str) -> Iterator[tuple[str, object]]:
 
 
 def read_records(path: str | os.PathLike, fmt: str, *, root: str | os.PathLike | None = None,
-                 image_key: str = "image", caption_key: str = "caption", split_key: str = "split",
-                 val_fraction: float = DEFAULT_FRACTION, test_fraction: float = DEFAULT_FRACTION
-                 ) -> tuple[dict[str, list[writer.Item]], dict[str, list[str]]]:
+                 image_key: str = DEFAULT_IMAGE_KEY, caption_key: str = DEFAULT_CAPTION_KEY,
+                 split_key: str = DEFAULT_SPLIT_KEY, val_fraction: float = DEFAULT_FRACTION,
+                 test_fraction: float = DEFAULT_FRACTION) -> tuple[dict[str, list[Item]], dict[str, list[str]]]:
     """Reads a JSONL or CSV file into items per split (first-appearance order).
 
     Args:
@@ -77,13 +78,13 @@ def read_records(path: str | os.PathLike, fmt: str, *, root: str | os.PathLike |
     """
     path = os.fspath(path)
     if fmt not in FORMATS:
-        raise writer.ConversionError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
+        raise ConversionError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
     if not os.path.isfile(path):
-        raise writer.ConversionError(f"{path} does not exist")
+        raise ConversionError(f"{path} does not exist")
     root = os.fspath(root) if root is not None else os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(root):
-        raise writer.ConversionError(f"image root {root} does not exist (--root)")
-    writer.hash_split("", val_fraction, test_fraction)  # checks the fractions
+        raise ConversionError(f"image root {root} does not exist (--root)")
+    hash_split("", val_fraction, test_fraction)  # checks the fractions
 
     captions: dict[str, list[str]] = collections.OrderedDict()
     split_of: dict[str, str] = {}
@@ -100,7 +101,7 @@ def read_records(path: str | os.PathLike, fmt: str, *, root: str | os.PathLike |
             skipped["bad_line"].append(where)
             continue
         name = os.path.normpath(image.replace("\\", "/")) if image.strip() else image
-        if writer.image_path(root, image) is None:
+        if image_path(root, image) is None:
             skipped["unsafe_path"].append(image)
             continue
         given = record.get(split_key)
@@ -110,25 +111,27 @@ def read_records(path: str | os.PathLike, fmt: str, *, root: str | os.PathLike |
                 skipped["bad_line"].append(f"{where} (split {given!r})")
                 continue
         else:
-            split = writer.hash_split(name, val_fraction, test_fraction)
+            split = hash_split(name, val_fraction, test_fraction)
         if split_of.setdefault(name, split) != split:
             skipped["split_conflict"].append(where)
             continue
         captions.setdefault(name, []).extend(caption)
 
-    items: dict[str, list[writer.Item]] = {"train": [], "val": [], "test": []}
+    items: dict[str, list[Item]] = {"train": [], "val": [], "test": []}
     for name, caps in captions.items():
         items[split_of[name]].append(
-            writer.Item(image_id=name, path=writer.image_path(root, name), captions=tuple(caps)))
+            Item(image_id=name, path=image_path(root, name), captions=tuple(caps)))
     return items, dict(skipped)
 
 
 def convert_records(path: str | os.PathLike, fmt: str, out_dir: str | os.PathLike, *,
-                    root: str | os.PathLike | None = None, image_key: str = "image",
-                    caption_key: str = "caption", split_key: str = "split",
+                    root: str | os.PathLike | None = None, image_key: str = DEFAULT_IMAGE_KEY,
+                    caption_key: str = DEFAULT_CAPTION_KEY, split_key: str = DEFAULT_SPLIT_KEY,
                     val_fraction: float = DEFAULT_FRACTION, test_fraction: float = DEFAULT_FRACTION,
                     **writer_kwargs) -> dict:
     """Converts a JSONL or CSV file into `out_dir`; `writer_kwargs` go to `writer.write_dataset`."""
+    from tfrecords_tools import writer  # loads TensorFlow, so only when converting (see source_api)
+
     items_by_split, skipped = read_records(path, fmt, root=root, image_key=image_key,
                                            caption_key=caption_key, split_key=split_key,
                                            val_fraction=val_fraction, test_fraction=test_fraction)

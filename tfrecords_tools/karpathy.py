@@ -17,14 +17,15 @@ import collections
 import json
 import os
 
-from tfrecords_tools import writer
+from tfrecords_tools.source_api import ConversionError, Item, image_path, read_text
 
 SPLITS = {"train": "train", "val": "val", "test": "test"}
 RESTVAL_CHOICES = ("train", "val", "drop")
+DEFAULT_RESTVAL = "train"  # as the papers that use the split
 
 
-def read_karpathy(json_path: str | os.PathLike, images_dir: str | os.PathLike, *, restval: str = "train"
-                  ) -> tuple[dict[str, list[writer.Item]], dict[str, list[str]]]:
+def read_karpathy(json_path: str | os.PathLike, images_dir: str | os.PathLike, *, restval: str = DEFAULT_RESTVAL
+                  ) -> tuple[dict[str, list[Item]], dict[str, list[str]]]:
     """Reads a Karpathy split file into items per split (file order); no image is opened.
 
     Returns:
@@ -32,23 +33,23 @@ def read_karpathy(json_path: str | os.PathLike, images_dir: str | os.PathLike, *
       "bad_line", unknown split names as "bad_line", unsafe paths).
 
     Raises:
-      writer.ConversionError: the file or folder is missing or not a Karpathy file.
+      ConversionError: the file or folder is missing or not a Karpathy file.
     """
     json_path, images_dir = os.fspath(json_path), os.fspath(images_dir)
     if restval not in RESTVAL_CHOICES:
-        raise writer.ConversionError(f"restval must be one of {RESTVAL_CHOICES}, got {restval!r}")
+        raise ConversionError(f"restval must be one of {RESTVAL_CHOICES}, got {restval!r}")
     if not os.path.isdir(images_dir):
-        raise writer.ConversionError(f"image folder {images_dir} does not exist")
+        raise ConversionError(f"image folder {images_dir} does not exist")
     try:
-        data = json.loads(writer.read_text(json_path))
+        data = json.loads(read_text(json_path))
     except (OSError, ValueError) as e:
-        raise writer.ConversionError(f"cannot read Karpathy split file {json_path}: {e}") from e
+        raise ConversionError(f"cannot read Karpathy split file {json_path}: {e}") from e
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise writer.ConversionError(f"{json_path} is not a Karpathy split file (dataset_coco.json etc.): "
+        raise ConversionError(f"{json_path} is not a Karpathy split file (dataset_coco.json etc.): "
                                      "it needs an 'images' list with filename, split and sentences")
     base = os.path.basename(json_path)
     split_map = dict(SPLITS, restval=None if restval == "drop" else restval)
-    items: dict[str, list[writer.Item]] = {"train": [], "val": [], "test": []}
+    items: dict[str, list[Item]] = {"train": [], "val": [], "test": []}
     skipped: dict[str, list[str]] = collections.defaultdict(list)
     for i, image in enumerate(data["images"]):
         try:
@@ -63,17 +64,19 @@ def read_karpathy(json_path: str | os.PathLike, images_dir: str | os.PathLike, *
         if split is None:
             continue  # restval dropped on request
         relative = f"{image['filepath']}/{name}" if image.get("filepath") else name
-        path = writer.image_path(images_dir, relative)
+        path = image_path(images_dir, relative)
         if path is None:
             skipped["unsafe_path"].append(relative)
             continue
-        items[split].append(writer.Item(image_id=relative, path=path, captions=captions))
+        items[split].append(Item(image_id=relative, path=path, captions=captions))
     return items, dict(skipped)
 
 
 def convert_karpathy(json_path: str | os.PathLike, images_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                     *, restval: str = "train", source: str | None = None, **writer_kwargs) -> dict:
+                     *, restval: str = DEFAULT_RESTVAL, source: str | None = None, **writer_kwargs) -> dict:
     """Converts a Karpathy split file into `out_dir`; `writer_kwargs` go to `writer.write_dataset`."""
+    from tfrecords_tools import writer  # loads TensorFlow, so only when converting (see source_api)
+
     items_by_split, skipped = read_karpathy(json_path, images_dir, restval=restval)
     name = os.path.splitext(os.path.basename(os.fspath(json_path)))[0]  # dataset_coco
     source = source or f"karpathy_{name.removeprefix('dataset_')}"

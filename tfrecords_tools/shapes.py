@@ -33,7 +33,8 @@ import numpy as np
 import tqdm
 from PIL import Image, ImageDraw
 
-from tfrecords_tools import flickr8k, writer
+from tfrecords_tools import flickr8k
+from tfrecords_tools.source_api import ConversionError
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 COLOURS = {  # saturated, far from each other and from the pale backgrounds
@@ -63,6 +64,10 @@ BACKGROUNDS = (
 )
 
 MIN_IMAGE_SIZE = 32
+# `convert_shapes` defaults (`python -m tfrecords_tools shapes`).
+DEFAULT_NUM_TRAIN, DEFAULT_NUM_VAL, DEFAULT_NUM_TEST = 3000, 300, 500
+DEFAULT_IMAGE_SIZE = 64
+DEFAULT_SEED = 0
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _COUNT_WORDS = {1: "one shape", 2: "two shapes", 3: "three shapes"}
 _JPEG_QUALITY = 95
@@ -85,8 +90,8 @@ class _Object:
     box: tuple[int, int, int]  # left, top, side in pixels
 
 
-def generate_shapes(raw_dir: str | os.PathLike, *, seed: int = 0, num_train: int,
-                    num_val: int, num_test: int, image_size: int = 64,
+def generate_shapes(raw_dir: str | os.PathLike, *, seed: int = DEFAULT_SEED, num_train: int,
+                    num_val: int, num_test: int, image_size: int = DEFAULT_IMAGE_SIZE,
                     progress: bool = False) -> ShapesDirs:
     """Writes a shapes dataset in the Flickr8k layout under `raw_dir`.
 
@@ -103,11 +108,11 @@ def generate_shapes(raw_dir: str | os.PathLike, *, seed: int = 0, num_train: int
     counts = {"train": num_train, "val": num_val, "test": num_test}
     for split, n in counts.items():
         if n < 0:
-            raise writer.ConversionError(f"num_{split} must be >= 0, got {n}")
+            raise ConversionError(f"num_{split} must be >= 0, got {n}")
     if num_train < 1:
-        raise writer.ConversionError("num_train must be >= 1: the vocabulary is built from train")
+        raise ConversionError("num_train must be >= 1: the vocabulary is built from train")
     if image_size < MIN_IMAGE_SIZE:
-        raise writer.ConversionError(f"image_size must be >= {MIN_IMAGE_SIZE} pixels, got {image_size}")
+        raise ConversionError(f"image_size must be >= {MIN_IMAGE_SIZE} pixels, got {image_size}")
 
     raw_dir = os.fspath(raw_dir)
     images_dir = os.path.join(raw_dir, "images")
@@ -139,8 +144,9 @@ def generate_shapes(raw_dir: str | os.PathLike, *, seed: int = 0, num_train: int
 
 
 def convert_shapes(out_dir: str | os.PathLike, *, raw_dir: str | os.PathLike | None = None,
-                   seed: int = 0, num_train: int = 3000, num_val: int = 300, num_test: int = 500,
-                   image_size: int = 64, **writer_kwargs) -> dict:
+                   seed: int = DEFAULT_SEED, num_train: int = DEFAULT_NUM_TRAIN,
+                   num_val: int = DEFAULT_NUM_VAL, num_test: int = DEFAULT_NUM_TEST,
+                   image_size: int = DEFAULT_IMAGE_SIZE, **writer_kwargs) -> dict:
     """Generates a shapes dataset and converts it with the Flickr8k converter.
 
     Args:

@@ -18,10 +18,13 @@ import shutil
 import tempfile
 from typing import Mapping
 
-from tfrecords_tools import writer
+from tfrecords_tools.source_api import ConversionError, Item, check_part, in_part
 
 # coco_captions' splits; a dataset with a "validation" split gets it as val too.
 DEFAULT_SPLIT_MAP = {"train": "train", "restval": "train", "val": "val", "test": "test"}
+DEFAULT_NAME = "coco_captions"
+# coco_captions' feature names; `captions/text` reaches into the `captions` sequence.
+DEFAULT_IMAGE_KEY, DEFAULT_CAPTIONS_KEY, DEFAULT_ID_KEY = "image", "captions/text", "image/filename"
 
 
 def _get(example: Mapping, key: str):
@@ -31,7 +34,7 @@ def _get(example: Mapping, key: str):
     head, sep, rest = key.partition("/")
     if sep and head in example and isinstance(example[head], Mapping):
         return _get(example[head], rest)
-    raise writer.ConversionError(f"the dataset has no feature {key!r} (it has {sorted(example)}); "
+    raise ConversionError(f"the dataset has no feature {key!r} (it has {sorted(example)}); "
                                  "pass --image-key / --captions-key / --id-key")
 
 
@@ -42,8 +45,8 @@ def _as_text(value) -> str:
 
 
 def convert_tfds(name: str, out_dir: str | os.PathLike, *, data_dir: str | None = None,
-                 split_map: Mapping[str, str] | None = None, image_key: str = "image",
-                 captions_key: str = "captions/text", id_key: str = "image/filename",
+                 split_map: Mapping[str, str] | None = None, image_key: str = DEFAULT_IMAGE_KEY,
+                 captions_key: str = DEFAULT_CAPTIONS_KEY, id_key: str = DEFAULT_ID_KEY,
                  part: tuple[int, int] | None = None, **writer_kwargs) -> dict:
     """Converts a prepared TFDS caption dataset into `out_dir`.
 
@@ -60,32 +63,34 @@ def convert_tfds(name: str, out_dir: str | os.PathLike, *, data_dir: str | None 
     """
     import tensorflow_datasets as tfds  # imported here: slow, and only this source needs it
 
+    from tfrecords_tools import writer  # loads TensorFlow, so only when converting (see source_api)
+
     given_map = split_map
     split_map = dict(split_map or DEFAULT_SPLIT_MAP)
     out_dir = os.fspath(out_dir)
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # unknown names raise DatasetNotFoundError and friends
-        raise writer.ConversionError(f"tensorflow-datasets has no dataset {name!r}: {e}") from e
+        raise ConversionError(f"tensorflow-datasets has no dataset {name!r}: {e}") from e
     known = set(builder.info.splits.keys()) if builder.info.splits else set()
     if not given_map and "validation" in known and "val" not in known:
         split_map["validation"] = "val"
     wanted = [s for s in split_map if not known or s in known]
     if known and not wanted:
-        raise writer.ConversionError(f"{name} has splits {sorted(known)}, none of which --split-map "
+        raise ConversionError(f"{name} has splits {sorted(known)}, none of which --split-map "
                                      f"maps ({sorted(split_map)})")
     if part is not None:
-        writer.check_part(*part)
+        check_part(*part)
 
     os.makedirs(out_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".tfds_staging-", dir=out_dir)
     try:
-        items: dict[str, list[writer.Item]] = {}
+        items: dict[str, list[Item]] = {}
         for tfds_split in wanted:
             try:
                 ds = builder.as_dataset(split=tfds_split, decoders={image_key: tfds.decode.SkipDecoding()})
             except Exception as e:  # not prepared: AssertionError / FileNotFoundError, by TFDS version
-                raise writer.ConversionError(
+                raise ConversionError(
                     f"cannot read split {tfds_split!r} of TFDS dataset {name} in "
                     f"{data_dir or 'the default TFDS data dir'} ({type(e).__name__}: {str(e)[:300]}). "
                     "This converter never downloads: prepare it where there is internet "
@@ -95,13 +100,13 @@ def convert_tfds(name: str, out_dir: str | os.PathLike, *, data_dir: str | None 
             os.makedirs(folder)
             for i, example in enumerate(tfds.as_numpy(ds)):
                 image_id = _as_text(_get(example, id_key))
-                if part is not None and not writer.in_part(image_id, *part):
+                if part is not None and not in_part(image_id, *part):
                     continue
                 path = os.path.join(folder, f"{i:09d}")
                 with open(path, "wb") as f:
                     f.write(_get(example, image_key))
                 captions = tuple(_as_text(c) for c in _get(example, captions_key))
-                items.setdefault(ours, []).append(writer.Item(image_id=image_id, path=path, captions=captions))
+                items.setdefault(ours, []).append(Item(image_id=image_id, path=path, captions=captions))
         items.setdefault("train", [])
         info = {"tfds_name": name, "data_dir": data_dir, "split_map": {s: split_map[s] for s in wanted}}
         return writer.write_dataset(out_dir, items, source=f"tfds:{name}", source_info=info, part=part,

@@ -1,0 +1,84 @@
+"""What a conversion skipped and re-encoded, and the summary it prints.
+
+The reasons are the keys of the manifest's "skipped" and "reencoded" entries;
+each keeps a count and the first `NUM_EXAMPLES` names.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Mapping
+
+from tfrecords_tools.images import REENCODE_REASONS
+
+# Why an input was skipped; keys are the manifest's "skipped" reasons.
+SKIP_REASONS = {
+    "missing": "image file does not exist",
+    "unreadable": "image file could not be read (permissions, a directory, ...)",
+    "empty_file": "image file is zero bytes",
+    "truncated": "image file is cut short",
+    "corrupt": "image file is not a decodable image",
+    "too_large": "image header claims more pixels than max_pixels (checked before decoding)",
+    "unsafe_path": "file name from the annotations is absolute or climbs out of the image root ('..')",
+    "duplicate": "image id already written (same split or an earlier one)",
+    "bad_encoding": "caption is not valid UTF-8 (caption dropped)",
+    "empty_caption": "caption empty, whitespace or punctuation only (caption dropped)",
+    "no_captions": "image has no non-empty caption (image dropped)",
+    "bad_line": "line of a caption file that could not be parsed",
+    "split_conflict": "record puts an image into another split than an earlier record (first kept)",
+}
+
+NUM_EXAMPLES = 5  # names kept per skip reason
+
+
+class Counted:
+    """Counts per reason, with the first few names of each."""
+
+    def __init__(self):
+        self.counts: collections.Counter = collections.Counter()
+        self.examples: dict[str, list[str]] = collections.defaultdict(list)
+
+    def add(self, reason: str, name: str) -> None:
+        self.counts[reason] += 1
+        if len(self.examples[reason]) < NUM_EXAMPLES:
+            self.examples[reason].append(name)
+
+    def merge(self, counted: Mapping[str, Mapping]) -> None:
+        """Adds a `to_dict()` of another count (examples kept up to NUM_EXAMPLES)."""
+        for reason, info in counted.items():
+            self.counts[reason] += info["count"]
+            room = NUM_EXAMPLES - len(self.examples[reason])
+            self.examples[reason].extend(info["examples"][:max(0, room)])
+
+    def to_dict(self) -> dict:
+        return {r: {"count": self.counts[r], "examples": list(self.examples[r])}
+                for r in sorted(self.counts)}
+
+    def summary_line(self) -> str:
+        return ", ".join(f"{r}: {n}" for r, n in sorted(self.counts.items())) or "nothing skipped"
+
+
+def format_summary(manifest: Mapping, out_dir: str | os.PathLike) -> str:
+    """The human-readable summary of a written manifest."""
+    lines = [f"Wrote {manifest['source']} to {os.fspath(out_dir)}"]
+    for split, info in manifest["splits"].items():
+        lines.append(f"  {split:5s}: {info['num_images']:7d} images {info['num_captions']:8d} "
+                     f"captions {info['num_shards']:4d} shards")
+    lines.append(f"  vocabulary: {manifest['vocab_size']} ids (special tokens included, words seen "
+                 f">= {manifest['min_word_count']} times in train); longest train caption "
+                 f"{manifest['max_caption_words']} words")
+    for title, key, reasons in (("Skipped", "skipped", SKIP_REASONS),
+                                ("Re-encoded", "reencoded", REENCODE_REASONS)):
+        counted = manifest.get(key) or {}
+        if not counted:
+            lines.append(f"{title}: nothing")
+            continue
+        lines.append(f"{title}:")
+        for reason, info in counted.items():
+            shown = ", ".join(info["examples"])
+            more = ", ..." if info["count"] > len(info["examples"]) else ""
+            why = reasons.get(reason, "")
+            lines.append(f"  {reason}: {info['count']}" + (f" ({why})" if why else "")
+                         + f": {shown}{more}")
+    return "\n".join(lines)
