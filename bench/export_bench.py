@@ -46,7 +46,7 @@ import tensorflow as tf  # noqa: E402
 from caption_app import config as config_lib  # noqa: E402
 from caption_app import run_dir as run_dir_lib  # noqa: E402
 from caption_app.data.manifest import Manifest  # noqa: E402
-from caption_app.data.pipeline import Shapes  # noqa: E402
+from caption_app.data.pipeline import TensorSizes  # noqa: E402
 from caption_app.data.vocabulary import END_ID, TokenizerSettings, Vocabulary  # noqa: E402
 from caption_app.model import show_and_tell  # noqa: E402
 from export import saved_model  # noqa: E402
@@ -65,8 +65,8 @@ def make_run_dir(run_dir: str, vocab_size: int, beam_size: int, max_length: int,
     raw = {"format_version": 1, "vocab_size": vocab.size, "splits": {}, "note": "benchmark: no data"}
     manifest = Manifest(data_dir=data_dir, splits={}, tokenizer=TokenizerSettings(), vocab_size=vocab.size,
                         vocab_file="vocab.txt", max_caption_words=20, max_captions_per_image=5, raw=raw)
-    shapes = Shapes(image_size=299, num_captions=5, caption_length=22)
-    run_dir_lib.prepare(run_dir, config, manifest, vocab, shapes)
+    sizes = TensorSizes(image_size=299, num_captions=5, caption_length=22)
+    run_dir_lib.prepare(run_dir, config, manifest, vocab, sizes)
     model = show_and_tell.build_model(config, vocab.size, backbone_weights="none")
     if never_end:  # <end> gets log-probability ~ -1e4: every beam runs max_length steps
         bias = model.get_layer("decoder").logits.bias
@@ -112,7 +112,7 @@ def main() -> None:
     caption_images = loaded.signatures["caption_images"]
     serving_default = loaded.signatures["serving_default"]
 
-    model, config, vocab, shapes, _ = run_dir_lib.load_model(run_dir)
+    model, config, vocab, sizes, _ = run_dir_lib.load_model(run_dir)
     spec_layer = model.get_layer("preprocess")
     backbone_layer = model.get_layer(show_and_tell.BACKBONE_LAYER)
 

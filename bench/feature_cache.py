@@ -33,9 +33,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from caption_app import config as config_lib  # noqa: E402
-from caption_app import features  # noqa: E402
+from caption_app import feature_cache  # noqa: E402
 from caption_app.data import manifest as manifest_lib  # noqa: E402
-from caption_app.data.pipeline import make_dataset, resolve_shapes  # noqa: E402
+from caption_app.data.pipeline import make_dataset, resolve_tensor_sizes  # noqa: E402
 from caption_app.data.vocabulary import Vocabulary  # noqa: E402
 from caption_app.model import show_and_tell  # noqa: E402
 from caption_app.model.loss import MaskedCrossEntropy  # noqa: E402
@@ -80,13 +80,13 @@ def main() -> None:
                                       progress=False, verbose=False)
         manifest = manifest_lib.load(data_dir)
         vocab = Vocabulary.load(manifest.vocab_path)
-        shapes = resolve_shapes(config, manifest)
+        sizes = resolve_tensor_sizes(config, manifest)
         t = config.train
         epoch_steps = steps_per_epoch(manifest.split("train").num_images, t.batch_size)
         steps = args.steps or epoch_steps
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
-              f"{config.model.backbone} at {shapes.image_size}px, batch {t.batch_size} images x "
-              f"{shapes.num_captions} captions, LSTM dropout {config.model.lstm_dropout}, "
+              f"{config.model.backbone} at {sizes.image_size}px, batch {t.batch_size} images x "
+              f"{sizes.num_captions} captions, LSTM dropout {config.model.lstm_dropout}, "
               f"XLA {'on' if t.jit_compile else 'off'}; {manifest.split('train').num_images} train images = "
               f"{epoch_steps} steps/epoch; timing {steps} steps per side", flush=True)
 
@@ -94,14 +94,14 @@ def main() -> None:
         model = show_and_tell.build_model(config, vocab.size)
         show_and_tell.set_backbone_trainable(model, False)
 
-        train_ds = make_dataset(config, manifest, vocab, "train", training=True, shapes=shapes).repeat()
+        train_ds = make_dataset(config, manifest, vocab, "train", training=True, sizes=sizes).repeat()
         uncached = _fit_seconds(model, train_ds, steps, config)
         print(f"uncached: {uncached / steps:.3f} s/step", flush=True)
 
         began = time.perf_counter()
-        cache_dir = features.ensure_cache(model, config, manifest, vocab, shapes, os.path.join(tmp, "run"),
+        cache_dir = feature_cache.ensure_cache(model, config, manifest, vocab, sizes, os.path.join(tmp, "run"),
                                           verbose=False)
-        info = features.load_info(cache_dir)
+        info = feature_cache.load_info(cache_dir)
         build = info["seconds"]
         reused = time.perf_counter() - began < build
         cached_images = sum(s["num_images"] for s in info["splits"].values())
@@ -109,9 +109,9 @@ def main() -> None:
               f"{cached_images / build:.1f} images/s{' (reused: timed when it was built)' if reused else ''}",
               flush=True)
 
-        head = features.build_head(model)
-        cached_ds = features.make_cached_dataset(config, manifest, vocab, cache_dir, "train", training=True,
-                                                 shapes=shapes).repeat()
+        head = feature_cache.build_head(model)
+        cached_ds = feature_cache.make_cached_dataset(config, manifest, vocab, cache_dir, "train", training=True,
+                                                 sizes=sizes).repeat()
         cached = _fit_seconds(head, cached_ds, steps, config)
         print(f"cached: {cached / steps:.4f} s/step", flush=True)
 

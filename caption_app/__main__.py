@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"val perplexity {history['val_perplexity']}; run dir: {args.run_dir}")
         elif args.command == "cache-features":
             from caption_app import config as config_lib
-            from caption_app.features import cache_features
+            from caption_app.feature_cache import cache_features
 
             config = config_lib.override(config_lib.get_preset(args.config), args.set)
             print(f"feature cache ready: {cache_features(config, args.data, args.run_dir)}")

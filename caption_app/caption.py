@@ -48,7 +48,7 @@ def caption_files(run_dir: str, patterns: list[str], *, beam_size: int | None = 
       One dict per image: {"image": path, "captions": [{"caption", "log_prob",
       "score"}, ...] best first} or {"image": path, "error": message}.
     """
-    model, config, vocab, shapes, _ = run_dir_lib.load_model(run_dir)
+    model, config, vocab, sizes, _ = run_dir_lib.load_model(run_dir)
     e = config.eval
     beam_size = beam_size or e.beam_size
     max_length = max_length or e.max_length
@@ -56,7 +56,7 @@ def caption_files(run_dir: str, patterns: list[str], *, beam_size: int | None = 
     num_results = min(num_results or beam_size, beam_size)
     captioner = Captioner(model)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, shapes.image_size, shapes.image_size, 3], tf.float32)])
+    @tf.function(input_signature=[tf.TensorSpec([None, sizes.image_size, sizes.image_size, 3], tf.float32)])
     def generate(images):
         result = captioner.generate(images, beam_size=beam_size, max_length=max_length,
                                     length_normalization=alpha, num_results=num_results)
@@ -79,7 +79,7 @@ def caption_files(run_dir: str, patterns: list[str], *, beam_size: int | None = 
         results.append({"image": path})
         try:
             with open(path, "rb") as f:
-                image = decode_image(tf.constant(f.read()), shapes.image_size)
+                image = decode_image(tf.constant(f.read()), sizes.image_size)
         except (OSError, tf.errors.InvalidArgumentError) as err:
             results[-1]["error"] = f"cannot read image: {getattr(err, 'message', err)}"
             continue

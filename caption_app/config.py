@@ -48,7 +48,7 @@ class Train:
     clip_gradient_norm: float = 5.0  # global norm; 0 = off
     weight_decay: float = 0.0  # adam only (AdamW)
     freeze_backbone: bool = True  # phase 1 trains the decoder and image embedding only
-    feature_cache: bool = False  # phase 1 from backbone features computed once (caption_app/features.py)
+    feature_cache: bool = False  # phase 1 from backbone features computed once (caption_app/feature_cache.py)
     fine_tune_epochs: int = 0  # phase 2: everything trainable
     fine_tune_learning_rate: float = 0.0005
     jit_compile: bool = True

@@ -40,7 +40,7 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
       METEOR is None when java is missing. Also written to `json_path`, and the
       generated captions with notes to RUN/eval/<split>-<checkpoint>.json.
     """
-    model, config, vocab, shapes, checkpoint = run_dir_lib.load_model(run_dir, checkpoint)
+    model, config, vocab, sizes, checkpoint = run_dir_lib.load_model(run_dir, checkpoint)
     manifest = run_dir_lib.load_manifest(run_dir, data_dir)
     e = config.eval
     beam_size = beam_size or e.beam_size
@@ -56,7 +56,7 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
                                     length_normalization=alpha, num_results=1)
         return nll, tokens, vocab.ids_to_text(result.ids[:, 0]), result.scores[:, 0]
 
-    dataset = make_dataset(config, manifest, vocab, split, training=False, shapes=shapes,
+    dataset = make_dataset(config, manifest, vocab, split, training=False, sizes=sizes,
                            batch_size=e.batch_size, with_ids=True)
     total_nll, total_tokens = 0.0, 0
     references, candidates, scores = {}, {}, {}

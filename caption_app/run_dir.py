@@ -4,7 +4,8 @@
     RUN/fingerprint.json   what the checkpoints' variables depend on
     RUN/vocab.txt          copy of the data dir's vocabulary
     RUN/manifest.json      copy of the data dir's manifest (+ "data_dir")
-    RUN/shapes.json        image size, captions per image, caption length
+    RUN/tensor_sizes.json  image size, captions per image, caption length
+                           (`shapes.json` in run dirs written before it was renamed; still read)
     RUN/checkpoints/       tf.train checkpoints (model, optimizer, epoch)
     RUN/backup/            the latest mid-epoch backup (train.backup_every_steps)
     RUN/logs/              TensorBoard
@@ -27,14 +28,15 @@ import tensorflow as tf
 from caption_app import config as config_lib
 from caption_app.config import Config
 from caption_app.data import manifest as manifest_lib
-from caption_app.data.pipeline import Shapes
+from caption_app.data.pipeline import TensorSizes
 from caption_app.data.vocabulary import Vocabulary
 from caption_app.model import show_and_tell
 
 CONFIG = "config.json"
 FINGERPRINT = "fingerprint.json"
 VOCAB = "vocab.txt"
-SHAPES = "shapes.json"
+TENSOR_SIZES = "tensor_sizes.json"
+OLD_TENSOR_SIZES = "shapes.json"  # its name in run dirs written before the rename
 STATE = "state.json"
 CHECKPOINTS = "checkpoints"
 BACKUP = "backup"
@@ -45,12 +47,12 @@ class ArchitectureMismatch(RuntimeError):
     """The run dir's checkpoints were trained with another architecture."""
 
 
-def fingerprint(config: Config, vocab: Vocabulary, shapes: Shapes) -> dict:
+def fingerprint(config: Config, vocab: Vocabulary, sizes: TensorSizes) -> dict:
     """Everything that decides the names and shapes of the checkpoint's variables."""
     vocab_hash = hashlib.sha1("\n".join(vocab.tokens).encode("utf-8")).hexdigest()[:16]
     return {
         "backbone": config.model.backbone,
-        "image_size": shapes.image_size,
+        "image_size": sizes.image_size,
         "embedding_size": config.model.embedding_size,
         "lstm_units": config.model.lstm_units,
         "vocab_size": vocab.size,
@@ -95,17 +97,17 @@ def check_compatible(run_dir: str, new: dict) -> None:
 
 
 def prepare(run_dir: str, config: Config, manifest: manifest_lib.Manifest, vocab: Vocabulary,
-            shapes: Shapes) -> None:
+            sizes: TensorSizes) -> None:
     """Writes the run dir's description (after check_compatible passed)."""
     os.makedirs(run_dir, exist_ok=True)
-    _write_json(os.path.join(run_dir, FINGERPRINT), fingerprint(config, vocab, shapes))
+    _write_json(os.path.join(run_dir, FINGERPRINT), fingerprint(config, vocab, sizes))
     config_lib.save(config, os.path.join(run_dir, CONFIG))
     shutil.copyfile(manifest.vocab_path, os.path.join(run_dir, VOCAB))
     _write_json(os.path.join(run_dir, manifest_lib.MANIFEST),
                 {**manifest.raw, "data_dir": os.path.abspath(manifest.data_dir)})
-    _write_json(os.path.join(run_dir, SHAPES), {"image_size": shapes.image_size,
-                                                "num_captions": shapes.num_captions,
-                                                "caption_length": shapes.caption_length})
+    _write_json(os.path.join(run_dir, TENSOR_SIZES), {"image_size": sizes.image_size,
+                                                "num_captions": sizes.num_captions,
+                                                "caption_length": sizes.caption_length})
 
 
 def _write_json(path: str, obj: dict) -> None:
@@ -136,9 +138,13 @@ def load_config(run_dir: str) -> Config:
     return config_lib.load(path)
 
 
-def load_shapes(run_dir: str) -> Shapes:
-    with open(os.path.join(run_dir, SHAPES)) as f:
-        return Shapes(**json.load(f))
+def load_tensor_sizes(run_dir: str) -> TensorSizes:
+    """RUN/tensor_sizes.json, or RUN/shapes.json in a run dir written before the rename."""
+    path = os.path.join(run_dir, TENSOR_SIZES)
+    if not os.path.exists(path) and os.path.exists(os.path.join(run_dir, OLD_TENSOR_SIZES)):
+        path = os.path.join(run_dir, OLD_TENSOR_SIZES)
+    with open(path) as f:
+        return TensorSizes(**json.load(f))
 
 
 def load_manifest(run_dir: str, data_dir: str | None = None) -> manifest_lib.Manifest:
@@ -168,13 +174,13 @@ def load_model(run_dir: str, checkpoint: str | None = None):
     """Rebuilds the run's model and restores a checkpoint (the latest by default).
 
     Returns:
-      (model, config, vocab, shapes, checkpoint path).
+      (model, config, vocab, sizes, checkpoint path).
     """
     config = load_config(run_dir)
     vocab = load_vocab(run_dir)
-    shapes = load_shapes(run_dir)
+    sizes = load_tensor_sizes(run_dir)
     checkpoint = checkpoint or latest_checkpoint(run_dir)
     # Inference in float32 whatever the training precision (the variables are float32 either way).
     model = show_and_tell.build_model(config, vocab.size, backbone_weights="none", precision="float32")
     tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial().assert_existing_objects_matched()
-    return model, config, vocab, shapes, checkpoint
+    return model, config, vocab, sizes, checkpoint

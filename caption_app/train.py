@@ -25,12 +25,12 @@ import keras
 import tensorflow as tf
 
 from caption_app import distribute
-from caption_app import features as features_lib
+from caption_app import feature_cache
 from caption_app import metrics as metrics_lib
 from caption_app import run_dir as run_dir_lib
 from caption_app.config import Config
 from caption_app.data import manifest as manifest_lib
-from caption_app.data.pipeline import make_dataset, resolve_shapes
+from caption_app.data.pipeline import make_dataset, resolve_tensor_sizes
 from caption_app.data.vocabulary import Vocabulary
 from caption_app.model import show_and_tell
 from caption_app.model.loss import DatasetNLL, MaskedCrossEntropy
@@ -279,29 +279,29 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
     vocab = Vocabulary.load(manifest.vocab_path)
     if vocab.size != manifest.vocab_size:
         raise ValueError(f"{manifest.vocab_path} has {vocab.size} ids but the manifest says {manifest.vocab_size}")
-    shapes = resolve_shapes(config, manifest)
-    features_lib.check_config(config)
+    sizes = resolve_tensor_sizes(config, manifest)
+    feature_cache.check_config(config)
     replicas = strategy.num_replicas_in_sync
     if t.batch_size % replicas:
         raise ValueError(f"train.batch_size={t.batch_size} is the global batch and must divide evenly over "
                          f"the {replicas} replicas; use a multiple of {replicas}")
     # Refuse another architecture's run dir before touching anything in it.
-    run_dir_lib.check_compatible(run_dir, run_dir_lib.fingerprint(config, vocab, shapes))
+    run_dir_lib.check_compatible(run_dir, run_dir_lib.fingerprint(config, vocab, sizes))
     resuming = run_dir_lib.has_checkpoint(run_dir) or run_dir_lib.has_backup(run_dir)
     # Every worker saves (saving may need collectives); only the chief into the run dir.
     write_dir = run_dir if chief else tempfile.mkdtemp(prefix="caption_app_worker_")
     if chief:
-        run_dir_lib.prepare(run_dir, config, manifest, vocab, shapes)
+        run_dir_lib.prepare(run_dir, config, manifest, vocab, sizes)
 
     keras.utils.set_random_seed(t.seed)
     steps = steps_per_epoch(manifest.split("train").num_images, t.batch_size)
     total_epochs = t.epochs + t.fine_tune_epochs
-    train_ds = make_dataset(config, manifest, vocab, "train", training=True, shapes=shapes).repeat()
+    train_ds = make_dataset(config, manifest, vocab, "train", training=True, sizes=sizes).repeat()
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = _shard_policy(strategy, len(manifest.files("train")))
     train_ds = train_ds.with_options(options)
     val_batch_size = max(t.batch_size, 32) if manifest.split("val").num_images else None
-    val_ds = make_dataset(config, manifest, vocab, "val", training=False, shapes=shapes,
+    val_ds = make_dataset(config, manifest, vocab, "val", training=False, sizes=sizes,
                           batch_size=val_batch_size) if val_batch_size else None
 
     with strategy.scope():
@@ -357,8 +357,8 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
         # The model fit trains; checkpoints always hold the full `model` (a head shares its layers).
         fit_target, fit_train_ds, fit_val_ds = model, train_ds, val_ds
         if t.feature_cache and not backbone_trainable:
-            fit_target, fit_train_ds, fit_val_ds = features_lib.frozen_phase(
-                config, model, manifest, vocab, shapes, run_dir, val_batch_size=val_batch_size)
+            fit_target, fit_train_ds, fit_val_ds = feature_cache.frozen_phase(
+                config, model, manifest, vocab, sizes, run_dir, val_batch_size=val_batch_size)
         fit_model = _compile(fit_target, optimizer, config, strategy)
         history["xla"] = xla_description(fit_model)
         begin = max(first, start_epoch)

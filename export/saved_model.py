@@ -48,7 +48,7 @@ import tensorflow as tf
 
 from caption_app import run_dir as run_dir_lib
 from caption_app.config import Config
-from caption_app.data.pipeline import Shapes, decode_image, resize_image
+from caption_app.data.pipeline import TensorSizes, decode_image, resize_image
 from caption_app.data.vocabulary import END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, UNK_ID, Vocabulary
 from caption_app.model.show_and_tell import Captioner
 
@@ -201,7 +201,7 @@ def _never_empty(images):
     """[B, S, S, 3] -> the same, or one black image when B = 0 (the caller keeps the first B rows).
 
     The backbone's batch normalization fails on an empty batch on CPU (TF 2.21:
-    "Incompatible shapes: [32] vs. [0,32,32,3]"), and a batch where no image
+    "Incompatible sizes: [32] vs. [0,32,32,3]"), and a batch where no image
     decoded is empty.
     """
     return tf.cond(tf.shape(images)[0] > 0, lambda: images, lambda: tf.zeros(tf.concat([[1], tf.shape(images)[1:]], 0), images.dtype))
@@ -215,12 +215,12 @@ def existing_versions(model_dir: str) -> list[int]:
                   if _VERSION_DIR.match(d) and os.path.isdir(os.path.join(model_dir, d)))
 
 
-def export_config(config: Config, shapes: Shapes, vocab: Vocabulary, settings: DecodeSettings, *,
+def export_config(config: Config, sizes: TensorSizes, vocab: Vocabulary, settings: DecodeSettings, *,
                   run_dir: str, checkpoint: str, units: int) -> dict:
     """What `assets/config.json` says about the export (for clients and people)."""
     return {
         "format_version": FORMAT_VERSION,
-        "image_size": shapes.image_size,
+        "image_size": sizes.image_size,
         "lstm_units": units,
         "vocab_size": vocab.size,
         "special_ids": {"pad": PAD_ID, "start": START_ID, "end": END_ID, "unk": UNK_ID},
@@ -279,7 +279,7 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
     model_dir = os.path.join(out_dir, name)
     version = _check_version(model_dir, version)
 
-    model, config, vocab, shapes, checkpoint = run_dir_lib.load_model(run_dir, checkpoint)
+    model, config, vocab, sizes, checkpoint = run_dir_lib.load_model(run_dir, checkpoint)
     os.makedirs(model_dir, exist_ok=True)
     captioner = Captioner(model)
     units = captioner.decoder.lstm_units
@@ -291,11 +291,11 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
         shutil.copyfile(os.path.join(run_dir, run_dir_lib.VOCAB), vocab_file)
         config_file = os.path.join(files, CONFIG_ASSET)
         with open(config_file, "w") as f:
-            json.dump(export_config(config, shapes, vocab, settings, run_dir=run_dir, checkpoint=checkpoint,
+            json.dump(export_config(config, sizes, vocab, settings, run_dir=run_dir, checkpoint=checkpoint,
                                     units=units), f, indent=2, sort_keys=True)
             f.write("\n")
 
-        module = CaptionModule(captioner, vocab, shapes.image_size, settings, vocab_file, config_file)
+        module = CaptionModule(captioner, vocab, sizes.image_size, settings, vocab_file, config_file)
         saved = os.path.join(staging, "saved_model")
         tf.saved_model.save(module, saved, signatures=module.signatures())
         if warmup:

@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 
 from caption_app import run_dir as run_dir_lib
-from caption_app.data.pipeline import Shapes
+from caption_app.data.pipeline import TensorSizes
 from caption_app.data.vocabulary import Vocabulary
 from caption_app.model import backbones, inception_v4, slim_import
 from caption_app.model.show_and_tell import build_model
@@ -399,7 +399,7 @@ def test_keras_cv_backbones_load_keras_cv_weights_and_caption(tmp_path, name, pa
 
 def test_an_inception_v3_run_dir_refuses_inception_v4(tmp_path):
     vocab = Vocabulary(["a", "dog"])
-    shapes = Shapes(image_size=299, num_captions=5, caption_length=20)
+    sizes = TensorSizes(image_size=299, num_captions=5, caption_length=20)
     v3 = run_dir_lib.fingerprint(tiny_config("model.backbone=inception_v3"), vocab, shapes)
     v4 = run_dir_lib.fingerprint(tiny_config("model.backbone=inception_v4"), vocab, shapes)
     (tmp_path / run_dir_lib.FINGERPRINT).write_text(json.dumps(v3))

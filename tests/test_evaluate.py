@@ -62,9 +62,9 @@ def test_evaluate_returns_and_writes_the_metrics(trained_run, evaluated):
 def test_evaluate_perplexity_and_scores_match_their_inputs(trained_run, evaluated):
     run = trained_run.run_dir
     # Perplexity: the same sums over the same split, computed independently.
-    model, config, vocab, shapes, _ = run_dir_lib.load_model(run)
+    model, config, vocab, sizes, _ = run_dir_lib.load_model(run)
     manifest = manifest_lib.load(trained_run.data_dir)
-    dataset = make_dataset(config, manifest, vocab, "test", training=False, shapes=shapes, batch_size=5)
+    dataset = make_dataset(config, manifest, vocab, "test", training=False, sizes=sizes, batch_size=5)
     total_nll, tokens = DatasetNLL(model)(dataset)
     assert evaluated["perplexity"] == pytest.approx(metrics_lib.perplexity(total_nll, tokens), rel=1e-6)
     # Caption scores: the written captions and references, scored again.

@@ -53,10 +53,10 @@ def exported(trained_run, tmp_path_factory) -> Exported:
     shutil.copytree(trained_run.run_dir, run_copy)
     path = saved_model.export(str(run_copy), str(base / "models"))
     shutil.rmtree(run_copy)  # the export must serve without its run dir
-    model, config, vocab, shapes, _ = run_dir_lib.load_model(trained_run.run_dir)
+    model, config, vocab, sizes, _ = run_dir_lib.load_model(trained_run.run_dir)
     captioner = Captioner(model)
     return Exported(path=path, loaded=tf.saved_model.load(path), captioner=captioner, vocab=vocab,
-                    image_size=shapes.image_size, beam_size=config.eval.beam_size,
+                    image_size=sizes.image_size, beam_size=config.eval.beam_size,
                     max_length=config.eval.max_length, num_captions=config.eval.beam_size,
                     lstm_units=captioner.decoder.lstm_units, data_dir=trained_run.data_dir)
 
@@ -399,7 +399,7 @@ def test_deploy_files_agree_with_the_export():
                                model_server_config_pb2.ModelServerConfig())
     (model,) = config.model_config_list.config
     assert model.name == "caption" and model.model_platform == "tensorflow"
-    # The warmup batch sizes are batch sizes the batcher allows (so the warmed-up shapes are the served ones).
+    # The warmup batch sizes are batch sizes the batcher allows (so the warmed-up sizes are the served ones).
     batching = (REPO_ROOT / "deploy" / "batching_parameters.txt").read_text()
     allowed = [int(m) for m in re.findall(r"allowed_batch_sizes:\s*(\d+)", batching)]
     max_batch = int(re.search(r"max_batch_size\s*\{\s*value:\s*(\d+)\s*\}", batching).group(1))

@@ -19,7 +19,7 @@ from caption_app import metrics as metrics_lib
 from caption_app import run_dir as run_dir_lib
 from caption_app.__main__ import main as cli_main
 from caption_app.data import manifest as manifest_lib
-from caption_app.data.pipeline import resolve_shapes
+from caption_app.data.pipeline import resolve_tensor_sizes
 from caption_app.data.vocabulary import Vocabulary
 from caption_app.model.loss import DatasetNLL, MaskedCrossEntropy
 from caption_app.model.show_and_tell import build_model
@@ -47,13 +47,13 @@ def test_train_writes_the_run_dir(trained_run):
     run, config = trained_run.run_dir, trained_run.config
     manifest = manifest_lib.load(trained_run.data_dir)
     vocab = Vocabulary.load(manifest.vocab_path)
-    shapes = resolve_shapes(config, manifest)
-    for name in ("config.json", "fingerprint.json", "vocab.txt", "shapes.json", "state.json", "manifest.json"):
+    sizes = resolve_tensor_sizes(config, manifest)
+    for name in ("config.json", "fingerprint.json", "vocab.txt", "tensor_sizes.json", "state.json", "manifest.json"):
         assert os.path.isfile(os.path.join(run, name)), name
     assert config_lib.load(os.path.join(run, "config.json")) == config
-    assert json.load(open(os.path.join(run, "fingerprint.json"))) == run_dir_lib.fingerprint(config, vocab, shapes)
+    assert json.load(open(os.path.join(run, "fingerprint.json"))) == run_dir_lib.fingerprint(config, vocab, sizes)
     assert open(os.path.join(run, "vocab.txt"), "rb").read() == open(manifest.vocab_path, "rb").read()
-    assert run_dir_lib.load_shapes(run) == shapes
+    assert run_dir_lib.load_tensor_sizes(run) == sizes
     assert json.load(open(os.path.join(run, "manifest.json")))["data_dir"] == os.path.abspath(trained_run.data_dir)
     assert run_dir_lib.read_state(run) == {"epochs_done": 2, "total_epochs": 2, "finished": True}
     for n in (1, 2):

@@ -88,7 +88,7 @@ def build_head(model: keras.Model) -> keras.Model:
 
 
 def cache_key(model: keras.Model, config: Config, manifest: manifest_lib.Manifest,
-              shapes: pipeline.Shapes) -> dict:
+              sizes: pipeline.TensorSizes) -> dict:
     """What the cached features depend on: data, backbone and its current weights."""
     weights = hashlib.sha1()
     for variable in model.get_layer(show_and_tell.BACKBONE_LAYER).weights:  # trainable and BN statistics
@@ -102,7 +102,7 @@ def cache_key(model: keras.Model, config: Config, manifest: manifest_lib.Manifes
     return {
         "format_version": FORMAT_VERSION,
         "backbone": config.model.backbone,
-        "image_size": shapes.image_size,
+        "image_size": sizes.image_size,
         "backbone_weights_sha1": weights.hexdigest(),
         "data_sha1": data.hexdigest(),
     }
@@ -113,14 +113,14 @@ def _digest(key: dict) -> str:
 
 
 def ensure_cache(model: keras.Model, config: Config, manifest: manifest_lib.Manifest, vocab: Vocabulary,
-                 shapes: pipeline.Shapes, run_dir: str, *, batch_size: int | None = None,
+                 sizes: pipeline.TensorSizes, run_dir: str, *, batch_size: int | None = None,
                  verbose: bool = True) -> str:
     """The cache dir of `model`'s current backbone on this data, built if needed.
 
     Returns:
       `RUN/feature_cache/<key digest>` (holding `cache.json` and the shards).
     """
-    key = cache_key(model, config, manifest, shapes)
+    key = cache_key(model, config, manifest, sizes)
     root = os.path.join(run_dir, CACHE_DIR)
     path = os.path.join(root, _digest(key))
     if os.path.exists(os.path.join(path, CACHE_FILE)):
@@ -148,7 +148,7 @@ def ensure_cache(model: keras.Model, config: Config, manifest: manifest_lib.Mani
                 info["splits"][split] = {"num_images": 0, "files": []}
                 continue
             ds = pipeline.make_dataset(config, manifest, vocab, split, training=False, with_ids=True,
-                                       batch_size=batch_size or config.train.batch_size, shapes=shapes)
+                                       batch_size=batch_size or config.train.batch_size, sizes=sizes)
             num_shards = -(-count // IMAGES_PER_SHARD)
             files = [records.shard_name(split, i, num_shards) for i in range(num_shards)]
             writers = [tf.io.TFRecordWriter(os.path.join(tmp, f)) for f in files]
@@ -185,14 +185,14 @@ def load_info(cache_dir: str) -> dict:
 
 def make_cached_dataset(config: Config, manifest: manifest_lib.Manifest, vocab: Vocabulary, cache_dir: str,
                         split: str, *, training: bool, batch_size: int | None = None,
-                        shapes: pipeline.Shapes | None = None) -> tf.data.Dataset:
+                        sizes: pipeline.TensorSizes | None = None) -> tf.data.Dataset:
     """`pipeline.make_dataset`'s batches with features instead of images.
 
     Returns:
       ({"features": [B, F] float32, "input_ids": [B, C, T-1] int32}, targets [B, C, T-1]),
       in the order of `make_dataset(training=False)` when not training.
     """
-    shapes = shapes or pipeline.resolve_shapes(config, manifest)
+    sizes = sizes or pipeline.resolve_tensor_sizes(config, manifest)
     info = load_info(cache_dir)
     files = [os.path.join(cache_dir, f) for f in info["splits"][split]["files"]]
     if not files:
@@ -200,7 +200,7 @@ def make_cached_dataset(config: Config, manifest: manifest_lib.Manifest, vocab: 
     feature_size = info["feature_size"]
     table = vocab.lookup_table()
     seed = config.train.seed
-    num_captions = shapes.num_captions if training else manifest.max_captions_per_image
+    num_captions = sizes.num_captions if training else manifest.max_captions_per_image
 
     def parse(serialized):
         parsed = records.parse_feature_example(serialized, feature_size)
@@ -208,7 +208,7 @@ def make_cached_dataset(config: Config, manifest: manifest_lib.Manifest, vocab: 
 
     def to_ids(features, captions):
         return features, pipeline.caption_ids(captions, table, manifest.tokenizer, num_captions,
-                                              shapes.caption_length, seed=seed if training else None)
+                                              sizes.caption_length, seed=seed if training else None)
 
     def finish(features, ids):
         inputs, targets = pipeline.split_inputs_targets(features, ids)
@@ -223,17 +223,17 @@ def make_cached_dataset(config: Config, manifest: manifest_lib.Manifest, vocab: 
 
 
 def frozen_phase(config: Config, model: keras.Model, manifest: manifest_lib.Manifest, vocab: Vocabulary,
-                 shapes: pipeline.Shapes, run_dir: str, *, val_batch_size: int | None):
+                 sizes: pipeline.TensorSizes, run_dir: str, *, val_batch_size: int | None):
     """What the frozen phase fits with a feature cache: (head model, train dataset
     (repeated), val dataset or None when `val_batch_size` is None)."""
     check_config(config)
-    cache_dir = ensure_cache(model, config, manifest, vocab, shapes, run_dir)
+    cache_dir = ensure_cache(model, config, manifest, vocab, sizes, run_dir)
     train_ds = make_cached_dataset(config, manifest, vocab, cache_dir, "train", training=True,
-                                   shapes=shapes).repeat()
+                                   sizes=sizes).repeat()
     val_ds = None
     if val_batch_size is not None:
         val_ds = make_cached_dataset(config, manifest, vocab, cache_dir, "val", training=False,
-                                     batch_size=val_batch_size, shapes=shapes)
+                                     batch_size=val_batch_size, sizes=sizes)
     return build_head(model), train_ds, val_ds
 
 
@@ -250,12 +250,12 @@ def cache_features(config: Config, data_dir: str, run_dir: str) -> str:
                          "train.feature_cache=true here and when training)")
     manifest = manifest_lib.load(data_dir)
     vocab = Vocabulary.load(manifest.vocab_path)
-    shapes = pipeline.resolve_shapes(config, manifest)
-    run_dir_lib.check_compatible(run_dir, run_dir_lib.fingerprint(config, vocab, shapes))
+    sizes = pipeline.resolve_tensor_sizes(config, manifest)
+    run_dir_lib.check_compatible(run_dir, run_dir_lib.fingerprint(config, vocab, sizes))
     resuming = run_dir_lib.has_checkpoint(run_dir)
     keras.utils.set_random_seed(config.train.seed)
     model = show_and_tell.build_model(config, vocab.size, backbone_weights="none" if resuming else None)
     if resuming:
         tf.train.Checkpoint(model=model).restore(run_dir_lib.latest_checkpoint(run_dir)).expect_partial()
     os.makedirs(run_dir, exist_ok=True)
-    return ensure_cache(model, config, manifest, vocab, shapes, run_dir)
+    return ensure_cache(model, config, manifest, vocab, sizes, run_dir)
