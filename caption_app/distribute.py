@@ -41,10 +41,14 @@ class StrategyError(ValueError):
 
 def check_settings(strategy: str, precision: str) -> None:
     """Raises ValueError naming the choices for an unknown strategy or precision."""
-    if strategy not in STRATEGIES:
-        raise StrategyError(f"unknown train.strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    _check_strategy(strategy)
     if precision not in PRECISIONS:
         raise ValueError(f"unknown train.precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+
+
+def _check_strategy(name: str) -> None:
+    if name not in STRATEGIES:
+        raise StrategyError(f"unknown train.strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
 
 
 def _tf_config() -> dict:
@@ -78,8 +82,7 @@ def make_strategy(name: str, devices: list[str] | None = None) -> tf.distribute.
         (TPUStrategy through TPUClusterResolver; TPU_NAME or a Cloud TPU VM).
       devices: mirrored only: the devices to use, e.g. ["/gpu:0", "/gpu:1"].
     """
-    if name not in STRATEGIES:
-        raise StrategyError(f"unknown train.strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
+    _check_strategy(name)
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":

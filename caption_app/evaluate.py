@@ -7,7 +7,6 @@ returns once training has finished (or nothing new came for a while).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -15,11 +14,13 @@ import tensorflow as tf
 
 from caption_app import metrics as metrics_lib
 from caption_app import run_dir as run_dir_lib
+from caption_app.json_file import write_json
 from caption_app.data.pipeline import make_dataset
 from caption_app.model.loss import batch_nll_sums
 from caption_app.model.show_and_tell import Captioner
 
-METRICS_KEYS = ("perplexity",) + tuple(metrics_lib.METRIC_KEYS) + ("num_images",)
+# What `evaluate` returns and writes, in this order: perplexity, the caption metrics, the image count.
+RESULT_KEYS = ("perplexity",) + tuple(metrics_lib.METRIC_KEYS) + ("num_images",)
 METRICS_FILE = "metrics.json"
 
 
@@ -78,14 +79,14 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
     scores_by_metric, notes = metrics_lib.caption_metrics(references, candidates)
     result = {"perplexity": metrics_lib.perplexity(total_nll, total_tokens), **scores_by_metric,
               "num_images": len(references)}
-    result = {k: result[k] for k in METRICS_KEYS}
+    result = {k: result[k] for k in RESULT_KEYS}
 
     json_path = json_path or os.path.join(run_dir, METRICS_FILE)
-    _write_json(json_path, result)
+    write_json(json_path, result)
     details_dir = os.path.join(run_dir, "eval")
     os.makedirs(details_dir, exist_ok=True)
     details = os.path.join(details_dir, f"{split}-{os.path.basename(checkpoint)}.json")
-    _write_json(details, {"checkpoint": checkpoint, "split": split, "metrics": result, "notes": notes,
+    write_json(details, {"checkpoint": checkpoint, "split": split, "metrics": result, "notes": notes,
                           "beam_size": beam_size, "max_length": max_length, "length_normalization": alpha,
                           "seconds": time.time() - began,
                           "captions": {k: {"generated": candidates[k], "score": scores[k],
@@ -93,7 +94,7 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
     if verbose:
         print(f"evaluated {checkpoint} on {split} ({len(references)} images, {total_tokens} tokens, "
               f"{time.time() - began:.1f}s)")
-        for k in METRICS_KEYS:
+        for k in RESULT_KEYS:
             v = result[k]
             print(f"  {k:<10} {v:.4f}" if isinstance(v, float) else f"  {k:<10} {v}")
         for note in notes:
@@ -120,12 +121,3 @@ def watch(run_dir: str, split: str = "val", *, poll_seconds: float = 30.0, idle_
             print(f"no new checkpoint for {idle_timeout:.0f}s; watch ends", flush=True)
             return last
         time.sleep(poll_seconds)
-
-
-def _write_json(path: str, obj: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)

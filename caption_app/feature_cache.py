@@ -42,6 +42,7 @@ import tensorflow as tf
 
 from caption_app import run_dir as run_dir_lib
 from caption_app.config import Config
+from caption_app.json_file import write_json
 from caption_app.data import manifest as manifest_lib
 from caption_app.data import pipeline, records
 from caption_app.data.vocabulary import Vocabulary
@@ -169,8 +170,7 @@ def ensure_cache(model: keras.Model, config: Config, manifest: manifest_lib.Mani
             if verbose:
                 print(f"feature cache: {split} {count} images in {time.time() - began:.1f}s", flush=True)
         info["seconds"] = time.time() - began
-        with open(os.path.join(tmp, CACHE_FILE), "w") as f:
-            json.dump(info, f, indent=2)
+        write_json(os.path.join(tmp, CACHE_FILE), info)
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -225,8 +225,7 @@ def make_cached_dataset(config: Config, manifest: manifest_lib.Manifest, vocab: 
 def frozen_phase(config: Config, model: keras.Model, manifest: manifest_lib.Manifest, vocab: Vocabulary,
                  sizes: pipeline.TensorSizes, run_dir: str, *, val_batch_size: int | None):
     """What the frozen phase fits with a feature cache: (head model, train dataset
-    (repeated), val dataset or None when `val_batch_size` is None)."""
-    check_config(config)
+    (repeated), val dataset or None when `val_batch_size` is None). `check_config` has passed."""
     cache_dir = ensure_cache(model, config, manifest, vocab, sizes, run_dir)
     train_ds = make_cached_dataset(config, manifest, vocab, cache_dir, "train", training=True,
                                    sizes=sizes).repeat()

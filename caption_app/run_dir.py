@@ -27,14 +27,15 @@ import tensorflow as tf
 
 from caption_app import config as config_lib
 from caption_app.config import Config
+from caption_app.json_file import write_json
 from caption_app.data import manifest as manifest_lib
 from caption_app.data.pipeline import TensorSizes
-from caption_app.data.vocabulary import Vocabulary
+from caption_app.data.vocabulary import VOCAB_FILE, Vocabulary
 from caption_app.model import show_and_tell
 
 CONFIG = "config.json"
 FINGERPRINT = "fingerprint.json"
-VOCAB = "vocab.txt"
+VOCAB = VOCAB_FILE
 TENSOR_SIZES = "tensor_sizes.json"
 OLD_TENSOR_SIZES = "shapes.json"  # its name in run dirs written before the rename
 STATE = "state.json"
@@ -111,11 +112,7 @@ def prepare(run_dir: str, config: Config, manifest: manifest_lib.Manifest, vocab
 
 
 def _write_json(path: str, obj: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(path, obj, sort_keys=True)
 
 
 def write_state(run_dir: str, epochs_done: int, total_epochs: int, finished: bool) -> None:

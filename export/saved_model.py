@@ -38,7 +38,6 @@ Keras' `ExportArchive` is not used: it has no way to attach asset files; a
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -48,11 +47,12 @@ import tensorflow as tf
 
 from caption_app import run_dir as run_dir_lib
 from caption_app.config import Config
+from caption_app.json_file import write_json
 from caption_app.data.pipeline import TensorSizes, decode_image, resize_image
-from caption_app.data.vocabulary import END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, UNK_ID, Vocabulary
+from caption_app.data.vocabulary import END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, UNK_ID, VOCAB_FILE, Vocabulary
 from caption_app.model.show_and_tell import Captioner
 
-VOCAB_ASSET = "vocab.txt"
+VOCAB_ASSET = VOCAB_FILE
 CONFIG_ASSET = "config.json"
 SIGNATURES = ("serving_default", "caption_images", "encode_image", "decode_step", "ids_to_text")
 FORMAT_VERSION = 1
@@ -160,11 +160,14 @@ class CaptionModule(tf.Module):
     def _generate(self, images):
         """images [B, S, S, 3] -> captions [B, K], log_probs [B, K], scores [B, K]."""
         s = self._settings
-        n = tf.shape(images)[0]
-        result = self._captioner.generate(_never_empty(images), beam_size=s.beam_size, max_length=s.max_length,
-                                          length_normalization=s.length_normalization,
-                                          num_results=s.num_captions)
-        return self._vocab.ids_to_text(result.ids[:n]), result.log_probs[:n], result.scores[:n]
+
+        def generate(batch):
+            result = self._captioner.generate(batch, beam_size=s.beam_size, max_length=s.max_length,
+                                              length_normalization=s.length_normalization,
+                                              num_results=s.num_captions)
+            return self._vocab.ids_to_text(result.ids), result.log_probs, result.scores
+
+        return _on_nonempty_batch(generate, images)
 
     def _caption_bytes(self, image_bytes):
         n = tf.shape(image_bytes)[0]
@@ -185,9 +188,8 @@ class CaptionModule(tf.Module):
         return {"captions": captions, "log_probs": log_probs, "scores": scores}
 
     def _encode_image(self, images):
-        n = tf.shape(images)[0]
-        h, c = self._captioner.encode(_never_empty(resize_image(images, self._image_size)))
-        return {"state_h": h[:n], "state_c": c[:n]}
+        h, c = _on_nonempty_batch(self._captioner.encode, resize_image(images, self._image_size))
+        return {"state_h": h, "state_c": c}
 
     def _decode_step(self, input_ids, state_h, state_c):
         log_probs, (h, c) = self._captioner.decode_step(input_ids, [state_h, state_c])
@@ -197,14 +199,18 @@ class CaptionModule(tf.Module):
         return {"text": self._vocab.ids_to_text(ids)}
 
 
-def _never_empty(images):
-    """[B, S, S, 3] -> the same, or one black image when B = 0 (the caller keeps the first B rows).
+def _on_nonempty_batch(fn, images):
+    """fn(images) for images [B, S, S, 3], each output [B, ...], also when B = 0.
 
     The backbone's batch normalization fails on an empty batch on CPU (TF 2.21:
-    "Incompatible sizes: [32] vs. [0,32,32,3]"), and a batch where no image
-    decoded is empty.
+    "Incompatible shapes: [32] vs. [0,32,32,3]"), and a batch where no image
+    decoded is empty: `fn` then gets one black image and its outputs' first
+    B (= 0) rows are returned.
     """
-    return tf.cond(tf.shape(images)[0] > 0, lambda: images, lambda: tf.zeros(tf.concat([[1], tf.shape(images)[1:]], 0), images.dtype))
+    n = tf.shape(images)[0]
+    padded = tf.cond(n > 0, lambda: images,
+                     lambda: tf.zeros(tf.concat([[1], tf.shape(images)[1:]], 0), images.dtype))
+    return tf.nest.map_structure(lambda t: t[:n], fn(padded))
 
 
 def existing_versions(model_dir: str) -> list[int]:
@@ -290,10 +296,8 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
         vocab_file = os.path.join(files, VOCAB_ASSET)
         shutil.copyfile(os.path.join(run_dir, run_dir_lib.VOCAB), vocab_file)
         config_file = os.path.join(files, CONFIG_ASSET)
-        with open(config_file, "w") as f:
-            json.dump(export_config(config, sizes, vocab, settings, run_dir=run_dir, checkpoint=checkpoint,
-                                    units=units), f, indent=2, sort_keys=True)
-            f.write("\n")
+        write_json(config_file, export_config(config, sizes, vocab, settings, run_dir=run_dir,
+                                              checkpoint=checkpoint, units=units), sort_keys=True)
 
         module = CaptionModule(captioner, vocab, sizes.image_size, settings, vocab_file, config_file)
         saved = os.path.join(staging, "saved_model")

@@ -399,7 +399,7 @@ def test_deploy_files_agree_with_the_export():
                                model_server_config_pb2.ModelServerConfig())
     (model,) = config.model_config_list.config
     assert model.name == "caption" and model.model_platform == "tensorflow"
-    # The warmup batch sizes are batch sizes the batcher allows (so the warmed-up sizes are the served ones).
+    # The warmup batch sizes are batch sizes the batcher allows (so the warmed-up shapes are the served ones).
     batching = (REPO_ROOT / "deploy" / "batching_parameters.txt").read_text()
     allowed = [int(m) for m in re.findall(r"allowed_batch_sizes:\s*(\d+)", batching)]
     max_batch = int(re.search(r"max_batch_size\s*\{\s*value:\s*(\d+)\s*\}", batching).group(1))
