@@ -56,7 +56,7 @@ def make_run_dir(run_dir: str, vocab_size: int, beam_size: int, max_length: int,
                  never_end: bool) -> config_lib.Config:
     """An untrained im2txt run dir: InceptionV3 299 px, embedding/LSTM 512, random init."""
     config = config_lib.override(config_lib.get_preset("im2txt"), [
-        "model.backbone_weights=none", f"eval.beam_size={beam_size}", f"eval.max_length={max_length}"])
+        "model.backbone_weights=none", f"decode.beam_size={beam_size}", f"decode.max_length={max_length}"])
     data_dir = os.path.join(run_dir, "_data")
     os.makedirs(data_dir)
     words = [f"w{i}" for i in range(vocab_size - 4)]

@@ -203,6 +203,7 @@ def inference_rows(args, model) -> list[Row]:
 
     from caption_app.beam_search import beam_search
     from caption_app.data.vocabulary import END_ID, START_ID
+    from caption_app.decoding import DecodeSettings
     from caption_app.model.show_and_tell import Captioner
     from python_beam_search import python_beam_search
 
@@ -212,7 +213,7 @@ def inference_rows(args, model) -> list[Row]:
 
     @tf.function(input_signature=[spec])
     def in_graph(images):
-        return captioner.generate(images, beam_size=beam, max_length=max_length)
+        return captioner.generate(images, DecodeSettings(beam_size=beam, max_length=max_length))
 
     encode = tf.function(captioner.encode, input_signature=[spec])
 

@@ -35,7 +35,8 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
       data_dir: the converted data (default: the one the run trained on).
       json_path: where to write the metrics (default RUN/metrics.json).
       checkpoint: a checkpoint path (default: the latest).
-      beam_size, max_length, length_normalization: override the run's eval config.
+      beam_size, max_length, length_normalization: override the run's `decode`
+        config (caption_app/decoding.py: None or 0 keeps the run's value).
     Returns:
       {"perplexity", "BLEU-1".."BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "num_images"};
       METEOR is None when java is missing. Also written to `json_path`, and the
@@ -43,22 +44,19 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
     """
     model, config, vocab, sizes, checkpoint = run_dir_lib.load_model(run_dir, checkpoint)
     manifest = run_dir_lib.load_manifest(run_dir, data_dir)
-    e = config.eval
-    beam_size = beam_size or e.beam_size
-    max_length = max_length or e.max_length
-    alpha = e.length_normalization if length_normalization is None else length_normalization
+    settings = config.decode.resolve(beam_size=beam_size, max_length=max_length,
+                                     length_normalization=length_normalization, num_captions=1)
     captioner = Captioner(model)
 
     @tf.function(reduce_retracing=True)
     def run_batch(inputs, targets):
         # Perplexity and captions in one pass, so each image is decoded once.
         nll, tokens = batch_nll_sums(model, inputs, targets)
-        result = captioner.generate(inputs["image"], beam_size=beam_size, max_length=max_length,
-                                    length_normalization=alpha, num_results=1)
+        result = captioner.generate(inputs["image"], settings)
         return nll, tokens, vocab.ids_to_text(result.ids[:, 0]), result.scores[:, 0]
 
     dataset = make_dataset(config, manifest, vocab, split, training=False, sizes=sizes,
-                           batch_size=e.batch_size, with_ids=True)
+                           batch_size=config.eval.batch_size, with_ids=True)
     total_nll, total_tokens = 0.0, 0
     references, candidates, scores = {}, {}, {}
     began = time.time()
@@ -87,7 +85,8 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
     os.makedirs(details_dir, exist_ok=True)
     details = os.path.join(details_dir, f"{split}-{os.path.basename(checkpoint)}.json")
     write_json(details, {"checkpoint": checkpoint, "split": split, "metrics": result, "notes": notes,
-                          "beam_size": beam_size, "max_length": max_length, "length_normalization": alpha,
+                          "beam_size": settings.beam_size, "max_length": settings.max_length,
+                          "length_normalization": settings.length_normalization,
                           "seconds": time.time() - began,
                           "captions": {k: {"generated": candidates[k], "score": scores[k],
                                            "references": references[k]} for k in sorted(candidates)}})

@@ -49,6 +49,7 @@ from caption_app import run_dir as run_dir_lib
 from caption_app.config import Config
 from caption_app.json_file import write_json
 from caption_app.data.pipeline import TensorSizes, decode_image, resize_image
+from caption_app.decoding import DecodeSettings, DecodeSettingsError
 from caption_app.data.vocabulary import END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, UNK_ID, VOCAB_FILE, Vocabulary
 from caption_app.model.show_and_tell import Captioner
 
@@ -63,27 +64,6 @@ _NEG_INF = float("-inf")
 
 class ExportError(ValueError):
     """Bad export arguments or an output location that would overwrite a version."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeSettings:
-    """How `serving_default` and `caption_images` decode captions."""
-
-    beam_size: int = 3
-    max_length: int = 20  # words, <end> included
-    length_normalization: float = 0.0  # score = log_prob / length ** alpha
-    num_captions: int = 3  # K, captions returned per image (<= beam_size)
-
-    def check(self) -> None:
-        for name in ("beam_size", "max_length", "num_captions"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ExportError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.num_captions > self.beam_size:
-            raise ExportError(f"--num-captions {self.num_captions} exceeds --beam-size {self.beam_size}: beam "
-                              "search keeps beam_size finished captions; raise --beam-size or lower --num-captions")
-        if not self.length_normalization >= 0:
-            raise ExportError(f"--length-normalization must be >= 0, got {self.length_normalization!r}")
 
 
 def decode_images(image_bytes: tf.Tensor, image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -116,19 +96,19 @@ class CaptionModule(tf.Module):
     """The exported object: the model's variables, the assets and the signature functions.
 
     Args:
-      captioner: the trained model's inference views.
+      captioner: the trained model's inference views (its image size S and
+        LSTM units H shape the signatures).
       vocab: its vocabulary.
-      image_size: S, the model's input size.
-      settings: beam search settings baked into the captioning signatures.
+      settings: beam search settings baked into the captioning signatures (resolved).
       vocab_file, config_file: files that become `assets/` of the SavedModel.
     """
 
-    def __init__(self, captioner: Captioner, vocab: Vocabulary, image_size: int, settings: DecodeSettings,
-                 vocab_file: str, config_file: str):
+    def __init__(self, captioner: Captioner, vocab: Vocabulary, settings: DecodeSettings, vocab_file: str,
+                 config_file: str):
         super().__init__(name="caption")
         self._captioner = captioner  # not trackable: only its variables below are saved
         self._vocab = vocab
-        self._image_size = image_size
+        self._image_size = captioner.image_size
         self._settings = settings
         self.vocab_file = tf.saved_model.Asset(vocab_file)
         self.config_file = tf.saved_model.Asset(config_file)
@@ -159,12 +139,8 @@ class CaptionModule(tf.Module):
 
     def _generate(self, images):
         """images [B, S, S, 3] -> captions [B, K], log_probs [B, K], scores [B, K]."""
-        s = self._settings
-
         def generate(batch):
-            result = self._captioner.generate(batch, beam_size=s.beam_size, max_length=s.max_length,
-                                              length_normalization=s.length_normalization,
-                                              num_results=s.num_captions)
+            result = self._captioner.generate(batch, s)
             return self._vocab.ids_to_text(result.ids), result.log_probs, result.scores
 
         return _on_nonempty_batch(generate, images)
@@ -259,9 +235,9 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
       name: the model name.
       version: the version number; default the highest existing one + 1
         (1 for the first export).
-      beam_size, max_length, length_normalization: beam search settings
-        (default: the run's `eval` config).
-      num_captions: captions per image K (default beam_size).
+      beam_size, max_length, length_normalization, num_captions: beam search
+        settings (caption_app/decoding.py; None or 0: the run's `decode`
+        config; K = num_captions defaults to the beam size).
       checkpoint: a checkpoint path (default the run's latest).
       warmup: write `assets.extra/tf_serving_warmup_requests`.
     Returns:
@@ -275,13 +251,12 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
         raise ExportError(f"--name must be a plain directory name, got {name!r}")
     if version is not None and (not isinstance(version, int) or version < 1):
         raise ExportError(f"--version must be a positive integer (TF Serving version dirs), got {version!r}")
-    e = run_dir_lib.load_config(run_dir).eval  # check the arguments before the slow model load
-    beam_size = e.beam_size if beam_size is None else beam_size
-    settings = DecodeSettings(
-        beam_size=beam_size, max_length=e.max_length if max_length is None else max_length,
-        length_normalization=e.length_normalization if length_normalization is None else length_normalization,
-        num_captions=beam_size if num_captions is None else num_captions)
-    settings.check()
+    try:  # check the arguments before the slow model load
+        settings = run_dir_lib.load_config(run_dir).decode.resolve(
+            beam_size=beam_size, max_length=max_length, length_normalization=length_normalization,
+            num_captions=num_captions)
+    except DecodeSettingsError as err:
+        raise ExportError(str(err)) from None
     model_dir = os.path.join(out_dir, name)
     version = _check_version(model_dir, version)
 
@@ -299,7 +274,7 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
         write_json(config_file, export_config(config, sizes, vocab, settings, run_dir=run_dir,
                                               checkpoint=checkpoint, units=units), sort_keys=True)
 
-        module = CaptionModule(captioner, vocab, sizes.image_size, settings, vocab_file, config_file)
+        module = CaptionModule(captioner, vocab, settings, vocab_file, config_file)
         saved = os.path.join(staging, "saved_model")
         tf.saved_model.save(module, saved, signatures=module.signatures())
         if warmup:

@@ -56,7 +56,7 @@ def test_end_to_end(tmp_path):
     proc = run_cli("caption_app", "caption", "--run-dir", run, *paths)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
-    beam = config.eval.beam_size
+    beam = config.decode.beam_size
     for path in paths:
         start = lines.index(path)
         captions = lines[start + 1:start + 1 + beam]

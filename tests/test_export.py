@@ -24,6 +24,7 @@ import tensorflow as tf
 from caption_app import run_dir as run_dir_lib
 from caption_app.data.pipeline import decode_image, resize_image
 from caption_app.data.vocabulary import END_ID, START_ID, Vocabulary
+from caption_app.decoding import DecodeSettings
 from caption_app.model.show_and_tell import Captioner
 from export import saved_model, warmup
 from tests import saved_model_ops
@@ -56,8 +57,8 @@ def exported(trained_run, tmp_path_factory) -> Exported:
     model, config, vocab, sizes, _ = run_dir_lib.load_model(trained_run.run_dir)
     captioner = Captioner(model)
     return Exported(path=path, loaded=tf.saved_model.load(path), captioner=captioner, vocab=vocab,
-                    image_size=sizes.image_size, beam_size=config.eval.beam_size,
-                    max_length=config.eval.max_length, num_captions=config.eval.beam_size,
+                    image_size=sizes.image_size, beam_size=config.decode.beam_size,
+                    max_length=config.decode.max_length, num_captions=config.decode.beam_size,
                     lstm_units=captioner.decoder.lstm_units, data_dir=trained_run.data_dir)
 
 
@@ -69,8 +70,9 @@ def _test_images(exported: Exported, n: int) -> list[bytes]:
 
 def _python_captions(exported: Exported, images: tf.Tensor):
     """The in-Python reference: Captioner.generate + Vocabulary.ids_to_text, as `caption` does."""
-    result = exported.captioner.generate(images, beam_size=exported.beam_size, max_length=exported.max_length,
-                                         num_results=exported.num_captions)
+    result = exported.captioner.generate(images, DecodeSettings(beam_size=exported.beam_size,
+                                                                   max_length=exported.max_length,
+                                                                   num_captions=exported.num_captions))
     return exported.vocab.ids_to_text(result.ids).numpy(), result.log_probs.numpy(), result.scores.numpy()
 
 
@@ -358,8 +360,9 @@ def test_versions_are_never_overwritten(trained_run, tmp_path, monkeypatch):
     assert saved_model.existing_versions(str(model_dir)) == [3, 4]
     with pytest.raises(saved_model.ExportError, match="num-captions 3 exceeds --beam-size 2"):
         saved_model.export(trained_run.run_dir, str(out), num_captions=3)
-    with pytest.raises(saved_model.ExportError, match="--beam-size must be a positive integer, got 0"):
-        saved_model.export(trained_run.run_dir, str(out), beam_size=0)
+    # 0 means "the run's config" (caption_app/decoding.py); a negative value is an error.
+    with pytest.raises(saved_model.ExportError, match=r"beam_size must be a positive integer, got -1 \(--beam-size\)"):
+        saved_model.export(trained_run.run_dir, str(out), beam_size=-1)
     assert sorted(os.listdir(model_dir)) == ["3", "4", "notes"]
 
 

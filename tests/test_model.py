@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from caption_app.data.vocabulary import END_ID, START_ID
+from caption_app.decoding import DecodeSettings
 from caption_app.model import backbones
 from caption_app.model.show_and_tell import Captioner, CaptionDecoder, build_model
 from tests.conftest import tiny_config
@@ -102,7 +103,7 @@ def test_step_by_step_decoding_equals_teacher_forced_logits(model):
 
 
 def test_generate_runs_a_beam_search(model):
-    result = Captioner(model).generate(_images(2), beam_size=3, max_length=5)
+    result = Captioner(model).generate(_images(2), DecodeSettings(beam_size=3, max_length=5))
     assert tuple(result.ids.shape) == (2, 3, 5)
     scores = result.scores.numpy()
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from caption_app import run_dir as run_dir_lib
 from caption_app.caption import caption_files
+from caption_app.decoding import DecodeSettings
 from caption_app.model.loss import MaskedCrossEntropy
 from caption_app.model.show_and_tell import Captioner, build_model
 from caption_app.train import train
@@ -32,7 +33,7 @@ def test_policy_applies_to_the_model_only_and_keeps_logits_float32(precision, co
     logits = model({"image": images, "input_ids": ids})
     assert logits.dtype == tf.float32
     # Inference on the mixed model itself: states in the compute dtype, log-probs float32.
-    result = Captioner(model).generate(images, beam_size=2, max_length=4)
+    result = Captioner(model).generate(images, DecodeSettings(beam_size=2, max_length=4))
     assert result.ids.shape == (2, 2, 4) and result.scores.dtype == tf.float32
     assert np.isfinite(result.scores.numpy()).all()
 

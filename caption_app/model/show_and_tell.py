@@ -19,6 +19,7 @@ from keras import ops
 from caption_app.beam_search import BeamSearchResult, beam_search
 from caption_app.config import Config
 from caption_app.data.vocabulary import END_ID, START_ID
+from caption_app.decoding import DecodeSettings
 from caption_app.model import backbones
 
 BACKBONE_LAYER = "backbone"
@@ -181,10 +182,11 @@ class Captioner:
         logits, new_state = self.decoder.step(ids, state)
         return ops.log_softmax(ops.cast(logits, "float32"), axis=-1), new_state
 
-    def generate(self, images, *, beam_size: int = 3, max_length: int = 20, length_normalization: float = 0.0,
-                 num_results: int | None = None) -> BeamSearchResult:
+    def generate(self, images, settings: DecodeSettings) -> BeamSearchResult:
         """images [B, S, S, 3] float32 0-255 -> the best captions by beam search
-        (ids [B, K, max_length], scores and log_probs [B, K])."""
+        (ids [B, K, max_length], scores and log_probs [B, K]; K = settings.num_captions,
+        or the beam size when that is 0)."""
         return beam_search(self.decode_step, self.encode(images), start_id=START_ID, end_id=END_ID,
-                           beam_size=beam_size, max_length=max_length,
-                           length_normalization=length_normalization, num_results=num_results)
+                           beam_size=settings.beam_size, max_length=settings.max_length,
+                           length_normalization=settings.length_normalization,
+                           num_results=settings.num_captions or settings.beam_size)
