@@ -69,7 +69,7 @@ def make_run_dir(run_dir: str, vocab_size: int, beam_size: int, max_length: int,
     run_dir_lib.prepare(run_dir, config, manifest, vocab, sizes)
     model = show_and_tell.build_model(config, vocab.size, backbone_weights="none")
     if never_end:  # <end> gets log-probability ~ -1e4: every beam runs max_length steps
-        bias = model.get_layer("decoder").logits.bias
+        bias = model.decoder.logits.bias
         bias.assign(tf.tensor_scatter_nd_update(bias, [[END_ID]], [-1e4]))
     tf.train.CheckpointManager(tf.train.Checkpoint(model=model), run_dir_lib.checkpoint_dir(run_dir),
                                max_to_keep=1).save()
@@ -113,12 +113,11 @@ def main() -> None:
     serving_default = loaded.signatures["serving_default"]
 
     model, config, vocab, sizes, _ = run_dir_lib.load_model(run_dir)
-    spec_layer = model.get_layer("preprocess")
-    backbone_layer = model.get_layer(show_and_tell.BACKBONE_LAYER)
+    extractor = model.image_encoder.feature_extractor  # preprocess + backbone
 
     @tf.function(jit_compile=False)
     def backbone(images):  # [B, 299, 299, 3] -> [B, 2048]
-        return backbone_layer(spec_layer(images), training=False)
+        return extractor(images, training=False)
 
     rng = np.random.default_rng(0)
     # Smooth random images (upsampled noise) look more like photos to JPEG than white noise.

@@ -8,8 +8,8 @@ million steps). With `train.feature_cache=true` the frozen phase instead
    (`ensure_cache`: `RUN/feature_cache/<key>/{split}-NNNNN-of-MMMMM.tfrecord`,
    one float32 vector [F] per image with its id and raw captions), and
 2. trains a *head* model {"features" [B, F], "input_ids" [B, C, T]} -> logits
-   [B, C, T, V] built from the very same `image_embedding`,
-   `image_embedding_norm` and `decoder` layers as the full model
+   [B, C, T, V] built from the full model's own parts: its image encoder
+   after the backbone (`model.image_encoder.embed`) and `model.decoder`
    (`build_head`). The variables are shared, so the run's checkpoints are
    ordinary full-model checkpoints, and phase 2 (fine-tuning) continues from
    them with the full model as if nothing had happened.
@@ -69,22 +69,18 @@ def check_config(config: Config) -> None:
             "--set data.augment= (no augmentation in any phase), or train.feature_cache=false")
 
 
-def backbone_extractor(model: keras.Model) -> keras.Model:
+def backbone_extractor(model: show_and_tell.ShowAndTell) -> keras.Model:
     """The full model's image path up to the backbone's output: image [B, S, S, 3] 0-255 -> [B, F]."""
-    return keras.Model(model.get_layer("image").output, model.get_layer("image_embedding").input,
-                       name="backbone_features")
+    return model.image_encoder.feature_extractor
 
 
-def build_head(model: keras.Model) -> keras.Model:
+def build_head(model: show_and_tell.ShowAndTell) -> keras.Model:
     """{"features" [B, F], "input_ids" [B, C, T]} -> logits [B, C, T, V], sharing the full
-    model's image_embedding, image_embedding_norm (if any) and decoder layers (and variables)."""
-    feature_size = int(model.get_layer("image_embedding").input.shape[-1])
-    features = keras.Input((feature_size,), name="features")
+    model's image encoder after the backbone and its decoder (layers and variables)."""
+    encoder = model.image_encoder
+    features = keras.Input((encoder.feature_size,), name="features")
     input_ids = keras.Input((None, None), dtype="int32", name="input_ids")
-    embedding = model.get_layer("image_embedding")(features)  # [B, E]
-    if any(layer.name == "image_embedding_norm" for layer in model.layers):
-        embedding = model.get_layer("image_embedding_norm")(embedding)
-    logits = model.get_layer("decoder")(embedding, input_ids)
+    logits = model.decoder(encoder.embed(features), input_ids)  # embedding [B, E] -> [B, C, T, V]
     return keras.Model({"features": features, "input_ids": input_ids}, logits, name="show_and_tell_head")
 
 
@@ -92,7 +88,7 @@ def cache_key(model: keras.Model, config: Config, manifest: manifest_lib.Manifes
               sizes: pipeline.TensorSizes) -> dict:
     """What the cached features depend on: data, backbone and its current weights."""
     weights = hashlib.sha1()
-    for variable in model.get_layer(show_and_tell.BACKBONE_LAYER).weights:  # trainable and BN statistics
+    for variable in model.image_encoder.backbone.weights:  # trainable and BN statistics
         value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable.value))
         weights.update(f"{variable.path}:{value.dtype}:{value.shape}".encode())
         weights.update(value.tobytes())

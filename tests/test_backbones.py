@@ -105,7 +105,7 @@ def check_against_golden(backbone_name: str, ckpt: str, golden: dict, tensors: d
     """
     config = tiny_config(f"model.backbone={backbone_name}", f"model.backbone_weights={ckpt}", "data.image_size=299")
     model = build_model(config, V)
-    backbone = model.get_layer("backbone")
+    backbone = model.image_encoder.backbone
     names = list(endpoints.values())
     probe = keras.Model(backbone.input, [backbone.get_layer(n).output for n in names] + [backbone.output])
     x = reference_input()
@@ -379,7 +379,7 @@ def test_keras_cv_backbones_load_keras_cv_weights_and_caption(tmp_path, name, pa
     original.save_weights(path)
     config = tiny_config(f"model.backbone={name}", f"model.backbone_weights={path}", "data.image_size=32")
     model = build_model(config, V)
-    backbone = model.get_layer("backbone")
+    backbone = model.image_encoder.backbone
     assert len(backbone.weights) == len(original.weights)
     for ours, theirs in zip(backbone.weights, original.weights):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())

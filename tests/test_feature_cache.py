@@ -72,7 +72,7 @@ def test_cache_is_keyed_and_rebuilt_when_stale(shapes_data, tmp_path, capsys):
     assert "using" in capsys.readouterr().out
 
     # Other backbone weights: another key; the stale cache is removed.
-    variable = model.get_layer("backbone").weights[0]
+    variable = model.image_encoder.backbone.weights[0]
     variable.assign(variable + 0.01)
     second = feature_cache.ensure_cache(model, config, manifest, vocab, sizes, run)
     assert second != first and not os.path.exists(first)
@@ -133,7 +133,7 @@ def test_train_from_cache_restores_into_the_full_model_and_fine_tunes(shapes_dat
     key = feature_cache.load_info(os.path.join(run, feature_cache.CACHE_DIR, built[0]))["key"]
     assert feature_cache.cache_key(model, config, manifest, sizes) == key  # backbone untouched by phase 1
     fresh = show_and_tell.build_model(config, vocab.size)
-    assert not np.allclose(model.get_layer("image_embedding").kernel, fresh.get_layer("image_embedding").kernel)
+    assert not np.allclose(model.image_encoder.embedding.kernel, fresh.image_encoder.embedding.kernel)
     batch = next(iter(make_dataset(config, manifest, vocab, "val", training=False, sizes=sizes)))
     assert np.isfinite(model(batch[0], training=False)).all()
 
