@@ -39,7 +39,8 @@ from caption_app.data.pipeline import make_dataset, resolve_tensor_sizes  # noqa
 from caption_app.data.vocabulary import Vocabulary  # noqa: E402
 from caption_app.model import show_and_tell  # noqa: E402
 from caption_app.model.loss import MaskedCrossEntropy  # noqa: E402
-from caption_app.train import make_optimizer, steps_per_epoch  # noqa: E402
+from caption_app.optimizers import make_optimizer  # noqa: E402
+from caption_app.train import steps_per_epoch  # noqa: E402
 from tfrecords_tools import flickr8k  # noqa: E402
 
 

@@ -235,22 +235,14 @@ def frozen_phase(config: Config, model: keras.Model, manifest: manifest_lib.Mani
 def cache_features(config: Config, data_dir: str, run_dir: str) -> str:
     """`python -m caption_app cache-features`: builds the cache before training.
 
-    The model is built as `train` builds it (same seed; the latest checkpoint
-    of the run dir restored if there is one), so the key matches what training
-    will compute. Returns the cache dir.
+    The model is set up as `train` sets it up (`RunContext.create`: same seed;
+    the latest epoch checkpoint of the run dir restored if there is one), so
+    the key matches what training will compute. Returns the cache dir.
     """
     check_config(config)
     if not config.train.feature_cache:
         raise ValueError("cache-features is for runs with train.feature_cache=true (add --set "
                          "train.feature_cache=true here and when training)")
-    manifest = manifest_lib.load(data_dir)
-    vocab = Vocabulary.load(manifest.vocab_path)
-    sizes = pipeline.resolve_tensor_sizes(config, manifest)
-    run_dir_lib.check_compatible(run_dir, run_dir_lib.fingerprint(config, vocab, sizes))
-    resuming = run_dir_lib.has_checkpoint(run_dir)
-    keras.utils.set_random_seed(config.train.seed)
-    model = show_and_tell.build_model(config, vocab.size, backbone_weights="none" if resuming else None)
-    if resuming:
-        tf.train.Checkpoint(model=model).restore(run_dir_lib.latest_checkpoint(run_dir)).expect_partial()
+    ctx = run_dir_lib.RunContext.create(config, data_dir, run_dir, write_description=False, resume_backup=False)
     os.makedirs(run_dir, exist_ok=True)
-    return ensure_cache(model, config, manifest, vocab, sizes, run_dir)
+    return ensure_cache(ctx.model, config, ctx.manifest, ctx.vocab, ctx.sizes, run_dir)

@@ -19,7 +19,7 @@ import tensorflow as tf
 from caption_app import run_dir as run_dir_lib
 from caption_app.__main__ import main as cli_main
 from caption_app.model.show_and_tell import build_model
-from caption_app.train import make_optimizer
+from caption_app.optimizers import make_optimizer
 from tests.conftest import REPO_ROOT, TINY_ASSIGNMENTS, tiny_config
 
 

@@ -23,8 +23,9 @@ from caption_app.data.pipeline import resolve_tensor_sizes
 from caption_app.data.vocabulary import Vocabulary
 from caption_app.model.loss import DatasetNLL, MaskedCrossEntropy
 from caption_app.model.show_and_tell import build_model
-from caption_app.train import (PerplexityCallback, learning_rate_schedule, make_optimizer, steps_per_epoch,
-                               train)
+from caption_app.callbacks import PerplexityCallback
+from caption_app.optimizers import learning_rate_schedule, make_optimizer
+from caption_app.train import steps_per_epoch, train
 from tests.conftest import TINY_ASSIGNMENTS, convert_tiny_shapes, tiny_config
 
 
