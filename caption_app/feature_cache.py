@@ -43,9 +43,7 @@ import tensorflow as tf
 from caption_app import run_dir as run_dir_lib
 from caption_app.config import Config
 from caption_app.json_file import write_json
-from caption_app.data import manifest as manifest_lib
 from caption_app.data import pipeline, records
-from caption_app.data.vocabulary import Vocabulary
 from caption_app.model import show_and_tell
 
 CACHE_DIR = "feature_cache"
@@ -84,11 +82,11 @@ def build_head(model: show_and_tell.ShowAndTell) -> keras.Model:
     return keras.Model({"features": features, "input_ids": input_ids}, logits, name="show_and_tell_head")
 
 
-def cache_key(model: keras.Model, config: Config, manifest: manifest_lib.Manifest,
-              sizes: pipeline.TensorSizes) -> dict:
+def cache_key(ctx: run_dir_lib.RunContext) -> dict:
     """What the cached features depend on: data, backbone and its current weights."""
+    config, manifest, sizes = ctx.config, ctx.manifest, ctx.sizes
     weights = hashlib.sha1()
-    for variable in model.image_encoder.backbone.weights:  # trainable and BN statistics
+    for variable in ctx.model.image_encoder.backbone.weights:  # trainable and BN statistics
         value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable.value))
         weights.update(f"{variable.path}:{value.dtype}:{value.shape}".encode())
         weights.update(value.tobytes())
@@ -109,16 +107,15 @@ def _digest(key: dict) -> str:
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def ensure_cache(model: keras.Model, config: Config, manifest: manifest_lib.Manifest, vocab: Vocabulary,
-                 sizes: pipeline.TensorSizes, run_dir: str, *, batch_size: int | None = None,
-                 verbose: bool = True) -> str:
-    """The cache dir of `model`'s current backbone on this data, built if needed.
+def ensure_cache(ctx: run_dir_lib.RunContext, *, batch_size: int | None = None, verbose: bool = True) -> str:
+    """The cache dir of the run model's current backbone on the run's data, built if needed.
 
     Returns:
       `RUN/feature_cache/<key digest>` (holding `cache.json` and the shards).
     """
-    key = cache_key(model, config, manifest, sizes)
-    root = os.path.join(run_dir, CACHE_DIR)
+    config, manifest, vocab, sizes = ctx.config, ctx.manifest, ctx.vocab, ctx.sizes
+    key = cache_key(ctx)
+    root = os.path.join(ctx.run_dir, CACHE_DIR)
     path = os.path.join(root, _digest(key))
     if os.path.exists(os.path.join(path, CACHE_FILE)):
         if verbose:
@@ -136,7 +133,7 @@ def ensure_cache(model: keras.Model, config: Config, manifest: manifest_lib.Mani
     os.makedirs(tmp)
     try:
         began = time.time()
-        extractor = backbone_extractor(model)
+        extractor = backbone_extractor(ctx.model)
         forward = tf.function(lambda images: extractor(images, training=False), reduce_retracing=True)
         info = {"key": key, "feature_size": int(extractor.output.shape[-1]), "splits": {}}
         for split in SPLITS:
@@ -179,16 +176,15 @@ def load_info(cache_dir: str) -> dict:
         return json.load(f)
 
 
-def make_cached_dataset(config: Config, manifest: manifest_lib.Manifest, vocab: Vocabulary, cache_dir: str,
-                        split: str, *, training: bool, batch_size: int | None = None,
-                        sizes: pipeline.TensorSizes | None = None) -> tf.data.Dataset:
+def make_cached_dataset(ctx: run_dir_lib.RunContext, cache_dir: str, split: str, *, training: bool,
+                        batch_size: int | None = None) -> tf.data.Dataset:
     """`pipeline.make_dataset`'s batches with features instead of images.
 
     Returns:
       ({"features": [B, F] float32, "input_ids": [B, C, T-1] int32}, targets [B, C, T-1]),
       in the order of `make_dataset(training=False)` when not training.
     """
-    sizes = sizes or pipeline.resolve_tensor_sizes(config, manifest)
+    config, manifest, vocab, sizes = ctx.config, ctx.manifest, ctx.vocab, ctx.sizes
     info = load_info(cache_dir)
     files = [os.path.join(cache_dir, f) for f in info["splits"][split]["files"]]
     if not files:
@@ -218,18 +214,15 @@ def make_cached_dataset(config: Config, manifest: manifest_lib.Manifest, vocab: 
     return ds.map(finish, num_parallel_calls=pipeline.AUTOTUNE).prefetch(pipeline.AUTOTUNE)
 
 
-def frozen_phase(config: Config, model: keras.Model, manifest: manifest_lib.Manifest, vocab: Vocabulary,
-                 sizes: pipeline.TensorSizes, run_dir: str, *, val_batch_size: int | None):
+def frozen_phase(ctx: run_dir_lib.RunContext, *, val_batch_size: int | None):
     """What the frozen phase fits with a feature cache: (head model, train dataset
     (repeated), val dataset or None when `val_batch_size` is None). `check_config` has passed."""
-    cache_dir = ensure_cache(model, config, manifest, vocab, sizes, run_dir)
-    train_ds = make_cached_dataset(config, manifest, vocab, cache_dir, "train", training=True,
-                                   sizes=sizes).repeat()
+    cache_dir = ensure_cache(ctx)
+    train_ds = make_cached_dataset(ctx, cache_dir, "train", training=True).repeat()
     val_ds = None
     if val_batch_size is not None:
-        val_ds = make_cached_dataset(config, manifest, vocab, cache_dir, "val", training=False,
-                                     batch_size=val_batch_size, sizes=sizes)
-    return build_head(model), train_ds, val_ds
+        val_ds = make_cached_dataset(ctx, cache_dir, "val", training=False, batch_size=val_batch_size)
+    return build_head(ctx.model), train_ds, val_ds
 
 
 def cache_features(config: Config, data_dir: str, run_dir: str) -> str:
@@ -245,4 +238,4 @@ def cache_features(config: Config, data_dir: str, run_dir: str) -> str:
                          "train.feature_cache=true here and when training)")
     ctx = run_dir_lib.RunContext.create(config, data_dir, run_dir, write_description=False, resume_backup=False)
     os.makedirs(run_dir, exist_ok=True)
-    return ensure_cache(ctx.model, config, ctx.manifest, ctx.vocab, ctx.sizes, run_dir)
+    return ensure_cache(ctx)

@@ -160,9 +160,7 @@ class _Trainer:
         # The model fit trains; checkpoints always hold the full `model` (a head shares its layers).
         fit_target, fit_train_ds, fit_val_ds = model, self.train_ds, self.val_ds
         if t.feature_cache and not phase.backbone_trainable:
-            fit_target, fit_train_ds, fit_val_ds = feature_cache.frozen_phase(
-                ctx.config, model, ctx.manifest, ctx.vocab, ctx.sizes, ctx.run_dir,
-                val_batch_size=self.val_batch_size)
+            fit_target, fit_train_ds, fit_val_ds = feature_cache.frozen_phase(ctx, val_batch_size=self.val_batch_size)
         fit_model = distribute.compile_for_fit(fit_target, optimizer, ctx.config, strategy)
         history["xla"] = distribute.xla_description(fit_model)
         begin = max(phase.first, start_epoch)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
-import keras
 import numpy as np
 import pytest
 
@@ -12,8 +12,7 @@ from caption_app import feature_cache
 from caption_app import run_dir as run_dir_lib
 from caption_app.__main__ import main as cli_main
 from caption_app.data import manifest as manifest_lib
-from caption_app.data.pipeline import make_dataset, resolve_tensor_sizes
-from caption_app.data.vocabulary import Vocabulary
+from caption_app.data.pipeline import make_dataset
 from caption_app.model import show_and_tell
 from caption_app.model.loss import MaskedCrossEntropy
 from caption_app.train import train
@@ -22,29 +21,25 @@ from tests.conftest import convert_tiny_shapes, tiny_config
 CACHED = ("train.freeze_backbone=true", "train.feature_cache=true")
 
 
-def _setup(data_dir: str, *assignments: str):
-    config = tiny_config(*CACHED, *assignments)
-    manifest = manifest_lib.load(data_dir)
-    vocab = Vocabulary.load(manifest.vocab_path)
-    sizes = resolve_tensor_sizes(config, manifest)
-    keras.utils.set_random_seed(0)
-    model = show_and_tell.build_model(config, vocab.size)
-    show_and_tell.set_backbone_trainable(model, False)
-    return config, manifest, vocab, sizes, model
+def _setup(data_dir: str, run_dir: str, *assignments: str) -> run_dir_lib.RunContext:
+    """The run's context as `train` sets it up (seed 0), the backbone frozen."""
+    ctx = run_dir_lib.RunContext.create(tiny_config(*CACHED, *assignments), data_dir, run_dir)
+    show_and_tell.set_backbone_trainable(ctx.model, False)
+    return ctx
 
 
 @pytest.mark.parametrize("embedding_norm", [False, True])
 def test_cached_head_loss_equals_full_model(shapes_data, tmp_path, embedding_norm):
-    config, manifest, vocab, sizes, model = _setup(shapes_data, f"model.embedding_norm={embedding_norm}")
-    cache_dir = feature_cache.ensure_cache(model, config, manifest, vocab, sizes, str(tmp_path), verbose=False)
+    ctx = _setup(shapes_data, str(tmp_path), f"model.embedding_norm={embedding_norm}")
+    config, manifest, vocab, sizes, model = ctx.config, ctx.manifest, ctx.vocab, ctx.sizes, ctx.model
+    cache_dir = feature_cache.ensure_cache(ctx, verbose=False)
     head = feature_cache.build_head(model)
     # Shared layers: the head's variables are the full model's (the backbone's excepted).
     assert {id(v) for v in head.trainable_variables} == {id(v) for v in model.trainable_variables}
     assert len(head.trainable_variables) == len(model.trainable_variables) > 0
 
     full_batches = make_dataset(config, manifest, vocab, "val", training=False, batch_size=5, sizes=sizes)
-    cached_batches = feature_cache.make_cached_dataset(config, manifest, vocab, cache_dir, "val", training=False,
-                                                  batch_size=5, sizes=sizes)
+    cached_batches = feature_cache.make_cached_dataset(ctx, cache_dir, "val", training=False, batch_size=5)
     loss = MaskedCrossEntropy()
     extractor = feature_cache.backbone_extractor(model)
     n = 0
@@ -62,43 +57,42 @@ def test_cached_head_loss_equals_full_model(shapes_data, tmp_path, embedding_nor
 
 
 def test_cache_is_keyed_and_rebuilt_when_stale(shapes_data, tmp_path, capsys):
-    config, manifest, vocab, sizes, model = _setup(shapes_data)
     run = str(tmp_path / "run")
-    first = feature_cache.ensure_cache(model, config, manifest, vocab, sizes, run)
+    ctx = _setup(shapes_data, run)
+    first = feature_cache.ensure_cache(ctx)
     info = feature_cache.load_info(first)
     assert info["splits"]["train"]["num_images"] == 40 and info["splits"]["val"]["num_images"] == 12
-    assert info["key"] == feature_cache.cache_key(model, config, manifest, sizes)
-    assert feature_cache.ensure_cache(model, config, manifest, vocab, sizes, run) == first
+    assert info["key"] == feature_cache.cache_key(ctx)
+    assert feature_cache.ensure_cache(ctx) == first
     assert "using" in capsys.readouterr().out
 
     # Other backbone weights: another key; the stale cache is removed.
-    variable = model.image_encoder.backbone.weights[0]
+    variable = ctx.model.image_encoder.backbone.weights[0]
     variable.assign(variable + 0.01)
-    second = feature_cache.ensure_cache(model, config, manifest, vocab, sizes, run)
+    second = feature_cache.ensure_cache(ctx)
     assert second != first and not os.path.exists(first)
     assert os.listdir(os.path.join(run, feature_cache.CACHE_DIR)) == [os.path.basename(second)]
 
     # Other data: another key.
     other = convert_tiny_shapes(tmp_path / "other", num_train=20, num_val=4, num_test=4, seed=3)
-    other_manifest = manifest_lib.load(other)
-    assert (feature_cache.cache_key(model, config, other_manifest, sizes)["data_sha1"]
-            != feature_cache.cache_key(model, config, manifest, sizes)["data_sha1"])
+    other_ctx = dataclasses.replace(ctx, manifest=manifest_lib.load(other))
+    assert feature_cache.cache_key(other_ctx)["data_sha1"] != feature_cache.cache_key(ctx)["data_sha1"]
 
     # An unfinished build (no cache.json) is never used.
     os.remove(os.path.join(second, feature_cache.CACHE_FILE))
-    third = feature_cache.ensure_cache(model, config, manifest, vocab, sizes, run)
+    third = feature_cache.ensure_cache(ctx)
     assert third == second and os.path.exists(os.path.join(third, feature_cache.CACHE_FILE))
 
 
 def test_interrupted_build_leaves_no_cache(shapes_data, tmp_path, monkeypatch):
-    config, manifest, vocab, sizes, model = _setup(shapes_data)
+    ctx = _setup(shapes_data, str(tmp_path))
 
     def failing(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(feature_cache.records, "make_feature_example", failing)  # mid-build
     with pytest.raises(KeyboardInterrupt):
-        feature_cache.ensure_cache(model, config, manifest, vocab, sizes, str(tmp_path), verbose=False)
+        feature_cache.ensure_cache(ctx, verbose=False)
     assert os.listdir(tmp_path / feature_cache.CACHE_DIR) == []
 
 
@@ -131,7 +125,8 @@ def test_train_from_cache_restores_into_the_full_model_and_fine_tunes(shapes_dat
     model, _, vocab, sizes, _ = run_dir_lib.load_model(run)
     manifest = manifest_lib.load(shapes_data)
     key = feature_cache.load_info(os.path.join(run, feature_cache.CACHE_DIR, built[0]))["key"]
-    assert feature_cache.cache_key(model, config, manifest, sizes) == key  # backbone untouched by phase 1
+    trained = run_dir_lib.RunContext.create(config, shapes_data, run, write_description=False)  # restored
+    assert feature_cache.cache_key(trained) == key  # backbone untouched by phase 1
     fresh = show_and_tell.build_model(config, vocab.size)
     assert not np.allclose(model.image_encoder.embedding.kernel, fresh.image_encoder.embedding.kernel)
     batch = next(iter(make_dataset(config, manifest, vocab, "val", training=False, sizes=sizes)))
@@ -142,9 +137,8 @@ def test_train_from_cache_restores_into_the_full_model_and_fine_tunes(shapes_dat
     out = capsys.readouterr().out
     assert "phase2: epochs 2-2" in out and "backbone trainable, XLA on" in out
     assert tuned["epochs_done"] == 2
-    model, *_ = run_dir_lib.load_model(run)
-    assert feature_cache.cache_key(model, config, manifest, sizes)["backbone_weights_sha1"] != key[
-        "backbone_weights_sha1"]
+    tuned_ctx = run_dir_lib.RunContext.create(config, shapes_data, run, write_description=False)
+    assert feature_cache.cache_key(tuned_ctx)["backbone_weights_sha1"] != key["backbone_weights_sha1"]
 
 
 def config_assignments(config) -> list[str]:
