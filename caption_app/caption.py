@@ -50,9 +50,11 @@ def caption_files(run_dir: str, patterns: list[str], *, beam_size: int | None = 
       One dict per image: {"image": path, "captions": [{"caption", "log_prob",
       "score"}, ...] best first} or {"image": path, "error": message}.
     """
-    model, config, vocab, sizes, _ = run_dir_lib.load_model(run_dir)
-    settings = config.decode.resolve(beam_size=beam_size, max_length=max_length,
-                                     length_normalization=length_normalization, num_captions=num_results)
+    # Checked before the slow model load.
+    settings = run_dir_lib.load_config(run_dir).decode.resolve(
+        beam_size=beam_size, max_length=max_length, length_normalization=length_normalization,
+        num_captions=num_results)
+    model, _, vocab, sizes, _ = run_dir_lib.load_model(run_dir)
     captioner = Captioner(model)
 
     @tf.function(input_signature=[tf.TensorSpec([None, sizes.image_size, sizes.image_size, 3], tf.float32)])

@@ -42,10 +42,11 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
       METEOR is None when java is missing. Also written to `json_path`, and the
       generated captions with notes to RUN/eval/<split>-<checkpoint>.json.
     """
+    # Checked before the slow model load.
+    settings = run_dir_lib.load_config(run_dir).decode.resolve(
+        beam_size=beam_size, max_length=max_length, length_normalization=length_normalization, num_captions=1)
     model, config, vocab, sizes, checkpoint = run_dir_lib.load_model(run_dir, checkpoint)
     manifest = run_dir_lib.load_manifest(run_dir, data_dir)
-    settings = config.decode.resolve(beam_size=beam_size, max_length=max_length,
-                                     length_normalization=length_normalization, num_captions=1)
     captioner = Captioner(model)
 
     @tf.function(reduce_retracing=True)
