@@ -264,9 +264,20 @@ class Checkpoints:
             point = backup
         return point
 
+    def restore(self, path: str, phase: str | None = None, optimizer=None):
+        """Restores the model and `epoch` (and phase `phase`'s `optimizer`) from checkpoint `path`.
+
+        Returns:
+          The tf.train load status (e.g. `.assert_existing_objects_matched()`).
+        """
+        objects = {"model": self.model, "epoch": self.epoch}
+        if optimizer is not None:
+            objects[optimizer_key(phase)] = optimizer
+        return tf.train.Checkpoint(**objects).restore(path).expect_partial()
+
     def restore_model(self, point: ResumePoint) -> None:
         """The model's weights from `point` (its `epoch` variable set to the point's epoch)."""
-        tf.train.Checkpoint(model=self.model, epoch=self.epoch).restore(point.path).expect_partial()
+        self.restore(point.path)
         self.epoch.assign(point.epoch)
 
     def epoch_manager(self, phase: str, optimizer) -> tf.train.CheckpointManager:

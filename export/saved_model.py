@@ -139,8 +139,9 @@ class CaptionModule(tf.Module):
 
     def _generate(self, images):
         """images [B, S, S, 3] -> captions [B, K], log_probs [B, K], scores [B, K]."""
+
         def generate(batch):
-            result = self._captioner.generate(batch, s)
+            result = self._captioner.generate(batch, self._settings)
             return self._vocab.ids_to_text(result.ids), result.log_probs, result.scores
 
         return _on_nonempty_batch(generate, images)

@@ -316,8 +316,7 @@ def test_backbones_without_keras_imagenet_weights_say_where_weights_come_from(na
 
 def test_offline_imagenet_for_inception_v3_also_offers_the_slim_checkpoint():
     spec = backbones.get("inception_v3")
-    cached = os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")), "models", spec.imagenet_file)
-    if os.path.exists(cached) or backbones._network_reachable(spec.imagenet_url):
+    if backbones.imagenet_weights_available("inception_v3"):
         pytest.skip("the ImageNet file is cached or the network is reachable: no offline error to check")
     with pytest.raises(backbones.BackboneError) as err:
         build_model(tiny_config("model.backbone=inception_v3", "model.backbone_weights=imagenet",
@@ -400,8 +399,8 @@ def test_keras_cv_backbones_load_keras_cv_weights_and_caption(tmp_path, name, pa
 def test_an_inception_v3_run_dir_refuses_inception_v4(tmp_path):
     vocab = Vocabulary(["a", "dog"])
     sizes = TensorSizes(image_size=299, num_captions=5, caption_length=20)
-    v3 = run_dir_lib.fingerprint(tiny_config("model.backbone=inception_v3"), vocab, shapes)
-    v4 = run_dir_lib.fingerprint(tiny_config("model.backbone=inception_v4"), vocab, shapes)
+    v3 = run_dir_lib.fingerprint(tiny_config("model.backbone=inception_v3"), vocab, sizes)
+    v4 = run_dir_lib.fingerprint(tiny_config("model.backbone=inception_v4"), vocab, sizes)
     (tmp_path / run_dir_lib.FINGERPRINT).write_text(json.dumps(v3))
     with pytest.raises(run_dir_lib.ArchitectureMismatch, match="differs in backbone"):
         run_dir_lib.check_compatible(str(tmp_path), v4)

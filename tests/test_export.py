@@ -28,7 +28,7 @@ from caption_app.decoding import DecodeSettings
 from caption_app.model.show_and_tell import Captioner
 from export import saved_model, warmup
 from tests import saved_model_ops
-from tests.conftest import REPO_ROOT, encode_image, run_cli
+from tests.conftest import REPO_ROOT, cli_env, encode_image, run_cli
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -134,7 +134,7 @@ def test_signatures_with_saved_model_cli(exported):
     cli = VENV_BIN / "saved_model_cli"
     assert cli.exists(), "saved_model_cli comes with tensorflow"
     proc = subprocess.run([str(cli), "show", "--all", "--dir", exported.path], capture_output=True, text=True,
-                          timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+                          timeout=120, env=cli_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     k, h, v = exported.num_captions, exported.lstm_units, exported.vocab.size
     captions = {"captions": ("DT_STRING", f"(-1, {k})"), "log_probs": ("DT_FLOAT", f"(-1, {k})"),
@@ -165,7 +165,7 @@ def test_only_core_ops_in_a_fresh_process(exported, tmp_path):
     # The scanner runs as a plain script (its own dir on sys.path, not the repo): it imports TensorFlow only.
     proc = subprocess.run([sys.executable, str(Path(saved_model_ops.__file__)), str(copy)], capture_output=True,
                           text=True, cwd=tmp_path, timeout=300,
-                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TF_CPP_MIN_LOG_LEVEL": "2"})
+                          env=cli_env(PYTHONPATH=None))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["modules"] == []  # tensorflow_text was never imported there

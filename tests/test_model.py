@@ -142,11 +142,9 @@ def test_image_size_below_the_backbone_minimum_is_an_error(backbone):
 
 def test_imagenet_weights_without_network_fail_fast_naming_the_file():
     spec = backbones.get("inception_v3")
-    cached = os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")), "models", spec.imagenet_file)
-    if os.path.exists(cached):
-        pytest.skip(f"{cached} is cached; the no-network path cannot be exercised")
-    if backbones._network_reachable(spec.imagenet_url):
-        pytest.skip("the network is reachable; Keras would download the ImageNet weights")
+    if backbones.imagenet_weights_available("inception_v3"):
+        pytest.skip(f"{backbones.imagenet_cache_path('inception_v3')} is cached or the network is reachable; "
+                    "the no-network path cannot be exercised")
     config = tiny_config("model.backbone=inception_v3", "model.backbone_weights=imagenet", "data.image_size=75")
     began = time.monotonic()
     with pytest.raises(backbones.BackboneError) as err:

@@ -8,7 +8,6 @@ import math
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +17,9 @@ from PIL import Image
 from caption_app.data import manifest as manifest_lib
 from caption_app.data import records
 from caption_app.data import vocabulary as vocab_lib
-from tests.conftest import read_records
+from tests.conftest import read_records, run_cli
 from tfrecords_tools import flickr8k, shapes, writer
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -368,9 +366,7 @@ def test_real_flickr8k_subset(tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    return subprocess.run([sys.executable, "-m", "tfrecords_tools", *args], cwd=REPO_ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return run_cli("tfrecords_tools", *args)
 
 
 def test_cli_shapes(tmp_path):
