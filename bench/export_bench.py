@@ -46,7 +46,7 @@ import tensorflow as tf  # noqa: E402
 from caption_app import config as config_lib  # noqa: E402
 from caption_app import run_dir as run_dir_lib  # noqa: E402
 from caption_app.data.manifest import Manifest  # noqa: E402
-from caption_app.data.pipeline import Shapes  # noqa: E402
+from caption_app.data.pipeline import TensorSizes  # noqa: E402
 from caption_app.data.vocabulary import END_ID, TokenizerSettings, Vocabulary  # noqa: E402
 from caption_app.model import show_and_tell  # noqa: E402
 from export import saved_model  # noqa: E402
@@ -56,7 +56,7 @@ def make_run_dir(run_dir: str, vocab_size: int, beam_size: int, max_length: int,
                  never_end: bool) -> config_lib.Config:
     """An untrained im2txt run dir: InceptionV3 299 px, embedding/LSTM 512, random init."""
     config = config_lib.override(config_lib.get_preset("im2txt"), [
-        "model.backbone_weights=none", f"eval.beam_size={beam_size}", f"eval.max_length={max_length}"])
+        "model.backbone_weights=none", f"decode.beam_size={beam_size}", f"decode.max_length={max_length}"])
     data_dir = os.path.join(run_dir, "_data")
     os.makedirs(data_dir)
     words = [f"w{i}" for i in range(vocab_size - 4)]
@@ -65,11 +65,11 @@ def make_run_dir(run_dir: str, vocab_size: int, beam_size: int, max_length: int,
     raw = {"format_version": 1, "vocab_size": vocab.size, "splits": {}, "note": "benchmark: no data"}
     manifest = Manifest(data_dir=data_dir, splits={}, tokenizer=TokenizerSettings(), vocab_size=vocab.size,
                         vocab_file="vocab.txt", max_caption_words=20, max_captions_per_image=5, raw=raw)
-    shapes = Shapes(image_size=299, num_captions=5, caption_length=22)
-    run_dir_lib.prepare(run_dir, config, manifest, vocab, shapes)
+    sizes = TensorSizes(image_size=299, num_captions=5, caption_length=22)
+    run_dir_lib.prepare(run_dir, config, manifest, vocab, sizes)
     model = show_and_tell.build_model(config, vocab.size, backbone_weights="none")
     if never_end:  # <end> gets log-probability ~ -1e4: every beam runs max_length steps
-        bias = model.get_layer("decoder").logits.bias
+        bias = model.decoder.logits.bias
         bias.assign(tf.tensor_scatter_nd_update(bias, [[END_ID]], [-1e4]))
     tf.train.CheckpointManager(tf.train.Checkpoint(model=model), run_dir_lib.checkpoint_dir(run_dir),
                                max_to_keep=1).save()
@@ -112,13 +112,12 @@ def main() -> None:
     caption_images = loaded.signatures["caption_images"]
     serving_default = loaded.signatures["serving_default"]
 
-    model, config, vocab, shapes, _ = run_dir_lib.load_model(run_dir)
-    spec_layer = model.get_layer("preprocess")
-    backbone_layer = model.get_layer(show_and_tell.BACKBONE_LAYER)
+    model, config, vocab, sizes, _ = run_dir_lib.load_model(run_dir)
+    extractor = model.image_encoder.feature_extractor  # preprocess + backbone
 
     @tf.function(jit_compile=False)
     def backbone(images):  # [B, 299, 299, 3] -> [B, 2048]
-        return backbone_layer(spec_layer(images), training=False)
+        return extractor(images, training=False)
 
     rng = np.random.default_rng(0)
     # Smooth random images (upsampled noise) look more like photos to JPEG than white noise.

@@ -30,16 +30,15 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-
 from caption_app import config as config_lib  # noqa: E402
-from caption_app import features  # noqa: E402
+from caption_app import feature_cache  # noqa: E402
+from caption_app import run_dir as run_dir_lib  # noqa: E402
 from caption_app.data import manifest as manifest_lib  # noqa: E402
-from caption_app.data.pipeline import make_dataset, resolve_shapes  # noqa: E402
-from caption_app.data.vocabulary import Vocabulary  # noqa: E402
+from caption_app.data.pipeline import make_dataset  # noqa: E402
 from caption_app.model import show_and_tell  # noqa: E402
 from caption_app.model.loss import MaskedCrossEntropy  # noqa: E402
-from caption_app.train import make_optimizer, steps_per_epoch  # noqa: E402
+from caption_app.optimizers import make_optimizer  # noqa: E402
+from caption_app.train import steps_per_epoch  # noqa: E402
 from tfrecords_tools import flickr8k  # noqa: E402
 
 
@@ -78,30 +77,27 @@ def main() -> None:
             flickr8k.convert_flickr8k(os.path.join(args.root, "Flicker8k_Dataset"),
                                       os.path.join(args.root, "Flickr8k_text"), data_dir,
                                       progress=False, verbose=False)
-        manifest = manifest_lib.load(data_dir)
-        vocab = Vocabulary.load(manifest.vocab_path)
-        shapes = resolve_shapes(config, manifest)
+        # The frozen phase's setup, as `train` does it (seeded model, backbone frozen below).
+        ctx = run_dir_lib.RunContext.create(config, data_dir, os.path.join(tmp, "run"))
+        manifest, vocab, sizes, model = ctx.manifest, ctx.vocab, ctx.sizes, ctx.model
         t = config.train
         epoch_steps = steps_per_epoch(manifest.split("train").num_images, t.batch_size)
         steps = args.steps or epoch_steps
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
-              f"{config.model.backbone} at {shapes.image_size}px, batch {t.batch_size} images x "
-              f"{shapes.num_captions} captions, LSTM dropout {config.model.lstm_dropout}, "
+              f"{config.model.backbone} at {sizes.image_size}px, batch {t.batch_size} images x "
+              f"{sizes.num_captions} captions, LSTM dropout {config.model.lstm_dropout}, "
               f"XLA {'on' if t.jit_compile else 'off'}; {manifest.split('train').num_images} train images = "
               f"{epoch_steps} steps/epoch; timing {steps} steps per side", flush=True)
 
-        keras.utils.set_random_seed(t.seed)
-        model = show_and_tell.build_model(config, vocab.size)
         show_and_tell.set_backbone_trainable(model, False)
 
-        train_ds = make_dataset(config, manifest, vocab, "train", training=True, shapes=shapes).repeat()
+        train_ds = make_dataset(config, manifest, vocab, "train", training=True, sizes=sizes).repeat()
         uncached = _fit_seconds(model, train_ds, steps, config)
         print(f"uncached: {uncached / steps:.3f} s/step", flush=True)
 
         began = time.perf_counter()
-        cache_dir = features.ensure_cache(model, config, manifest, vocab, shapes, os.path.join(tmp, "run"),
-                                          verbose=False)
-        info = features.load_info(cache_dir)
+        cache_dir = feature_cache.ensure_cache(ctx, verbose=False)
+        info = feature_cache.load_info(cache_dir)
         build = info["seconds"]
         reused = time.perf_counter() - began < build
         cached_images = sum(s["num_images"] for s in info["splits"].values())
@@ -109,9 +105,8 @@ def main() -> None:
               f"{cached_images / build:.1f} images/s{' (reused: timed when it was built)' if reused else ''}",
               flush=True)
 
-        head = features.build_head(model)
-        cached_ds = features.make_cached_dataset(config, manifest, vocab, cache_dir, "train", training=True,
-                                                 shapes=shapes).repeat()
+        head = feature_cache.build_head(model)
+        cached_ds = feature_cache.make_cached_dataset(ctx, cache_dir, "train", training=True).repeat()
         cached = _fit_seconds(head, cached_ds, steps, config)
         print(f"cached: {cached / steps:.4f} s/step", flush=True)
 

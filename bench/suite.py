@@ -4,7 +4,7 @@
 
 Rows (every pair is timed interleaved, A B A B ..., median per step):
   train step     XLA vs no XLA; fine-tuning vs frozen backbone; a step of the feature
-                 cache's head (caption_app.features.build_head) on backbone features vs
+                 cache's head (caption_app.feature_cache.build_head) on backbone features vs
                  the in-step frozen backbone
   input pipeline images/s of decode + resize + tokenize (caption_app.data.pipeline
                  on the Flickr8k subset in ../shared, converted with
@@ -108,7 +108,7 @@ def _fit_model(model, jit: bool, learning_rate: float = 1e-3):
 def train_step_rows(args, vocab_size: int = 1000) -> tuple[list[Row], dict]:
     import keras
 
-    from caption_app import features as features_lib
+    from caption_app import feature_cache
     from caption_app.model import show_and_tell
 
     config = _config(args)
@@ -118,8 +118,8 @@ def train_step_rows(args, vocab_size: int = 1000) -> tuple[list[Row], dict]:
     tuned = show_and_tell.build_model(config, vocab_size)
     images, ids = _batch(args, vocab_size)
     x, y = {"image": images, "input_ids": ids[..., :-1]}, ids[..., 1:]
-    features = keras.ops.convert_to_numpy(features_lib.backbone_extractor(frozen)(images))  # [B, F]: cached
-    head = features_lib.build_head(frozen)
+    features = keras.ops.convert_to_numpy(feature_cache.backbone_extractor(frozen)(images))  # [B, F]: cached
+    head = feature_cache.build_head(frozen)
     xla, plain, fine_tune, cached = (_fit_model(frozen, True), _fit_model(frozen, False),
                                      _fit_model(tuned, True), _fit_model(head, True))
     hx = {"features": features, "input_ids": ids[..., :-1]}
@@ -159,7 +159,7 @@ def _convert_flickr8k(out: str) -> str | None:
 
 def pipeline_rows(args, consumed: dict) -> list[Row]:
     from caption_app.data import manifest as manifest_lib
-    from caption_app.data.pipeline import make_dataset, resolve_shapes
+    from caption_app.data.pipeline import make_dataset, resolve_tensor_sizes
     from caption_app.data.vocabulary import Vocabulary
 
     with tempfile.TemporaryDirectory(prefix="bench_flickr8k_") as tmp:
@@ -172,9 +172,9 @@ def pipeline_rows(args, consumed: dict) -> list[Row]:
         rows = []
         for size in dict.fromkeys([args.image_size, 299]):
             config = _config(_with_size(args, size))
-            shapes = resolve_shapes(config, manifest)
+            sizes = resolve_tensor_sizes(config, manifest)
             ds = make_dataset(config, manifest, vocab, "train", training=True, batch_size=args.batch,
-                              shapes=shapes).repeat()
+                              sizes=sizes).repeat()
             it = iter(ds)
             next(it)
             load = _load()
@@ -203,6 +203,7 @@ def inference_rows(args, model) -> list[Row]:
 
     from caption_app.beam_search import beam_search
     from caption_app.data.vocabulary import END_ID, START_ID
+    from caption_app.decoding import DecodeSettings
     from caption_app.model.show_and_tell import Captioner
     from python_beam_search import python_beam_search
 
@@ -212,7 +213,7 @@ def inference_rows(args, model) -> list[Row]:
 
     @tf.function(input_signature=[spec])
     def in_graph(images):
-        return captioner.generate(images, beam_size=beam, max_length=max_length)
+        return captioner.generate(images, DecodeSettings(beam_size=beam, max_length=max_length))
 
     encode = tf.function(captioner.encode, input_signature=[spec])
 
@@ -282,7 +283,7 @@ def _current_rss_kib() -> int:
 
 
 def _memory_child(args) -> None:
-    """A few training steps at im2txt's sizes in a fresh process; prints peak RSS as JSON."""
+    """A few training steps at im2txt's shapes in a fresh process; prints peak RSS as JSON."""
     import keras
 
     from caption_app.model import show_and_tell

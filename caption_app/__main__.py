@@ -32,9 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, help="data dir (default: the one the run trained on)")
     e.add_argument("--json", default=None, help="metrics file (default RUN/metrics.json)")
     e.add_argument("--checkpoint", default=None, help="checkpoint path (default: the latest)")
-    e.add_argument("--beam-size", type=int, default=None)
-    e.add_argument("--max-length", type=int, default=None)
-    e.add_argument("--length-normalization", type=float, default=None)
+    e.add_argument("--beam-size", type=int, default=None, help="default (or 0): the run's decode.beam_size")
+    e.add_argument("--max-length", type=int, default=None, help="default (or 0): the run's decode.max_length")
+    e.add_argument("--length-normalization", type=float, default=None,
+                   help="default: the run's decode.length_normalization")
     e.add_argument("--watch", action="store_true",
                    help="re-evaluate new checkpoints until training has finished")
     e.add_argument("--poll-seconds", type=float, default=30.0)
@@ -44,10 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("caption", help="caption image files, folders or globs")
     c.add_argument("--run-dir", required=True)
     c.add_argument("images", nargs="+")
-    c.add_argument("--beam-size", type=int, default=None)
-    c.add_argument("--max-length", type=int, default=None)
-    c.add_argument("--length-normalization", type=float, default=None)
-    c.add_argument("--num-captions", type=int, default=None, help="captions per image (default: beam size)")
+    c.add_argument("--beam-size", type=int, default=None, help="default (or 0): the run's decode.beam_size")
+    c.add_argument("--max-length", type=int, default=None, help="default (or 0): the run's decode.max_length")
+    c.add_argument("--length-normalization", type=float, default=None,
+                   help="default: the run's decode.length_normalization")
+    c.add_argument("--num-captions", type=int, default=None,
+                   help="captions per image, at most the beam size (default or 0: the beam size)")
     c.add_argument("--json", action="store_true", help="print JSON")
     return p
 
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"val perplexity {history['val_perplexity']}; run dir: {args.run_dir}")
         elif args.command == "cache-features":
             from caption_app import config as config_lib
-            from caption_app.features import cache_features
+            from caption_app.feature_cache import cache_features
 
             config = config_lib.override(config_lib.get_preset(args.config), args.set)
             print(f"feature cache ready: {cache_features(config, args.data, args.run_dir)}")

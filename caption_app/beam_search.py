@@ -39,6 +39,8 @@ from typing import Any, Callable, NamedTuple
 
 import tensorflow as tf
 
+from caption_app.decoding import DecodeSettings
+
 StepFn = Callable[[tf.Tensor, Any], tuple[tf.Tensor, Any]]
 
 _NEG_INF = float("-inf")
@@ -91,6 +93,9 @@ def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: i
         the mean per word).
       num_results: how many hypotheses to return per image; defaults to
         `beam_size`, at most `beam_size`.
+
+    These are a `DecodeSettings`' values (caption_app/decoding.py, whose
+    `check` validates them here); `Captioner.generate` takes the object itself.
 
     Returns:
       A `BeamSearchResult`, best first along axis 1.
@@ -195,17 +200,8 @@ def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: i
 
 
 def _check_arguments(beam_size, max_length, length_normalization, num_results):
-    for name, value in (("beam_size", beam_size), ("max_length", max_length),
-                        ("num_results", num_results)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"beam_search: {name} must be a positive int, got {value!r}")
-    if num_results > beam_size:
-        raise ValueError(f"beam_search: num_results={num_results} exceeds beam_size={beam_size}; "
-                         "only beam_size finished hypotheses are kept, so raise beam_size "
-                         "or lower num_results")
-    if not length_normalization >= 0:  # also rejects NaN
-        raise ValueError("beam_search: length_normalization must be >= 0 (the early stop "
-                         f"bound assumes it), got {length_normalization!r}")
+    DecodeSettings(beam_size=beam_size, max_length=max_length, length_normalization=length_normalization,
+                   num_captions=num_results).check()
 
 
 def _is_done(alive_logp, fin_score, max_length, alpha):

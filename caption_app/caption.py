@@ -43,23 +43,23 @@ def caption_files(run_dir: str, patterns: list[str], *, beam_size: int | None = 
     Args:
       run_dir: a trained run dir.
       patterns: image files, folders or globs.
-      num_results: captions per image (default: beam_size).
+      beam_size, max_length, length_normalization, num_results: beam search
+        settings (caption_app/decoding.py: None or 0 keeps the run's `decode`
+        config; num_results defaults to the beam size and may not exceed it).
     Returns:
       One dict per image: {"image": path, "captions": [{"caption", "log_prob",
       "score"}, ...] best first} or {"image": path, "error": message}.
     """
-    model, config, vocab, shapes, _ = run_dir_lib.load_model(run_dir)
-    e = config.eval
-    beam_size = beam_size or e.beam_size
-    max_length = max_length or e.max_length
-    alpha = e.length_normalization if length_normalization is None else length_normalization
-    num_results = min(num_results or beam_size, beam_size)
+    # Checked before the slow model load.
+    settings = run_dir_lib.load_config(run_dir).decode.resolve(
+        beam_size=beam_size, max_length=max_length, length_normalization=length_normalization,
+        num_captions=num_results)
+    model, _, vocab, sizes, _ = run_dir_lib.load_model(run_dir)
     captioner = Captioner(model)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, shapes.image_size, shapes.image_size, 3], tf.float32)])
+    @tf.function(input_signature=[tf.TensorSpec([None, sizes.image_size, sizes.image_size, 3], tf.float32)])
     def generate(images):
-        result = captioner.generate(images, beam_size=beam_size, max_length=max_length,
-                                    length_normalization=alpha, num_results=num_results)
+        result = captioner.generate(images, settings)
         return vocab.ids_to_text(result.ids), result.log_probs, result.scores
 
     results: list[dict] = []
@@ -79,7 +79,7 @@ def caption_files(run_dir: str, patterns: list[str], *, beam_size: int | None = 
         results.append({"image": path})
         try:
             with open(path, "rb") as f:
-                image = decode_image(tf.constant(f.read()), shapes.image_size)
+                image = decode_image(tf.constant(f.read()), sizes.image_size)
         except (OSError, tf.errors.InvalidArgumentError) as err:
             results[-1]["error"] = f"cannot read image: {getattr(err, 'message', err)}"
             continue

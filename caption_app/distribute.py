@@ -9,7 +9,7 @@ at startup). `train.batch_size` is the GLOBAL batch: each of the N replicas
 gets batch_size / N images per step.
 
 XLA across replicas. Keras compiles its whole train function (which wraps
-`strategy.run`) with XLA when `jit_compile=True`. With more than one replica
+`strategy.run`) with XLA when `jit_compile=True` (`compile_for_fit`). With more than one replica
 that fails in TF 2.21 / Keras 3.15: XLA cannot compile a function that reads
 variables on several devices (MirroredStrategy: "Trying to access resource
 ... located in device CPU:1 from device CPU:0") nor the collective ops of
@@ -29,7 +29,8 @@ import os
 import keras
 import tensorflow as tf
 
-from caption_app.model.loss import token_nll
+from caption_app.config import Config
+from caption_app.model.loss import MaskedCrossEntropy, token_nll
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -41,10 +42,14 @@ class StrategyError(ValueError):
 
 def check_settings(strategy: str, precision: str) -> None:
     """Raises ValueError naming the choices for an unknown strategy or precision."""
-    if strategy not in STRATEGIES:
-        raise StrategyError(f"unknown train.strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    _check_strategy(strategy)
     if precision not in PRECISIONS:
         raise ValueError(f"unknown train.precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+
+
+def _check_strategy(name: str) -> None:
+    if name not in STRATEGIES:
+        raise StrategyError(f"unknown train.strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
 
 
 def _tf_config() -> dict:
@@ -78,8 +83,7 @@ def make_strategy(name: str, devices: list[str] | None = None) -> tf.distribute.
         (TPUStrategy through TPUClusterResolver; TPU_NAME or a Cloud TPU VM).
       devices: mirrored only: the devices to use, e.g. ["/gpu:0", "/gpu:1"].
     """
-    if name not in STRATEGIES:
-        raise StrategyError(f"unknown train.strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
+    _check_strategy(name)
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -220,3 +224,44 @@ class ReplicaTrainer(FitModel):
             # which needs a batch axis (tensorflow/tensorflow#72388).
             logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
         return logs
+
+
+def shard_policy(strategy: tf.distribute.Strategy, num_files: int) -> tf.data.experimental.AutoShardPolicy:
+    """Each worker reads its own record files when there are enough; else every worker reads all
+    and keeps its share of each global batch (the same batches as one worker would see)."""
+    workers = num_workers(strategy)
+    if workers > 1 and num_files >= workers:
+        return tf.data.experimental.AutoShardPolicy.FILE
+    return tf.data.experimental.AutoShardPolicy.DATA
+
+
+def compile_for_fit(model: keras.Model, optimizer, config: Config, strategy: tf.distribute.Strategy) -> keras.Model:
+    """Compiles what `fit` runs over `model` (a FitModel, or a ReplicaTrainer for several
+    replicas) and returns it; `model` itself stays uncompiled (see FitModel).
+
+    XLA stays on in every configuration: one replica (and TPU) compile the
+    whole step (`jit_compile`, checked: Keras drops it silently for an LSTM
+    that may use cuDNN); several replicas compile each replica's forward and
+    backward pass (see this module's docstring for why).
+    """
+    t = config.train
+    if needs_replica_trainer(strategy):
+        trainer = ReplicaTrainer(model, clip_norm=t.clip_gradient_norm, multi_worker=num_workers(strategy) > 1,
+                                 jit_compile=t.jit_compile)
+        with strategy.scope():
+            trainer.compile(optimizer=optimizer, loss=MaskedCrossEntropy(), jit_compile=False)
+        return trainer
+    fit_model = FitModel(model)
+    with strategy.scope():
+        fit_model.compile(optimizer=optimizer, loss=MaskedCrossEntropy(), jit_compile=t.jit_compile)
+    if t.jit_compile and not fit_model.jit_compile:
+        raise RuntimeError("Keras turned XLA off for this model (an LSTM that may use cuDNN?); "
+                           "keep model.use_cudnn=false with train.jit_compile=true")
+    return fit_model
+
+
+def xla_description(fit_model: keras.Model) -> str:
+    """How `compile_for_fit`'s result runs XLA: "on", "on (per replica)" or "off"."""
+    if isinstance(fit_model, ReplicaTrainer):
+        return "on (per replica)" if fit_model.per_replica_jit_compile else "off"
+    return "on" if fit_model.jit_compile else "off"

@@ -7,7 +7,6 @@ returns once training has finished (or nothing new came for a while).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -15,11 +14,13 @@ import tensorflow as tf
 
 from caption_app import metrics as metrics_lib
 from caption_app import run_dir as run_dir_lib
+from caption_app.io_utils import write_json_atomic as write_json
 from caption_app.data.pipeline import make_dataset
 from caption_app.model.loss import batch_nll_sums
 from caption_app.model.show_and_tell import Captioner
 
-METRICS_KEYS = ("perplexity",) + tuple(metrics_lib.METRIC_KEYS) + ("num_images",)
+# What `evaluate` returns and writes, in this order: perplexity, the caption metrics, the image count.
+RESULT_KEYS = ("perplexity",) + tuple(metrics_lib.METRIC_KEYS) + ("num_images",)
 METRICS_FILE = "metrics.json"
 
 
@@ -34,30 +35,29 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
       data_dir: the converted data (default: the one the run trained on).
       json_path: where to write the metrics (default RUN/metrics.json).
       checkpoint: a checkpoint path (default: the latest).
-      beam_size, max_length, length_normalization: override the run's eval config.
+      beam_size, max_length, length_normalization: override the run's `decode`
+        config (caption_app/decoding.py: None or 0 keeps the run's value).
     Returns:
       {"perplexity", "BLEU-1".."BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "num_images"};
       METEOR is None when java is missing. Also written to `json_path`, and the
       generated captions with notes to RUN/eval/<split>-<checkpoint>.json.
     """
-    model, config, vocab, shapes, checkpoint = run_dir_lib.load_model(run_dir, checkpoint)
+    # Checked before the slow model load.
+    settings = run_dir_lib.load_config(run_dir).decode.resolve(
+        beam_size=beam_size, max_length=max_length, length_normalization=length_normalization, num_captions=1)
+    model, config, vocab, sizes, checkpoint = run_dir_lib.load_model(run_dir, checkpoint)
     manifest = run_dir_lib.load_manifest(run_dir, data_dir)
-    e = config.eval
-    beam_size = beam_size or e.beam_size
-    max_length = max_length or e.max_length
-    alpha = e.length_normalization if length_normalization is None else length_normalization
     captioner = Captioner(model)
 
     @tf.function(reduce_retracing=True)
     def run_batch(inputs, targets):
         # Perplexity and captions in one pass, so each image is decoded once.
         nll, tokens = batch_nll_sums(model, inputs, targets)
-        result = captioner.generate(inputs["image"], beam_size=beam_size, max_length=max_length,
-                                    length_normalization=alpha, num_results=1)
+        result = captioner.generate(inputs["image"], settings)
         return nll, tokens, vocab.ids_to_text(result.ids[:, 0]), result.scores[:, 0]
 
-    dataset = make_dataset(config, manifest, vocab, split, training=False, shapes=shapes,
-                           batch_size=e.batch_size, with_ids=True)
+    dataset = make_dataset(config, manifest, vocab, split, training=False, sizes=sizes,
+                           batch_size=config.eval.batch_size, with_ids=True)
     total_nll, total_tokens = 0.0, 0
     references, candidates, scores = {}, {}, {}
     began = time.time()
@@ -78,22 +78,23 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
     scores_by_metric, notes = metrics_lib.caption_metrics(references, candidates)
     result = {"perplexity": metrics_lib.perplexity(total_nll, total_tokens), **scores_by_metric,
               "num_images": len(references)}
-    result = {k: result[k] for k in METRICS_KEYS}
+    result = {k: result[k] for k in RESULT_KEYS}
 
     json_path = json_path or os.path.join(run_dir, METRICS_FILE)
-    _write_json(json_path, result)
+    write_json(json_path, result)
     details_dir = os.path.join(run_dir, "eval")
     os.makedirs(details_dir, exist_ok=True)
     details = os.path.join(details_dir, f"{split}-{os.path.basename(checkpoint)}.json")
-    _write_json(details, {"checkpoint": checkpoint, "split": split, "metrics": result, "notes": notes,
-                          "beam_size": beam_size, "max_length": max_length, "length_normalization": alpha,
+    write_json(details, {"checkpoint": checkpoint, "split": split, "metrics": result, "notes": notes,
+                          "beam_size": settings.beam_size, "max_length": settings.max_length,
+                          "length_normalization": settings.length_normalization,
                           "seconds": time.time() - began,
                           "captions": {k: {"generated": candidates[k], "score": scores[k],
                                            "references": references[k]} for k in sorted(candidates)}})
     if verbose:
         print(f"evaluated {checkpoint} on {split} ({len(references)} images, {total_tokens} tokens, "
               f"{time.time() - began:.1f}s)")
-        for k in METRICS_KEYS:
+        for k in RESULT_KEYS:
             v = result[k]
             print(f"  {k:<10} {v:.4f}" if isinstance(v, float) else f"  {k:<10} {v}")
         for note in notes:
@@ -120,12 +121,3 @@ def watch(run_dir: str, split: str = "val", *, poll_seconds: float = 30.0, idle_
             print(f"no new checkpoint for {idle_timeout:.0f}s; watch ends", flush=True)
             return last
         time.sleep(poll_seconds)
-
-
-def _write_json(path: str, obj: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)

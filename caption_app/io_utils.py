@@ -1,4 +1,4 @@
-"""Atomic file writes shared by caption_app and tfrecords_tools.
+"""The one atomic file writer, shared by caption_app, export and tfrecords_tools.
 
 A reader never sees half a file: each write goes to `PATH.tmp`, renamed over
 `PATH` only when complete.
@@ -11,8 +11,12 @@ import os
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Writes `text` (UTF-8) to `path` under a temporary name, renamed when complete."""
+    """Writes `text` (UTF-8) to `path` under a temporary name, renamed when complete.
+
+    The folder is created if missing.
+    """
     path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)

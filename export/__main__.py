@@ -15,11 +15,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="caption", help="model name (default: caption)")
     p.add_argument("--version", type=int, default=None,
                    help="version number (default: the next free one); an existing version is never overwritten")
-    p.add_argument("--beam-size", type=int, default=None, help="default: the run's eval.beam_size")
-    p.add_argument("--max-length", type=int, default=None, help="words, <end> included (default: eval.max_length)")
-    p.add_argument("--num-captions", type=int, default=None, help="captions per image K (default: beam size)")
+    p.add_argument("--beam-size", type=int, default=None, help="default (or 0): the run's decode.beam_size")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="words, <end> included (default or 0: decode.max_length)")
+    p.add_argument("--num-captions", type=int, default=None,
+                   help="captions per image K, at most the beam size (default or 0: the beam size)")
     p.add_argument("--length-normalization", type=float, default=None,
-                   help="alpha in score = log p / length**alpha (default: eval.length_normalization)")
+                   help="alpha in score = log p / length**alpha (default: decode.length_normalization)")
     p.add_argument("--checkpoint", default=None, help="checkpoint path (default: the run's latest)")
     p.add_argument("--no-warmup", action="store_true", help="do not write assets.extra/tf_serving_warmup_requests")
     return p

@@ -38,7 +38,6 @@ Keras' `ExportArchive` is not used: it has no way to attach asset files; a
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -48,11 +47,13 @@ import tensorflow as tf
 
 from caption_app import run_dir as run_dir_lib
 from caption_app.config import Config
-from caption_app.data.pipeline import Shapes, decode_image, resize_image
-from caption_app.data.vocabulary import END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, UNK_ID, Vocabulary
+from caption_app.io_utils import write_json_atomic as write_json
+from caption_app.data.pipeline import TensorSizes, decode_image, resize_image
+from caption_app.decoding import DecodeSettings, DecodeSettingsError
+from caption_app.data.vocabulary import END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, UNK_ID, VOCAB_FILE, Vocabulary
 from caption_app.model.show_and_tell import Captioner
 
-VOCAB_ASSET = "vocab.txt"
+VOCAB_ASSET = VOCAB_FILE
 CONFIG_ASSET = "config.json"
 SIGNATURES = ("serving_default", "caption_images", "encode_image", "decode_step", "ids_to_text")
 FORMAT_VERSION = 1
@@ -63,27 +64,6 @@ _NEG_INF = float("-inf")
 
 class ExportError(ValueError):
     """Bad export arguments or an output location that would overwrite a version."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeSettings:
-    """How `serving_default` and `caption_images` decode captions."""
-
-    beam_size: int = 3
-    max_length: int = 20  # words, <end> included
-    length_normalization: float = 0.0  # score = log_prob / length ** alpha
-    num_captions: int = 3  # K, captions returned per image (<= beam_size)
-
-    def check(self) -> None:
-        for name in ("beam_size", "max_length", "num_captions"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ExportError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.num_captions > self.beam_size:
-            raise ExportError(f"--num-captions {self.num_captions} exceeds --beam-size {self.beam_size}: beam "
-                              "search keeps beam_size finished captions; raise --beam-size or lower --num-captions")
-        if not self.length_normalization >= 0:
-            raise ExportError(f"--length-normalization must be >= 0, got {self.length_normalization!r}")
 
 
 def decode_images(image_bytes: tf.Tensor, image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -116,19 +96,19 @@ class CaptionModule(tf.Module):
     """The exported object: the model's variables, the assets and the signature functions.
 
     Args:
-      captioner: the trained model's inference views.
+      captioner: the trained model's inference views (its image size S and
+        LSTM units H shape the signatures).
       vocab: its vocabulary.
-      image_size: S, the model's input size.
-      settings: beam search settings baked into the captioning signatures.
+      settings: beam search settings baked into the captioning signatures (resolved).
       vocab_file, config_file: files that become `assets/` of the SavedModel.
     """
 
-    def __init__(self, captioner: Captioner, vocab: Vocabulary, image_size: int, settings: DecodeSettings,
-                 vocab_file: str, config_file: str):
+    def __init__(self, captioner: Captioner, vocab: Vocabulary, settings: DecodeSettings, vocab_file: str,
+                 config_file: str):
         super().__init__(name="caption")
         self._captioner = captioner  # not trackable: only its variables below are saved
         self._vocab = vocab
-        self._image_size = image_size
+        self._image_size = captioner.image_size
         self._settings = settings
         self.vocab_file = tf.saved_model.Asset(vocab_file)
         self.config_file = tf.saved_model.Asset(config_file)
@@ -159,12 +139,12 @@ class CaptionModule(tf.Module):
 
     def _generate(self, images):
         """images [B, S, S, 3] -> captions [B, K], log_probs [B, K], scores [B, K]."""
-        s = self._settings
-        n = tf.shape(images)[0]
-        result = self._captioner.generate(_never_empty(images), beam_size=s.beam_size, max_length=s.max_length,
-                                          length_normalization=s.length_normalization,
-                                          num_results=s.num_captions)
-        return self._vocab.ids_to_text(result.ids[:n]), result.log_probs[:n], result.scores[:n]
+
+        def generate(batch):
+            result = self._captioner.generate(batch, self._settings)
+            return self._vocab.ids_to_text(result.ids), result.log_probs, result.scores
+
+        return _on_nonempty_batch(generate, images)
 
     def _caption_bytes(self, image_bytes):
         n = tf.shape(image_bytes)[0]
@@ -185,9 +165,8 @@ class CaptionModule(tf.Module):
         return {"captions": captions, "log_probs": log_probs, "scores": scores}
 
     def _encode_image(self, images):
-        n = tf.shape(images)[0]
-        h, c = self._captioner.encode(_never_empty(resize_image(images, self._image_size)))
-        return {"state_h": h[:n], "state_c": c[:n]}
+        h, c = _on_nonempty_batch(self._captioner.encode, resize_image(images, self._image_size))
+        return {"state_h": h, "state_c": c}
 
     def _decode_step(self, input_ids, state_h, state_c):
         log_probs, (h, c) = self._captioner.decode_step(input_ids, [state_h, state_c])
@@ -197,14 +176,18 @@ class CaptionModule(tf.Module):
         return {"text": self._vocab.ids_to_text(ids)}
 
 
-def _never_empty(images):
-    """[B, S, S, 3] -> the same, or one black image when B = 0 (the caller keeps the first B rows).
+def _on_nonempty_batch(fn, images):
+    """fn(images) for images [B, S, S, 3], each output [B, ...], also when B = 0.
 
     The backbone's batch normalization fails on an empty batch on CPU (TF 2.21:
     "Incompatible shapes: [32] vs. [0,32,32,3]"), and a batch where no image
-    decoded is empty.
+    decoded is empty: `fn` then gets one black image and its outputs' first
+    B (= 0) rows are returned.
     """
-    return tf.cond(tf.shape(images)[0] > 0, lambda: images, lambda: tf.zeros(tf.concat([[1], tf.shape(images)[1:]], 0), images.dtype))
+    n = tf.shape(images)[0]
+    padded = tf.cond(n > 0, lambda: images,
+                     lambda: tf.zeros(tf.concat([[1], tf.shape(images)[1:]], 0), images.dtype))
+    return tf.nest.map_structure(lambda t: t[:n], fn(padded))
 
 
 def existing_versions(model_dir: str) -> list[int]:
@@ -215,12 +198,12 @@ def existing_versions(model_dir: str) -> list[int]:
                   if _VERSION_DIR.match(d) and os.path.isdir(os.path.join(model_dir, d)))
 
 
-def export_config(config: Config, shapes: Shapes, vocab: Vocabulary, settings: DecodeSettings, *,
+def export_config(config: Config, sizes: TensorSizes, vocab: Vocabulary, settings: DecodeSettings, *,
                   run_dir: str, checkpoint: str, units: int) -> dict:
     """What `assets/config.json` says about the export (for clients and people)."""
     return {
         "format_version": FORMAT_VERSION,
-        "image_size": shapes.image_size,
+        "image_size": sizes.image_size,
         "lstm_units": units,
         "vocab_size": vocab.size,
         "special_ids": {"pad": PAD_ID, "start": START_ID, "end": END_ID, "unk": UNK_ID},
@@ -253,9 +236,9 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
       name: the model name.
       version: the version number; default the highest existing one + 1
         (1 for the first export).
-      beam_size, max_length, length_normalization: beam search settings
-        (default: the run's `eval` config).
-      num_captions: captions per image K (default beam_size).
+      beam_size, max_length, length_normalization, num_captions: beam search
+        settings (caption_app/decoding.py; None or 0: the run's `decode`
+        config; K = num_captions defaults to the beam size).
       checkpoint: a checkpoint path (default the run's latest).
       warmup: write `assets.extra/tf_serving_warmup_requests`.
     Returns:
@@ -269,17 +252,16 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
         raise ExportError(f"--name must be a plain directory name, got {name!r}")
     if version is not None and (not isinstance(version, int) or version < 1):
         raise ExportError(f"--version must be a positive integer (TF Serving version dirs), got {version!r}")
-    e = run_dir_lib.load_config(run_dir).eval  # check the arguments before the slow model load
-    beam_size = e.beam_size if beam_size is None else beam_size
-    settings = DecodeSettings(
-        beam_size=beam_size, max_length=e.max_length if max_length is None else max_length,
-        length_normalization=e.length_normalization if length_normalization is None else length_normalization,
-        num_captions=beam_size if num_captions is None else num_captions)
-    settings.check()
+    try:  # check the arguments before the slow model load
+        settings = run_dir_lib.load_config(run_dir).decode.resolve(
+            beam_size=beam_size, max_length=max_length, length_normalization=length_normalization,
+            num_captions=num_captions)
+    except DecodeSettingsError as err:
+        raise ExportError(str(err)) from None
     model_dir = os.path.join(out_dir, name)
     version = _check_version(model_dir, version)
 
-    model, config, vocab, shapes, checkpoint = run_dir_lib.load_model(run_dir, checkpoint)
+    model, config, vocab, sizes, checkpoint = run_dir_lib.load_model(run_dir, checkpoint)
     os.makedirs(model_dir, exist_ok=True)
     captioner = Captioner(model)
     units = captioner.decoder.lstm_units
@@ -290,12 +272,10 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
         vocab_file = os.path.join(files, VOCAB_ASSET)
         shutil.copyfile(os.path.join(run_dir, run_dir_lib.VOCAB), vocab_file)
         config_file = os.path.join(files, CONFIG_ASSET)
-        with open(config_file, "w") as f:
-            json.dump(export_config(config, shapes, vocab, settings, run_dir=run_dir, checkpoint=checkpoint,
-                                    units=units), f, indent=2, sort_keys=True)
-            f.write("\n")
+        write_json(config_file, export_config(config, sizes, vocab, settings, run_dir=run_dir,
+                                              checkpoint=checkpoint, units=units), sort_keys=True)
 
-        module = CaptionModule(captioner, vocab, shapes.image_size, settings, vocab_file, config_file)
+        module = CaptionModule(captioner, vocab, settings, vocab_file, config_file)
         saved = os.path.join(staging, "saved_model")
         tf.saved_model.save(module, saved, signatures=module.signatures())
         if warmup:

@@ -25,30 +25,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 NUM_TRAIN, NUM_VAL, NUM_TEST = 40, 12, 12
 IMAGE_SIZE = 32
-# Not a divisor of NUM_TRAIN: the dropped remainder shows in steps per epoch.
-BATCH_SIZE = 3
-
-
-# `--set` assignments applied to the `tiny` preset by every test (and the CLI tests).
-TINY_ASSIGNMENTS = [
-    "data.image_size=32", "data.max_caption_length=16", "data.shuffle_buffer=64",
-    "data.augment=", "data.cache=false", "data.captions_per_image=0",
-    "model.backbone=small_cnn", "model.backbone_weights=none",
-    "model.embedding_size=16", "model.lstm_units=16", "model.lstm_dropout=0.0",
-    "train.epochs=1", "train.fine_tune_epochs=0", f"train.batch_size={BATCH_SIZE}",
-    "train.optimizer=adam", "train.learning_rate=0.01", "train.lr_schedule=constant",
-    "train.freeze_backbone=false", "train.jit_compile=true",
-    "eval.beam_size=2", "eval.max_length=8", "eval.batch_size=8",
-]
 
 
 def tiny_config(*assignments: str) -> config_lib.Config:
-    """The `tiny` preset with every size the tests rely on set explicitly.
+    """The `tiny` preset (the tests' one configuration: 32 px, widths of 16, a small CNN from
+    scratch, batch 3) with `--set` assignments applied; CLI tests pass `--config tiny`."""
+    return config_lib.override(config_lib.get_preset("tiny"), list(assignments))
 
-    The values are spelled out here so that tuning the preset does not change
-    what the tests check: 32 px, widths of 16, a small CNN from scratch.
-    """
-    return config_lib.override(config_lib.get_preset("tiny"), TINY_ASSIGNMENTS + list(assignments))
+
+def set_args(*assignments: str) -> list[str]:
+    """["a=1", "b=2"] -> ["--set", "a=1", "--set", "b=2"] (CLI arguments)."""
+    return [a for assignment in assignments for a in ("--set", assignment)]
 
 
 def convert_tiny_shapes(out_dir: Path, *, num_train: int = NUM_TRAIN, num_val: int = NUM_VAL,
@@ -111,8 +98,49 @@ def read_records(out: Path, split: str) -> list[dict]:
              "captions": [c.decode() for c in r["captions"].numpy()]} for r in ds]
 
 
-def run_cli(module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python -m module args...` from the repo root, as a user would run it."""
+def cli_env(**changes: str | None) -> dict[str, str]:
+    """The environment of a CLI run by a test: this checkout's code first on PYTHONPATH, TensorFlow's
+    C++ logging quiet, no TF_CONFIG inherited; `changes` set variables (None removes one)."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    env.pop("TF_CONFIG", None)
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def cli_command(module: str, *args: str) -> list[str]:
+    """`python -m module args...` (a path ending in .py runs as a script)."""
+    if module.endswith(".py"):
+        return [sys.executable, module, *args]
+    return [sys.executable, "-m", module, *args]
+
+
+def run_cli(module: str, *args: str, timeout: float = 300, env: dict | None = None,
+            cwd: str | Path = REPO_ROOT) -> subprocess.CompletedProcess:
+    """`python -m module args...` from the repo root, as a user would run it (text output captured)."""
+    return subprocess.run(cli_command(module, *args), cwd=cwd, env=env or cli_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def start_cli(module: str, *args: str, env: dict | None = None, text: bool = False) -> subprocess.Popen:
+    """`run_cli` without waiting: the running process (stdout and stderr piped)."""
+    return subprocess.Popen(cli_command(module, *args), cwd=REPO_ROOT, env=env or cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text)
+
+
+def restore_checkpoint(run_dir: str, checkpoint: str, config: config_lib.Config, phase: str = "phase1"):
+    """A fresh model and phase `phase`'s optimizer restored from `checkpoint` of `run_dir`, through the
+    run's own bookkeeping (run_dir.Checkpoints). Returns (model, optimizer, epoch)."""
+    from caption_app import run_dir as run_dir_lib
+    from caption_app.model.show_and_tell import build_model
+    from caption_app.optimizers import make_optimizer
+
+    model = build_model(config, run_dir_lib.load_vocab(run_dir).size)
+    optimizer = make_optimizer(config, config.train.learning_rate)
+    optimizer.build(model.trainable_variables)
+    checkpoints = run_dir_lib.Checkpoints(run_dir, model)
+    checkpoints.restore(checkpoint, phase, optimizer).assert_existing_objects_matched()
+    return model, optimizer, int(checkpoints.epoch.numpy())

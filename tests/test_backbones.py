@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 
 from caption_app import run_dir as run_dir_lib
-from caption_app.data.pipeline import Shapes
+from caption_app.data.pipeline import TensorSizes
 from caption_app.data.vocabulary import Vocabulary
 from caption_app.model import backbones, inception_v4, slim_import
 from caption_app.model.show_and_tell import build_model
@@ -105,7 +105,7 @@ def check_against_golden(backbone_name: str, ckpt: str, golden: dict, tensors: d
     """
     config = tiny_config(f"model.backbone={backbone_name}", f"model.backbone_weights={ckpt}", "data.image_size=299")
     model = build_model(config, V)
-    backbone = model.get_layer("backbone")
+    backbone = model.image_encoder.backbone
     names = list(endpoints.values())
     probe = keras.Model(backbone.input, [backbone.get_layer(n).output for n in names] + [backbone.output])
     x = reference_input()
@@ -316,8 +316,7 @@ def test_backbones_without_keras_imagenet_weights_say_where_weights_come_from(na
 
 def test_offline_imagenet_for_inception_v3_also_offers_the_slim_checkpoint():
     spec = backbones.get("inception_v3")
-    cached = os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")), "models", spec.imagenet_file)
-    if os.path.exists(cached) or backbones._network_reachable(spec.imagenet_url):
+    if backbones.imagenet_weights_available("inception_v3"):
         pytest.skip("the ImageNet file is cached or the network is reachable: no offline error to check")
     with pytest.raises(backbones.BackboneError) as err:
         build_model(tiny_config("model.backbone=inception_v3", "model.backbone_weights=imagenet",
@@ -379,7 +378,7 @@ def test_keras_cv_backbones_load_keras_cv_weights_and_caption(tmp_path, name, pa
     original.save_weights(path)
     config = tiny_config(f"model.backbone={name}", f"model.backbone_weights={path}", "data.image_size=32")
     model = build_model(config, V)
-    backbone = model.get_layer("backbone")
+    backbone = model.image_encoder.backbone
     assert len(backbone.weights) == len(original.weights)
     for ours, theirs in zip(backbone.weights, original.weights):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
@@ -399,9 +398,9 @@ def test_keras_cv_backbones_load_keras_cv_weights_and_caption(tmp_path, name, pa
 
 def test_an_inception_v3_run_dir_refuses_inception_v4(tmp_path):
     vocab = Vocabulary(["a", "dog"])
-    shapes = Shapes(image_size=299, num_captions=5, caption_length=20)
-    v3 = run_dir_lib.fingerprint(tiny_config("model.backbone=inception_v3"), vocab, shapes)
-    v4 = run_dir_lib.fingerprint(tiny_config("model.backbone=inception_v4"), vocab, shapes)
+    sizes = TensorSizes(image_size=299, num_captions=5, caption_length=20)
+    v3 = run_dir_lib.fingerprint(tiny_config("model.backbone=inception_v3"), vocab, sizes)
+    v4 = run_dir_lib.fingerprint(tiny_config("model.backbone=inception_v4"), vocab, sizes)
     (tmp_path / run_dir_lib.FINGERPRINT).write_text(json.dumps(v3))
     with pytest.raises(run_dir_lib.ArchitectureMismatch, match="differs in backbone"):
         run_dir_lib.check_compatible(str(tmp_path), v4)

@@ -396,7 +396,8 @@ def test_tf_function_with_unknown_batch_matches_eager():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(beam_size=2, num_results=3), "num_results=3 exceeds beam_size=2"),
+    # num_results is DecodeSettings.num_captions
+    (dict(beam_size=2, num_results=3), "num_captions=3 exceeds beam_size=2"),
     (dict(beam_size=0), "beam_size must be a positive int"),
     (dict(max_length=0), "max_length must be a positive int"),
     (dict(length_normalization=-0.5), "length_normalization must be >= 0"),

@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -22,7 +21,7 @@ from caption_app import run_dir as run_dir_lib
 from caption_app.__main__ import main as cli_main
 from caption_app.model.show_and_tell import build_model
 from caption_app.train import train
-from tests.conftest import REPO_ROOT, TINY_ASSIGNMENTS, tiny_config
+from tests.conftest import REPO_ROOT, cli_env, set_args, start_cli, tiny_config
 
 # Deterministic and replica-independent: the backbone (with its BatchNormalization) frozen, so
 # no per-replica batch statistics; no dropout; all captions of each image (their order does not
@@ -43,7 +42,7 @@ def test_unknown_strategy_and_precision_are_refused_naming_the_choices(tmp_path,
     with pytest.raises(ValueError, match="float32, mixed_float16, mixed_bfloat16"):
         distribute.check_settings("default", "fp16")
     run = tmp_path / "run"
-    sets = [a for s in TINY_ASSIGNMENTS + ["train.strategy=horovod"] for a in ("--set", s)]
+    sets = set_args("train.strategy=horovod")
     assert cli_main(["train", "--config", "tiny", "--data", shapes_data, "--run-dir", str(run), *sets]) == 2
     assert "train.strategy 'horovod'" in capsys.readouterr().err
     assert not run.exists()  # refused before anything was written
@@ -89,14 +88,9 @@ def _free_ports(n: int) -> list[int]:
 
 def _launch(data: str, run_dir: str, assignments: list[str], *, cpus: int = 1,
             tf_config: dict | None = None) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("TF_CONFIG", None)
-    if tf_config is not None:
-        env["TF_CONFIG"] = json.dumps(tf_config)
-    sets = [a for s in assignments for a in ("--set", s)]
-    return subprocess.Popen([sys.executable, str(REPO_ROOT / "tests" / "distributed_train.py"), "--data", data,
-                             "--run-dir", run_dir, "--cpus", str(cpus), *sets], cwd=REPO_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = cli_env(TF_CONFIG=json.dumps(tf_config) if tf_config is not None else None)
+    return start_cli(str(REPO_ROOT / "tests" / "distributed_train.py"), "--data", data, "--run-dir", run_dir,
+                     "--cpus", str(cpus), *set_args(*assignments), env=env, text=True)
 
 
 def _history(process: subprocess.Popen, timeout: float = 240) -> dict:

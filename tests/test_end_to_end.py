@@ -37,7 +37,7 @@ def test_end_to_end(tmp_path):
     assert re.search(r"trained 2 epochs in \d+s; val perplexity [0-9.]+", proc.stdout), proc.stdout[-2000:]
     with open(os.path.join(run, "state.json")) as f:
         assert json.load(f) == {"epochs_done": 2, "total_epochs": 2, "finished": True}
-    for name in ("fingerprint.json", "vocab.txt", "shapes.json", "checkpoints/ckpt-2.index"):
+    for name in ("fingerprint.json", "vocab.txt", "tensor_sizes.json", "checkpoints/ckpt-2.index"):
         assert os.path.isfile(os.path.join(run, name)), name
 
     proc = run_cli("caption_app", "evaluate", "--run-dir", run)
@@ -56,7 +56,7 @@ def test_end_to_end(tmp_path):
     proc = run_cli("caption_app", "caption", "--run-dir", run, *paths)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
-    beam = config.eval.beam_size
+    beam = config.decode.beam_size
     for path in paths:
         start = lines.index(path)
         captions = lines[start + 1:start + 1 + beam]

@@ -62,9 +62,9 @@ def test_evaluate_returns_and_writes_the_metrics(trained_run, evaluated):
 def test_evaluate_perplexity_and_scores_match_their_inputs(trained_run, evaluated):
     run = trained_run.run_dir
     # Perplexity: the same sums over the same split, computed independently.
-    model, config, vocab, shapes, _ = run_dir_lib.load_model(run)
+    model, config, vocab, sizes, _ = run_dir_lib.load_model(run)
     manifest = manifest_lib.load(trained_run.data_dir)
-    dataset = make_dataset(config, manifest, vocab, "test", training=False, shapes=shapes, batch_size=5)
+    dataset = make_dataset(config, manifest, vocab, "test", training=False, sizes=sizes, batch_size=5)
     total_nll, tokens = DatasetNLL(model)(dataset)
     assert evaluated["perplexity"] == pytest.approx(metrics_lib.perplexity(total_nll, tokens), rel=1e-6)
     # Caption scores: the written captions and references, scored again.
@@ -72,12 +72,12 @@ def test_evaluate_perplexity_and_scores_match_their_inputs(trained_run, evaluate
         details = json.load(f)
     captions = details["captions"]
     assert len(captions) == evaluated["num_images"] and details["metrics"] == evaluated
-    assert details["beam_size"] == config.eval.beam_size and details["max_length"] == config.eval.max_length
+    assert details["beam_size"] == config.decode.beam_size and details["max_length"] == config.decode.max_length
     with open(os.path.join(trained_run.data_dir, "raw", "Flickr_8k.testImages.txt")) as f:
         assert sorted(captions) == sorted(f.read().split())
     for entry in captions.values():
         assert len(entry["references"]) == 5 and isinstance(entry["generated"], str)
-        assert len(entry["generated"].split()) <= config.eval.max_length
+        assert len(entry["generated"].split()) <= config.decode.max_length
     scores, _ = metrics_lib.caption_metrics({k: v["references"] for k, v in captions.items()},
                                             {k: v["generated"] for k, v in captions.items()})
     for key, value in scores.items():
@@ -163,7 +163,7 @@ def _check_captions(result, num_results):
 
 def test_caption_files_on_a_folder_a_glob_and_a_file_list(trained_run, images, evaluated):
     folder, _ = images
-    beam = trained_run.config.eval.beam_size
+    beam = trained_run.config.decode.beam_size
     results = caption_files(trained_run.run_dir, [str(folder), str(folder / "*.png"), str(folder / "b.jpg")])
     assert [r["image"] for r in results] == [str(folder / n) for n in ("a.jpg", "b.jpg", "c.png", "c.png", "b.jpg")]
     for r in results:

@@ -24,10 +24,11 @@ import tensorflow as tf
 from caption_app import run_dir as run_dir_lib
 from caption_app.data.pipeline import decode_image, resize_image
 from caption_app.data.vocabulary import END_ID, START_ID, Vocabulary
+from caption_app.decoding import DecodeSettings
 from caption_app.model.show_and_tell import Captioner
 from export import saved_model, warmup
 from tests import saved_model_ops
-from tests.conftest import REPO_ROOT, encode_image, run_cli
+from tests.conftest import REPO_ROOT, cli_env, encode_image, run_cli
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -53,11 +54,11 @@ def exported(trained_run, tmp_path_factory) -> Exported:
     shutil.copytree(trained_run.run_dir, run_copy)
     path = saved_model.export(str(run_copy), str(base / "models"))
     shutil.rmtree(run_copy)  # the export must serve without its run dir
-    model, config, vocab, shapes, _ = run_dir_lib.load_model(trained_run.run_dir)
+    model, config, vocab, sizes, _ = run_dir_lib.load_model(trained_run.run_dir)
     captioner = Captioner(model)
     return Exported(path=path, loaded=tf.saved_model.load(path), captioner=captioner, vocab=vocab,
-                    image_size=shapes.image_size, beam_size=config.eval.beam_size,
-                    max_length=config.eval.max_length, num_captions=config.eval.beam_size,
+                    image_size=sizes.image_size, beam_size=config.decode.beam_size,
+                    max_length=config.decode.max_length, num_captions=config.decode.beam_size,
                     lstm_units=captioner.decoder.lstm_units, data_dir=trained_run.data_dir)
 
 
@@ -69,8 +70,9 @@ def _test_images(exported: Exported, n: int) -> list[bytes]:
 
 def _python_captions(exported: Exported, images: tf.Tensor):
     """The in-Python reference: Captioner.generate + Vocabulary.ids_to_text, as `caption` does."""
-    result = exported.captioner.generate(images, beam_size=exported.beam_size, max_length=exported.max_length,
-                                         num_results=exported.num_captions)
+    result = exported.captioner.generate(images, DecodeSettings(beam_size=exported.beam_size,
+                                                                   max_length=exported.max_length,
+                                                                   num_captions=exported.num_captions))
     return exported.vocab.ids_to_text(result.ids).numpy(), result.log_probs.numpy(), result.scores.numpy()
 
 
@@ -132,7 +134,7 @@ def test_signatures_with_saved_model_cli(exported):
     cli = VENV_BIN / "saved_model_cli"
     assert cli.exists(), "saved_model_cli comes with tensorflow"
     proc = subprocess.run([str(cli), "show", "--all", "--dir", exported.path], capture_output=True, text=True,
-                          timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+                          timeout=120, env=cli_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     k, h, v = exported.num_captions, exported.lstm_units, exported.vocab.size
     captions = {"captions": ("DT_STRING", f"(-1, {k})"), "log_probs": ("DT_FLOAT", f"(-1, {k})"),
@@ -163,7 +165,7 @@ def test_only_core_ops_in_a_fresh_process(exported, tmp_path):
     # The scanner runs as a plain script (its own dir on sys.path, not the repo): it imports TensorFlow only.
     proc = subprocess.run([sys.executable, str(Path(saved_model_ops.__file__)), str(copy)], capture_output=True,
                           text=True, cwd=tmp_path, timeout=300,
-                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TF_CPP_MIN_LOG_LEVEL": "2"})
+                          env=cli_env(PYTHONPATH=None))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["modules"] == []  # tensorflow_text was never imported there
@@ -358,8 +360,9 @@ def test_versions_are_never_overwritten(trained_run, tmp_path, monkeypatch):
     assert saved_model.existing_versions(str(model_dir)) == [3, 4]
     with pytest.raises(saved_model.ExportError, match="num-captions 3 exceeds --beam-size 2"):
         saved_model.export(trained_run.run_dir, str(out), num_captions=3)
-    with pytest.raises(saved_model.ExportError, match="--beam-size must be a positive integer, got 0"):
-        saved_model.export(trained_run.run_dir, str(out), beam_size=0)
+    # 0 means "the run's config" (caption_app/decoding.py); a negative value is an error.
+    with pytest.raises(saved_model.ExportError, match=r"beam_size must be a positive integer, got -1 \(--beam-size\)"):
+        saved_model.export(trained_run.run_dir, str(out), beam_size=-1)
     assert sorted(os.listdir(model_dir)) == ["3", "4", "notes"]
 
 

@@ -7,8 +7,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,20 +16,11 @@ import tensorflow as tf
 
 from caption_app import run_dir as run_dir_lib
 from caption_app.__main__ import main as cli_main
-from caption_app.model.show_and_tell import build_model
-from caption_app.train import make_optimizer
-from tests.conftest import REPO_ROOT, TINY_ASSIGNMENTS, tiny_config
-
-
-def _sets(*assignments: str) -> list[str]:
-    return [a for s in TINY_ASSIGNMENTS + list(assignments) for a in ("--set", s)]
+from tests.conftest import restore_checkpoint, run_cli, set_args, start_cli, tiny_config
 
 
 def _optimizer_iterations(run: str, checkpoint: str, config) -> int:
-    model = build_model(config, run_dir_lib.load_vocab(run).size)
-    optimizer = make_optimizer(config, config.train.learning_rate)
-    optimizer.build(model.trainable_variables)
-    tf.train.Checkpoint(model=model, optimizer_phase1=optimizer).restore(checkpoint).expect_partial()
+    _, optimizer, _ = restore_checkpoint(run, checkpoint, config)
     return int(optimizer.iterations.numpy())
 
 
@@ -44,13 +33,12 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_from_the_backup(shapes_
     run = str(tmp_path / "run")
     epochs, every = 3, 5
     assignments = [f"train.epochs={epochs}", "train.batch_size=1", f"train.backup_every_steps={every}"]
-    command = [sys.executable, "-m", "caption_app", "train", "--config", "tiny", "--data", shapes_data,
-               "--run-dir", run, "--quiet", *_sets(*assignments)]
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    command = ["caption_app", "train", "--config", "tiny", "--data", shapes_data, "--run-dir", run, "--quiet",
+               *set_args(*assignments)]
     steps = 40  # 40 train images, batch 1
     backup_pointer = Path(run) / "backup" / "checkpoint"
 
-    first = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = start_cli(*command)
     deadline = time.time() + 180
     try:
         # Kill once an epoch has finished and a later mid-epoch backup exists.
@@ -72,7 +60,7 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_from_the_backup(shapes_
     finished = sorted(int(m) for m in re.findall(r"ckpt-(\d+)\.index", " ".join(epoch_files)))
     assert finished and run_dir_lib.read_state(run)["finished"] is False
 
-    second = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
+    second = run_cli(*command, timeout=240)
     assert second.returncode == 0, second.stdout + second.stderr[-3000:]
     resumed = re.search(rf"resuming .* from (\S+) \(epoch (\d+) of {epochs}(?:, step (\d+) of {steps})?\)",
                         second.stdout)
@@ -101,7 +89,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert run_dir_lib.latest_checkpoint(run).endswith("ckpt-2")
     # A fine-tuning phase (epoch 3, a new optimizer) whose learning rate overflows the weights at once.
     code = cli_main(["train", "--config", "tiny", "--data", trained_run.data_dir, "--run-dir", run, "--quiet",
-                     *_sets("train.epochs=2", "train.fine_tune_epochs=1", "train.fine_tune_learning_rate=3e38",
+                     *set_args("train.epochs=2", "train.fine_tune_epochs=1", "train.fine_tune_learning_rate=3e38",
                             "train.backup_every_steps=1")])
     assert code == 2
     err = capsys.readouterr().err
@@ -133,7 +121,7 @@ def test_interrupted_save_is_ignored_and_max_checkpoints_to_keep_is_honoured(tra
     assert _all_finite(run_dir_lib.load_model(run)[0])  # loads the complete one
 
     code = cli_main(["train", "--config", "tiny", "--data", trained_run.data_dir, "--run-dir", run, "--quiet",
-                     *_sets("train.epochs=2", "train.fine_tune_epochs=2", "train.fine_tune_learning_rate=0.005",
+                     *set_args("train.epochs=2", "train.fine_tune_epochs=2", "train.fine_tune_learning_rate=0.005",
                             "train.max_checkpoints_to_keep=2")])
     assert code == 0
     indexes = sorted(p.name for p in checkpoints.glob("ckpt-*.index"))
@@ -143,8 +131,9 @@ def test_interrupted_save_is_ignored_and_max_checkpoints_to_keep_is_honoured(tra
     assert _all_finite(run_dir_lib.load_model(run, str(checkpoints / "ckpt-3"))[0])
     phase2 = tf.train.load_checkpoint(str(checkpoints / "ckpt-4"))
     names = phase2.get_variable_to_shape_map()
-    iterations = next(n for n in names if n.startswith("optimizer_phase2/") and "iteration" in n)
-    learning_rate = next(n for n in names if n.startswith("optimizer_phase2/") and "learning_rate" in n)
+    phase2_optimizer = run_dir_lib.optimizer_key("phase2") + "/"
+    iterations = next(n for n in names if n.startswith(phase2_optimizer) and "iteration" in n)
+    learning_rate = next(n for n in names if n.startswith(phase2_optimizer) and "learning_rate" in n)
     assert int(phase2.get_tensor(iterations)) == 2 * trained_run.history["steps_per_epoch"]
     assert phase2.get_tensor(learning_rate) == pytest.approx(0.005)
     assert not any(n.startswith("model/optimizer") for n in names)  # the model owns no optimizer

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from caption_app.data.vocabulary import END_ID, START_ID
+from caption_app.decoding import DecodeSettings
 from caption_app.model import backbones
 from caption_app.model.show_and_tell import Captioner, CaptionDecoder, build_model
 from tests.conftest import tiny_config
@@ -39,7 +40,7 @@ def test_output_shape(model, b, c, t):
 
 
 def test_parameter_counts(model):
-    decoder = model.get_layer("decoder")
+    decoder = model.decoder
     # embedding V*E + LSTM 4*((E + H) * H + H) + logits H*V + V
     #   = 20*8 + 4*((8 + 12) * 12 + 12) + 12*20 + 20 = 160 + 1008 + 260 = 1428
     assert decoder.count_params() == 1428
@@ -47,11 +48,11 @@ def test_parameter_counts(model):
     assert decoder.lstm.count_params() == 1008
     assert decoder.logits.count_params() == 260
     # image_embedding = F*E, no bias; F is the backbone's feature width.
-    features = model.get_layer("backbone").output.shape[-1]
-    assert model.get_layer("image_embedding").count_params() == features * E
-    assert len(model.get_layer("image_embedding").weights) == 1
+    features = model.image_encoder.backbone.output.shape[-1]
+    assert model.image_encoder.embedding.count_params() == features * E
+    assert len(model.image_encoder.embedding.weights) == 1
     # Nothing else but the backbone (the preprocessing has no weights).
-    assert model.count_params() == 1428 + features * E + model.get_layer("backbone").count_params()
+    assert model.count_params() == 1428 + features * E + model.image_encoder.backbone.count_params()
 
 
 def test_encode_returns_the_lstm_state(model):
@@ -89,7 +90,7 @@ def test_step_by_step_decoding_equals_teacher_forced_logits(model):
     full = keras.ops.convert_to_numpy(
         model({"image": images, "input_ids": caption[:, None, :]}, training=False))[:, 0]  # [B, T, V]
     state = captioner.encode(images)
-    decoder = model.get_layer("decoder")
+    decoder = model.decoder
     for t in range(caption.shape[1]):
         logits, _ = decoder.step(tf.constant(caption[:, t]), state)
         log_probs, state = captioner.decode_step(tf.constant(caption[:, t]), state)
@@ -102,7 +103,7 @@ def test_step_by_step_decoding_equals_teacher_forced_logits(model):
 
 
 def test_generate_runs_a_beam_search(model):
-    result = Captioner(model).generate(_images(2), beam_size=3, max_length=5)
+    result = Captioner(model).generate(_images(2), DecodeSettings(beam_size=3, max_length=5))
     assert tuple(result.ids.shape) == (2, 3, 5)
     scores = result.scores.numpy()
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
@@ -141,11 +142,9 @@ def test_image_size_below_the_backbone_minimum_is_an_error(backbone):
 
 def test_imagenet_weights_without_network_fail_fast_naming_the_file():
     spec = backbones.get("inception_v3")
-    cached = os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")), "models", spec.imagenet_file)
-    if os.path.exists(cached):
-        pytest.skip(f"{cached} is cached; the no-network path cannot be exercised")
-    if backbones._network_reachable(spec.imagenet_url):
-        pytest.skip("the network is reachable; Keras would download the ImageNet weights")
+    if backbones.imagenet_weights_available("inception_v3"):
+        pytest.skip(f"{backbones.imagenet_cache_path('inception_v3')} is cached or the network is reachable; "
+                    "the no-network path cannot be exercised")
     config = tiny_config("model.backbone=inception_v3", "model.backbone_weights=imagenet", "data.image_size=75")
     began = time.monotonic()
     with pytest.raises(backbones.BackboneError) as err:
@@ -169,13 +168,13 @@ def test_backbone_weights_from_a_file(tmp_path):
     path = str(tmp_path / "small_cnn.weights.h5")
     donor.save_weights(path)
     model = build_model(tiny_config(f"model.backbone_weights={path}"), V)
-    loaded = model.get_layer("backbone").get_weights()
+    loaded = model.image_encoder.backbone.get_weights()
     expected = donor.get_weights()
     assert len(loaded) == len(expected) > 0
     for a, b in zip(loaded, expected):
         np.testing.assert_array_equal(a, b)
     # A fresh random backbone differs, so the equality above is the file's doing.
-    fresh = build_model(tiny_config(), V).get_layer("backbone").get_weights()
+    fresh = build_model(tiny_config(), V).image_encoder.backbone.get_weights()
     assert any(not np.array_equal(a, b) for a, b in zip(fresh, expected))
 
 
@@ -194,7 +193,7 @@ def test_embedding_norm_is_on_the_inference_path_too():
     keras.utils.set_random_seed(2)
     model = build_model(tiny_config(f"model.embedding_size={E}", f"model.lstm_units={H}",
                                     "model.embedding_norm=true"), V)
-    norm = model.get_layer("image_embedding_norm")
+    norm = model.image_encoder.norm
     # Move the moving statistics away from (0, 1) so leaving the layer out would show.
     norm.moving_mean.assign(np.full((E,), 0.5, np.float32))
     norm.moving_variance.assign(np.full((E,), 4.0, np.float32))
@@ -209,3 +208,41 @@ def test_embedding_norm_is_on_the_inference_path_too():
     for t in range(caption.shape[1]):
         log_probs, state = captioner.decode_step(tf.constant(caption[:, t]), state)
         np.testing.assert_allclose(keras.ops.convert_to_numpy(log_probs), _log_softmax(full[:, t]), atol=1e-5)
+
+
+def test_the_image_encoder_is_the_models_own():
+    """model.image_encoder is a view over the model's own layers: same variables, same output."""
+    model = build_model(tiny_config(f"model.embedding_size={E}", f"model.lstm_units={H}"), V)
+    encoder = model.image_encoder
+    assert encoder.norm is None  # decided once, when the model is built
+    assert {id(v) for v in encoder.weights} < {id(v) for v in model.weights}
+    assert encoder.embedding in model.layers and encoder.backbone in model.layers
+    images = _images(2, seed=3)
+    features = encoder.feature_extractor(images)  # [B, F]
+    assert tuple(features.shape) == (2, encoder.feature_size)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(encoder.embed(features)),
+                               keras.ops.convert_to_numpy(encoder(images)), atol=1e-6)
+    assert len(model.trainable_variables) == len({id(v) for v in model.trainable_variables})  # no doubles
+    with_norm = build_model(tiny_config("model.embedding_norm=true"), V).image_encoder
+    assert with_norm.norm is not None and with_norm.norm.name == "image_embedding_norm"
+
+
+def test_checkpoint_paths_did_not_move(tmp_path):
+    """The variables' checkpoint paths are those of checkpoints written before the model's parts
+    became attributes (the functional graph's `_operations` indices), so old run dirs restore."""
+    model = build_model(tiny_config("model.embedding_norm=true"), V)
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    names = {n.removesuffix("/.ATTRIBUTES/VARIABLE_VALUE") for n, _ in tf.train.list_variables(path)}
+    names -= {"_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter"}
+    backbone = {n for n in names if n.startswith("model/_operations/2/_operations/")}
+    assert len(backbone) == len(model.image_encoder.backbone.weights)
+    assert sorted(names - backbone) == [
+        "model/_operations/3/_kernel",  # image_embedding
+        "model/_operations/4/beta", "model/_operations/4/gamma",  # image_embedding_norm
+        "model/_operations/4/moving_mean", "model/_operations/4/moving_variance",
+        "model/_operations/6/logits/_kernel", "model/_operations/6/logits/bias",  # decoder
+        "model/_operations/6/lstm/cell/bias", "model/_operations/6/lstm/cell/kernel",
+        "model/_operations/6/lstm/cell/recurrent_kernel", "model/_operations/6/word_embedding/_embeddings",
+    ]
+    # And a checkpoint restores every object of a freshly built model (nothing extra, nothing missing).
+    tf.train.Checkpoint(model=build_model(tiny_config("model.embedding_norm=true"), V)).restore(path).assert_consumed()

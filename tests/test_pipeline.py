@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from caption_app.data import manifest as manifest_lib
-from caption_app.data.pipeline import (caption_ids, decode_image, make_dataset, pad_captions, resolve_shapes,
+from caption_app.data.pipeline import (caption_ids, decode_image, make_dataset, pad_captions, resolve_tensor_sizes,
                                        split_inputs_targets)
 from caption_app.data.vocabulary import END_ID, PAD_ID, START_ID, UNK_ID, TokenizerSettings, Vocabulary, tokenize
 from caption_app.model import backbones
@@ -161,29 +161,29 @@ def _raw_captions(data_dir: str) -> dict[str, list[str]]:
 
 def test_resolve_shapes_comes_from_the_manifest(data):
     manifest, _ = data
-    shapes = resolve_shapes(tiny_config("data.max_caption_length=100"), manifest)
-    assert shapes.caption_length == manifest.max_caption_words + 2
-    assert shapes.num_captions == manifest.max_captions_per_image
-    assert shapes.image_size == 32
-    assert resolve_shapes(tiny_config("data.max_caption_length=5"), manifest).caption_length == 5
-    # Another manifest, other shapes: nothing is a typed count.
+    sizes = resolve_tensor_sizes(tiny_config("data.max_caption_length=100"), manifest)
+    assert sizes.caption_length == manifest.max_caption_words + 2
+    assert sizes.num_captions == manifest.max_captions_per_image
+    assert sizes.image_size == 32
+    assert resolve_tensor_sizes(tiny_config("data.max_caption_length=5"), manifest).caption_length == 5
+    # Another manifest, other sizes: nothing is a typed count.
     other = dataclasses.replace(manifest, max_caption_words=4, max_captions_per_image=2)
-    shapes = resolve_shapes(tiny_config("data.max_caption_length=100"), other)
-    assert (shapes.caption_length, shapes.num_captions) == (6, 2)
-    assert resolve_shapes(tiny_config("data.captions_per_image=3"), other).num_captions == 3
-    default = resolve_shapes(tiny_config("data.image_size=0"), manifest).image_size
+    sizes = resolve_tensor_sizes(tiny_config("data.max_caption_length=100"), other)
+    assert (sizes.caption_length, sizes.num_captions) == (6, 2)
+    assert resolve_tensor_sizes(tiny_config("data.captions_per_image=3"), other).num_captions == 3
+    default = resolve_tensor_sizes(tiny_config("data.image_size=0"), manifest).image_size
     assert default == backbones.get("small_cnn").image_size
 
 
 def test_make_dataset_training_batches(data):
     manifest, vocab = data
     config = tiny_config("train.batch_size=6")
-    shapes = resolve_shapes(config, manifest)
+    sizes = resolve_tensor_sizes(config, manifest)
     num_train = manifest.split("train").num_images
     assert num_train % 6 != 0  # so that dropping the remainder shows
     batches = list(make_dataset(config, manifest, vocab, "train", training=True))
     assert len(batches) == num_train // 6
-    c, t = shapes.num_captions, shapes.caption_length
+    c, t = sizes.num_captions, sizes.caption_length
     for inputs, targets in batches:
         assert set(inputs) == {"image", "input_ids"}
         assert inputs["image"].shape == (6, 32, 32, 3) and inputs["image"].dtype == tf.float32
@@ -199,13 +199,13 @@ def test_make_dataset_training_batches(data):
 def test_make_dataset_evaluation_keeps_the_remainder_and_yields_ids(data, shapes_data):
     manifest, vocab = data
     config = tiny_config()
-    shapes = resolve_shapes(config, manifest)
+    sizes = resolve_tensor_sizes(config, manifest)
     raw = _raw_captions(shapes_data)
     batches = list(make_dataset(config, manifest, vocab, "test", training=False, batch_size=8, with_ids=True))
     num_test = manifest.split("test").num_images
     assert [len(b[1]) for b in batches] == [8] * (num_test // 8) + ([num_test % 8] if num_test % 8 else [])
     seen = []
-    t = shapes.caption_length
+    t = sizes.caption_length
     for inputs, targets, meta in batches:
         b = len(targets)
         assert meta["image_id"].shape == (b,) and meta["captions"].shape == (b, manifest.max_captions_per_image)

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from caption_app import run_dir as run_dir_lib
 from caption_app.caption import caption_files
+from caption_app.decoding import DecodeSettings
 from caption_app.model.loss import MaskedCrossEntropy
 from caption_app.model.show_and_tell import Captioner, build_model
 from caption_app.train import train
@@ -23,8 +24,8 @@ def test_policy_applies_to_the_model_only_and_keeps_logits_float32(precision, co
     before = keras.config.dtype_policy().name
     model = build_model(tiny_config(f"train.precision={precision}"), 12)
     assert keras.config.dtype_policy().name == before  # the global policy is restored
-    decoder = model.get_layer("decoder")
-    assert decoder.lstm.compute_dtype == compute and model.get_layer("image_embedding").compute_dtype == compute
+    decoder = model.decoder
+    assert decoder.lstm.compute_dtype == compute and model.image_encoder.embedding.compute_dtype == compute
     assert decoder.logits.compute_dtype == "float32"
     assert all(w.dtype == "float32" for w in model.weights)  # variables stay float32
     images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
@@ -32,7 +33,7 @@ def test_policy_applies_to_the_model_only_and_keeps_logits_float32(precision, co
     logits = model({"image": images, "input_ids": ids})
     assert logits.dtype == tf.float32
     # Inference on the mixed model itself: states in the compute dtype, log-probs float32.
-    result = Captioner(model).generate(images, beam_size=2, max_length=4)
+    result = Captioner(model).generate(images, DecodeSettings(beam_size=2, max_length=4))
     assert result.ids.shape == (2, 2, 4) and result.scores.dtype == tf.float32
     assert np.isfinite(result.scores.numpy()).all()
 
@@ -53,12 +54,12 @@ def test_training_under_mixed_precision_saves_float32_weights(precision, shapes_
 
     # The run dir loads in float32 (evaluate, caption and export use this) with the trained values.
     model, *_ = run_dir_lib.load_model(run)
-    assert model.get_layer("decoder").lstm.compute_dtype == "float32"
-    mixed = build_model(config, model.get_layer("decoder").vocab_size)
+    assert model.decoder.lstm.compute_dtype == "float32"
+    mixed = build_model(config, model.decoder.vocab_size)
     tf.train.Checkpoint(model=mixed).restore(checkpoint).expect_partial()
     for a, b in zip(model.weights, mixed.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    initial = build_model(config, model.get_layer("decoder").vocab_size)
+    initial = build_model(config, model.decoder.vocab_size)
     assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(model.weights, initial.weights))
     # Same loss in both precisions, to the compute dtype's resolution.
     rng = np.random.default_rng(1)

@@ -19,11 +19,10 @@ from PIL import Image
 from caption_app.data import manifest as manifest_lib
 from caption_app.data import records
 from caption_app.data import vocabulary as vocab_lib
-from tests.conftest import read_records, run_cli
+from tests.conftest import REPO_ROOT, cli_env, read_records, run_cli
 from tfrecords_tools import __main__ as cli
 from tfrecords_tools import coco, flickr8k, flickr30k, jsonl_csv, karpathy, shapes, source_api, tfds_source, writer
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -384,9 +383,7 @@ def test_real_flickr8k_subset(tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    return subprocess.run([sys.executable, "-m", "tfrecords_tools", *args], cwd=REPO_ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return run_cli("tfrecords_tools", *args)
 
 
 def test_cli_shapes(tmp_path):
@@ -438,7 +435,7 @@ def test_cli_defaults_are_the_source_modules_defaults(argv, fn, names):
 def test_cli_help_does_not_load_tensorflow():
     code = "import sys, tfrecords_tools.__main__ as m; m.build_parser(); print('tensorflow' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), timeout=120)
+                            env=cli_env(), timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
 

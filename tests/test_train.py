@@ -15,17 +15,19 @@ import pytest
 import tensorflow as tf
 
 from caption_app import config as config_lib
+from caption_app import distribute
 from caption_app import metrics as metrics_lib
 from caption_app import run_dir as run_dir_lib
 from caption_app.__main__ import main as cli_main
 from caption_app.data import manifest as manifest_lib
-from caption_app.data.pipeline import resolve_shapes
+from caption_app.data.pipeline import resolve_tensor_sizes
 from caption_app.data.vocabulary import Vocabulary
 from caption_app.model.loss import DatasetNLL, MaskedCrossEntropy
 from caption_app.model.show_and_tell import build_model
-from caption_app.train import (PerplexityCallback, learning_rate_schedule, make_optimizer, steps_per_epoch,
-                               train)
-from tests.conftest import TINY_ASSIGNMENTS, convert_tiny_shapes, tiny_config
+from caption_app.callbacks import PerplexityCallback
+from caption_app.optimizers import learning_rate_schedule, make_optimizer
+from caption_app.train import steps_per_epoch, train
+from tests.conftest import convert_tiny_shapes, restore_checkpoint, set_args, tiny_config
 
 
 def _snapshot(root: str) -> dict[str, bytes]:
@@ -35,25 +37,60 @@ def _snapshot(root: str) -> dict[str, bytes]:
 # ----------------------------------------------------------------------------- compile / XLA
 
 def test_compile_keeps_jit_compile():
+    """The project's compile path (distribute.compile_for_fit, what `train` fits) keeps XLA on."""
     config = tiny_config()
     model = build_model(config, 12)
-    model.compile(optimizer=make_optimizer(config, 0.01), loss=MaskedCrossEntropy(), jit_compile=True)
-    assert model.jit_compile is True
+    fit_model = distribute.compile_for_fit(model, make_optimizer(config, 0.01), config, tf.distribute.get_strategy())
+    assert fit_model.jit_compile is True
+    assert distribute.xla_description(fit_model) == "on"
+    assert fit_model.inner is model and not model.compiled  # the model itself owns no optimizer
+
+
+def test_compile_refuses_to_run_without_xla_when_keras_drops_it(monkeypatch):
+    """Keras turns jit_compile off, with a warning only, for models it deems unfit (an LSTM that may
+    use cuDNN); the project's compile path stops instead of training slowly."""
+    import keras.src.trainers.trainer as keras_trainer
+
+    monkeypatch.setattr(keras_trainer, "model_supports_jit", lambda model: False)
+    config = tiny_config()
+    with pytest.raises(RuntimeError, match="Keras turned XLA off.*model.use_cudnn=false"):
+        distribute.compile_for_fit(build_model(config, 12), make_optimizer(config, 0.01), config,
+                                   tf.distribute.get_strategy())
+    off = tiny_config("train.jit_compile=false")  # asked for no XLA: no error
+    fit_model = distribute.compile_for_fit(build_model(off, 12), make_optimizer(off, 0.01), off,
+                                           tf.distribute.get_strategy())
+    assert distribute.xla_description(fit_model) == "off"
 
 
 # ----------------------------------------------------------------------------- a trained run dir
 
-def test_train_writes_the_run_dir(trained_run):
+def _saved_value(checkpoint: str, path: str) -> np.ndarray:
+    """The value `checkpoint` holds for the variable at object path `path` (e.g.
+    "model/_operations/3/_kernel/.ATTRIBUTES/VARIABLE_VALUE"), wherever the checkpoint's own key for
+    it is (a trainable variable is keyed under the optimizer that also tracks it)."""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    reader = tf.train.load_checkpoint(checkpoint)
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    node = graph.nodes[0]
+    for name in path.split("/.ATTRIBUTES/")[0].split("/"):
+        node = graph.nodes[next(c.node_id for c in node.children if c.local_name == name)]
+    (attribute,) = [a for a in node.attributes if a.name == "VARIABLE_VALUE"]
+    return reader.get_tensor(attribute.checkpoint_key)
+
+
+def test_train_writes_the_run_dir(trained_run, tmp_path):
     run, config = trained_run.run_dir, trained_run.config
     manifest = manifest_lib.load(trained_run.data_dir)
     vocab = Vocabulary.load(manifest.vocab_path)
-    shapes = resolve_shapes(config, manifest)
-    for name in ("config.json", "fingerprint.json", "vocab.txt", "shapes.json", "state.json", "manifest.json"):
+    sizes = resolve_tensor_sizes(config, manifest)
+    for name in ("config.json", "fingerprint.json", "vocab.txt", "tensor_sizes.json", "state.json", "manifest.json"):
         assert os.path.isfile(os.path.join(run, name)), name
     assert config_lib.load(os.path.join(run, "config.json")) == config
-    assert json.load(open(os.path.join(run, "fingerprint.json"))) == run_dir_lib.fingerprint(config, vocab, shapes)
+    assert json.load(open(os.path.join(run, "fingerprint.json"))) == run_dir_lib.fingerprint(config, vocab, sizes)
     assert open(os.path.join(run, "vocab.txt"), "rb").read() == open(manifest.vocab_path, "rb").read()
-    assert run_dir_lib.load_shapes(run) == shapes
+    assert run_dir_lib.load_tensor_sizes(run) == sizes
     assert json.load(open(os.path.join(run, "manifest.json")))["data_dir"] == os.path.abspath(trained_run.data_dir)
     assert run_dir_lib.read_state(run) == {"epochs_done": 2, "total_epochs": 2, "finished": True}
     for n in (1, 2):
@@ -63,9 +100,17 @@ def test_train_writes_the_run_dir(trained_run):
     history = trained_run.history
     assert history["epochs_done"] == 2
     assert math.isfinite(history["val_perplexity"]) and 1 < history["val_perplexity"] < vocab.size
-    # The restored model is the trained one.
+    # The restored model is the trained one: every weight equals the last epoch's checkpoint
+    # (what training ended with), and differs from a freshly initialized model's.
     model, loaded_config, _, _, checkpoint = run_dir_lib.load_model(run)
     assert loaded_config == config and checkpoint.endswith("ckpt-2")
+    restored = tf.train.load_checkpoint(tf.train.Checkpoint(model=model).write(str(tmp_path / "restored")))
+    names = [n for n in restored.get_variable_to_shape_map() if n.startswith("model/")]
+    assert len(names) == len(model.weights)
+    for name in names:
+        np.testing.assert_array_equal(restored.get_tensor(name), _saved_value(checkpoint, name), err_msg=name)
+    fresh = build_model(config, vocab.size)
+    assert any(not np.array_equal(a, b) for a, b in zip(model.get_weights(), fresh.get_weights()))
 
 
 def test_steps_per_epoch_come_from_the_manifest(trained_run):
@@ -102,14 +147,8 @@ def test_resume_continues_epochs_and_optimizer(tmp_path, capsys):
     assert os.path.isfile(os.path.join(checkpoints, "ckpt-2.index"))
 
     def restore(number):
-        vocab = run_dir_lib.load_vocab(run)
-        model = build_model(config, vocab.size)
-        optimizer = make_optimizer(config, config.train.learning_rate)
-        optimizer.build(model.trainable_variables)
-        epoch = tf.Variable(0, dtype=tf.int64)
-        tf.train.Checkpoint(model=model, epoch=epoch, optimizer_phase1=optimizer).restore(
-            os.path.join(checkpoints, f"ckpt-{number}")).assert_existing_objects_matched()
-        return int(epoch.numpy()), int(optimizer.iterations.numpy()), model.get_weights()
+        model, optimizer, epoch = restore_checkpoint(run, os.path.join(checkpoints, f"ckpt-{number}"), config)
+        return epoch, int(optimizer.iterations.numpy()), model.get_weights()
 
     epoch1, iterations1, weights1 = restore(1)
     epoch2, iterations2, weights2 = restore(2)
@@ -146,7 +185,7 @@ def test_cli_refuses_another_architecture(trained_run, tmp_path, capsys):
     run = str(tmp_path / "run")
     shutil.copytree(trained_run.run_dir, run)
     before = _snapshot(run)
-    sets = [a for assignment in TINY_ASSIGNMENTS + ["model.embedding_size=8"] for a in ("--set", assignment)]
+    sets = set_args("model.embedding_size=8")
     code = cli_main(["train", "--config", "tiny", "--data", trained_run.data_dir, "--run-dir", run, *sets])
     assert code == 2
     err = capsys.readouterr().err

@@ -14,7 +14,7 @@ import os
 from typing import Mapping
 
 from caption_app import io_utils
-from caption_app.data.vocabulary import TokenizerSettings
+from caption_app.data.vocabulary import VOCAB_FILE, TokenizerSettings
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -83,7 +83,7 @@ def load(data_dir: str) -> Manifest:
         splits=splits,
         tokenizer=TokenizerSettings.from_dict(raw["tokenizer"]),
         vocab_size=int(raw["vocab_size"]),
-        vocab_file=raw.get("vocab_file", "vocab.txt"),
+        vocab_file=raw.get("vocab_file", VOCAB_FILE),
         max_caption_words=int(raw["max_caption_words"]),
         max_captions_per_image=int(raw["max_captions_per_image"]),
         raw=raw,

@@ -25,7 +25,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 @dataclasses.dataclass(frozen=True)
-class Shapes:
+class TensorSizes:
     """Tensor sizes the data dictates, resolved once from config + manifest."""
 
     image_size: int  # S
@@ -33,11 +33,11 @@ class Shapes:
     caption_length: int  # T, tokens per caption incl. <start> and <end> (model inputs/targets: T-1)
 
 
-def resolve_shapes(config: Config, manifest: Manifest) -> Shapes:
+def resolve_tensor_sizes(config: Config, manifest: Manifest) -> TensorSizes:
     size = backbones.resolve_image_size(config.model.backbone, config.data.image_size)
     num_captions = config.data.captions_per_image or manifest.max_captions_per_image
     length = min(config.data.max_caption_length, manifest.max_caption_words + 2)
-    return Shapes(size, max(1, num_captions), max(3, length))
+    return TensorSizes(size, max(1, num_captions), max(3, length))
 
 
 def decode_image(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -130,7 +130,7 @@ def make_augmenter(names: tuple[str, ...], image_size: int, seed: int):
 
 
 def make_dataset(config: Config, manifest: Manifest, vocab: Vocabulary, split: str, *, training: bool,
-                 batch_size: int | None = None, shapes: Shapes | None = None,
+                 batch_size: int | None = None, sizes: TensorSizes | None = None,
                  with_ids: bool = False) -> tf.data.Dataset:
     """The batched dataset of one split.
 
@@ -145,7 +145,7 @@ def make_dataset(config: Config, manifest: Manifest, vocab: Vocabulary, split: s
       a third element {"image_id": [B] string, "captions": [B, n] string,
       "" where an image has fewer than n}.
     """
-    shapes = shapes or resolve_shapes(config, manifest)
+    sizes = sizes or resolve_tensor_sizes(config, manifest)
     batch_size = batch_size or config.train.batch_size
     files = manifest.files(split)
     if not files:
@@ -159,17 +159,17 @@ def make_dataset(config: Config, manifest: Manifest, vocab: Vocabulary, split: s
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=AUTOTUNE,
                        deterministic=not training)
     ds = ds.map(records.parse_example, num_parallel_calls=AUTOTUNE)
-    ds = ds.map(lambda r: {"image": decode_image(r["encoded"], shapes.image_size), "captions": r["captions"],
+    ds = ds.map(lambda r: {"image": decode_image(r["encoded"], sizes.image_size), "captions": r["captions"],
                            "image_id": r["image_id"]}, num_parallel_calls=AUTOTUNE)
     if training and config.data.cache:
         ds = ds.cache()
     if training:
         ds = ds.shuffle(config.data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
-    num_captions = shapes.num_captions if training else manifest.max_captions_per_image
+    num_captions = sizes.num_captions if training else manifest.max_captions_per_image
 
     def to_ids(r):
-        ids = caption_ids(r["captions"], table, manifest.tokenizer, num_captions, shapes.caption_length,
+        ids = caption_ids(r["captions"], table, manifest.tokenizer, num_captions, sizes.caption_length,
                           seed=seed if training else None)
         out = {"image": r["image"], "image_id": r["image_id"], "ids": ids}
         if with_ids:  # raw captions vary in number per image: padded to batch, else dropped
@@ -178,7 +178,7 @@ def make_dataset(config: Config, manifest: Manifest, vocab: Vocabulary, split: s
 
     ds = ds.map(to_ids, num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=training)
-    augment = make_augmenter(config.data.augment, shapes.image_size, seed) if training else None
+    augment = make_augmenter(config.data.augment, sizes.image_size, seed) if training else None
     if augment is not None:
         ds = ds.map(lambda r: {**r, "image": augment(r["image"])}, num_parallel_calls=AUTOTUNE)
 

@@ -200,5 +200,8 @@ class Vocabulary:
         return tf.strings.strip(text)
 
 
+VOCAB_FILE = "vocab.txt"  # the vocabulary's file name in a data dir, a run dir and an export's assets
+
+
 def vocab_path(data_dir: str) -> str:
-    return os.path.join(data_dir, "vocab.txt")
+    return os.path.join(data_dir, VOCAB_FILE)

@@ -187,6 +187,21 @@ def resolve_image_size(name: str, image_size: int) -> int:
     return size
 
 
+def imagenet_cache_path(name: str) -> str:
+    """Where Keras keeps backbone `name`'s ImageNet weights file once downloaded."""
+    return os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")), "models",
+                        get(name).imagenet_file)
+
+
+def imagenet_weights_available(name: str) -> bool:
+    """Whether `model.backbone_weights=imagenet` can load for backbone `name` here: Keras has an
+    ImageNet file for it and that file is cached or its host is reachable."""
+    spec = get(name)
+    if spec.imagenet_url is None:
+        return False
+    return os.path.exists(imagenet_cache_path(name)) or _network_reachable(spec.imagenet_url)
+
+
 def _network_reachable(url: str, timeout: float = 3.0) -> bool:
     host = url.split("/")[2]
     try:
@@ -224,9 +239,8 @@ def build_backbone(name: str, weights: str, image_size: int) -> keras.Model:
     if weights.lower() == IMAGENET:
         if spec.imagenet_url is None:
             raise BackboneError(_no_imagenet_message(spec))
-        cached = os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")), "models",
-                              spec.imagenet_file)
-        if not os.path.exists(cached) and not _network_reachable(spec.imagenet_url):
+        cached = imagenet_cache_path(name)
+        if not imagenet_weights_available(name):
             slim = f" Or start from {spec.weights_hint}." if spec.weights_hint else ""
             raise BackboneError(
                 f"ImageNet weights for {name} are not cached and {spec.imagenet_url.split('/')[2]} is "

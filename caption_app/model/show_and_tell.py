@@ -5,13 +5,23 @@
     input_ids [B, C, T] (C captions per image) -> word embedding -> LSTM -> logits [B, C, T, V]
 
 The backbone runs once per image; its embedding is repeated for the image's C
-captions. Inference uses the same layers through `encode` (image -> initial
-LSTM state) and `decode_step` (previous word + state -> next-word logits).
+captions. The model's two parts are attributes: `model.image_encoder` (an
+`ImageEncoder`: image -> embedding, and its pieces: the backbone's feature
+extractor and the features -> embedding step the feature cache's head uses)
+and `model.decoder` (a `CaptionDecoder`). Inference uses them through
+`Captioner.encode` (image -> initial LSTM state) and `decode_step` (previous
+word + state -> next-word logits).
+
+Checkpoints hold the model's variables under the functional graph's paths
+(`model/_operations/<i>/...`), as before the parts became attributes: the
+attributes are not checkpoint dependencies of their own (see `_Parts`), so
+checkpoints written before and after read the same.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import keras
 from keras import ops
@@ -19,6 +29,7 @@ from keras import ops
 from caption_app.beam_search import BeamSearchResult, beam_search
 from caption_app.config import Config
 from caption_app.data.vocabulary import END_ID, START_ID
+from caption_app.decoding import DecodeSettings
 from caption_app.model import backbones
 
 BACKBONE_LAYER = "backbone"
@@ -108,8 +119,119 @@ def dtype_policy(name: str):
         keras.config.set_dtype_policy(previous)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Parts:
+    """Plain references to layers of a functional model's graph.
+
+    Not a Keras layer nor a tf.train trackable, so holding it adds no
+    checkpoint path: every variable keeps the one path the graph gives it.
+    """
+
+    items: dict
+
+
+class ImageEncoder(keras.Model):
+    """image [B, S, S, 3] float32 0-255 -> preprocess -> backbone -> features [B, F]
+    -> image_embedding (linear, no bias) [-> image_embedding_norm] -> embedding [B, E].
+
+    The one place the image path is put together (`build_image_encoder`); the
+    captioning model calls these very layers, the feature cache's head uses
+    `embed` on cached features and `feature_extractor` to compute them, and
+    inference uses the encoder itself.
+    """
+
+    def __init__(self, inputs, outputs, *, features=None, parts: dict | None = None, **kwargs):
+        super().__init__(inputs, outputs, **kwargs)
+        parts = dict(parts or {})
+        if features is not None:
+            parts["feature_extractor"] = keras.Model(inputs, features, name="backbone_features")
+        self._parts = _Parts(parts)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.inputs[0].shape[1])
+
+    @property
+    def preprocess(self) -> keras.layers.Layer:
+        return self._parts.items["preprocess"]
+
+    @property
+    def backbone(self) -> keras.Model:
+        return self._parts.items["backbone"]
+
+    @property
+    def embedding(self) -> keras.layers.Dense:
+        return self._parts.items["embedding"]
+
+    @property
+    def norm(self) -> keras.layers.BatchNormalization | None:
+        """The image embedding's batch normalization, None without `model.embedding_norm`."""
+        return self._parts.items["norm"]
+
+    @property
+    def feature_extractor(self) -> keras.Model:
+        """image [B, S, S, 3] 0-255 -> backbone features [B, F] (what the feature cache stores)."""
+        return self._parts.items["feature_extractor"]
+
+    @property
+    def feature_size(self) -> int:
+        return int(self.feature_extractor.output.shape[-1])
+
+    def embed(self, features, training=None):
+        """Backbone features [B, F] -> image embedding [B, E] (the encoder after the backbone)."""
+        embedding = self.embedding(features)
+        if self.norm is not None:
+            embedding = self.norm(embedding, training=training)
+        return embedding
+
+
+def build_image_encoder(config: Config, image, backbone_weights: str | None = None):
+    """The image path on the Input `image`: (ImageEncoder, its output tensor [B, E]).
+
+    The caller builds the rest of its graph on the returned tensor; the
+    encoder is a view over the same layers (and variables).
+    """
+    m = config.model
+    spec = backbones.get(m.backbone)
+    size = int(image.shape[1])
+    weights = m.backbone_weights if backbone_weights is None else backbone_weights
+    backbone = backbones.build_backbone(m.backbone, weights, size)
+    backbone.name = BACKBONE_LAYER  # one stable name for summaries and the slim import
+    preprocess = spec.preprocess_layer()
+    features = backbone(preprocess(image))  # [B, F]
+    init = keras.initializers.RandomUniform(-m.init_scale, m.init_scale)
+    embedding_layer = keras.layers.Dense(m.embedding_size, use_bias=False, kernel_initializer=init,
+                                         name="image_embedding")
+    embedding = embedding_layer(features)  # [B, E]
+    norm = None
+    if m.embedding_norm:
+        norm = keras.layers.BatchNormalization(momentum=0.9, name="image_embedding_norm")
+        embedding = norm(embedding)
+    encoder = ImageEncoder(image, embedding, features=features, name="image_encoder",
+                           parts={"preprocess": preprocess, "backbone": backbone, "embedding": embedding_layer,
+                                  "norm": norm})
+    return encoder, embedding
+
+
+class ShowAndTell(keras.Model):
+    """The functional captioning model, with its parts as attributes:
+    `image_encoder` (ImageEncoder) and `decoder` (CaptionDecoder)."""
+
+    def __init__(self, inputs, outputs, *, parts: dict | None = None, **kwargs):
+        super().__init__(inputs, outputs, **kwargs)
+        self._parts = _Parts(dict(parts or {}))
+
+    @property
+    def image_encoder(self) -> ImageEncoder:
+        return self._parts.items["image_encoder"]
+
+    @property
+    def decoder(self) -> CaptionDecoder:
+        return self._parts.items["decoder"]
+
+
 def build_model(config: Config, vocab_size: int, backbone_weights: str | None = None,
-                precision: str | None = None) -> keras.Model:
+                precision: str | None = None) -> ShowAndTell:
     """The trainable Show-and-Tell model.
 
     Args:
@@ -122,7 +244,7 @@ def build_model(config: Config, vocab_size: int, backbone_weights: str | None = 
         way), layers compute in float16/bfloat16, and the logits (and the
         loss, see loss.py) are float32.
     Returns:
-      keras.Model {"image": [B, S, S, 3] float32 0-255, "input_ids": [B, C, T] int32}
+      ShowAndTell {"image": [B, S, S, 3] float32 0-255, "input_ids": [B, C, T] int32}
       -> logits [B, C, T, V] float32. C (captions per image) and T (tokens) are free;
       under XLA each distinct (B, C, T) compiles once.
     """
@@ -130,30 +252,23 @@ def build_model(config: Config, vocab_size: int, backbone_weights: str | None = 
         return _build_model(config, vocab_size, backbone_weights)
 
 
-def _build_model(config: Config, vocab_size: int, backbone_weights: str | None) -> keras.Model:
+def _build_model(config: Config, vocab_size: int, backbone_weights: str | None) -> ShowAndTell:
     m = config.model
-    spec = backbones.get(m.backbone)
     size = backbones.resolve_image_size(m.backbone, config.data.image_size)
-    weights = m.backbone_weights if backbone_weights is None else backbone_weights
-    backbone = backbones.build_backbone(m.backbone, weights, size)
-    backbone.name = BACKBONE_LAYER  # one stable name to freeze and fingerprint
-
+    # The layer order (image, preprocess, backbone, image_embedding[, norm], input_ids, decoder)
+    # decides the checkpoint paths: keep it.
     image = keras.Input((size, size, 3), name="image")
+    image_encoder, image_embedding = build_image_encoder(config, image, backbone_weights)
     input_ids = keras.Input((None, None), dtype="int32", name="input_ids")
-    features = backbone(spec.preprocess_layer()(image))  # [B, F]
-    init = keras.initializers.RandomUniform(-m.init_scale, m.init_scale)
-    image_embedding = keras.layers.Dense(m.embedding_size, use_bias=False, kernel_initializer=init,
-                                         name="image_embedding")(features)  # [B, E]
-    if m.embedding_norm:
-        image_embedding = keras.layers.BatchNormalization(momentum=0.9, name="image_embedding_norm")(image_embedding)
     decoder = CaptionDecoder(vocab_size, m.embedding_size, m.lstm_units, m.lstm_dropout, m.init_scale,
                              m.use_cudnn, name="decoder")
     logits = decoder(image_embedding, input_ids)
-    return keras.Model({"image": image, "input_ids": input_ids}, logits, name="show_and_tell")
+    return ShowAndTell({"image": image, "input_ids": input_ids}, logits, name="show_and_tell",
+                       parts={"image_encoder": image_encoder, "decoder": decoder})
 
 
-def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
-    model.get_layer(BACKBONE_LAYER).trainable = trainable
+def set_backbone_trainable(model: ShowAndTell, trainable: bool) -> None:
+    model.image_encoder.backbone.trainable = trainable
 
 
 class Captioner:
@@ -163,28 +278,26 @@ class Captioner:
     CLI and the SavedModel export.
     """
 
-    def __init__(self, model: keras.Model):
+    def __init__(self, model: ShowAndTell):
         self.model = model
-        image = model.get_layer("image").output  # the "image" Input
-        self.image_size = int(image.shape[1])
-        self.decoder: CaptionDecoder = model.get_layer("decoder")
-        last = "image_embedding_norm" if any(l.name == "image_embedding_norm" for l in model.layers) \
-            else "image_embedding"
-        self._embed = keras.Model(image, model.get_layer(last).output)
+        self.image_encoder: ImageEncoder = model.image_encoder
+        self.decoder: CaptionDecoder = model.decoder
+        self.image_size = self.image_encoder.image_size
 
     def encode(self, images):
         """images [B, S, S, 3] float32 0-255 -> initial LSTM state [h, c], each [B, H]."""
-        return self.decoder.initial_state(self._embed(images, training=False))
+        return self.decoder.initial_state(self.image_encoder(images, training=False))
 
     def decode_step(self, ids, state):
         """ids [N] int32, state [h, c] -> (log_probs [N, V], new state)."""
         logits, new_state = self.decoder.step(ids, state)
         return ops.log_softmax(ops.cast(logits, "float32"), axis=-1), new_state
 
-    def generate(self, images, *, beam_size: int = 3, max_length: int = 20, length_normalization: float = 0.0,
-                 num_results: int | None = None) -> BeamSearchResult:
+    def generate(self, images, settings: DecodeSettings) -> BeamSearchResult:
         """images [B, S, S, 3] float32 0-255 -> the best captions by beam search
-        (ids [B, K, max_length], scores and log_probs [B, K])."""
+        (ids [B, K, max_length], scores and log_probs [B, K]; K = settings.num_captions,
+        or the beam size when that is 0)."""
         return beam_search(self.decode_step, self.encode(images), start_id=START_ID, end_id=END_ID,
-                           beam_size=beam_size, max_length=max_length,
-                           length_normalization=length_normalization, num_results=num_results)
+                           beam_size=settings.beam_size, max_length=settings.max_length,
+                           length_normalization=settings.length_normalization,
+                           num_results=settings.num_captions or settings.beam_size)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
-import keras
 import numpy as np
 import pytest
 
-from caption_app import features
+from caption_app import feature_cache
 from caption_app import run_dir as run_dir_lib
 from caption_app.__main__ import main as cli_main
 from caption_app.data import manifest as manifest_lib
-from caption_app.data.pipeline import make_dataset, resolve_shapes
-from caption_app.data.vocabulary import Vocabulary
+from caption_app.data.pipeline import make_dataset
 from caption_app.model import show_and_tell
 from caption_app.model.loss import MaskedCrossEntropy
 from caption_app.train import train
@@ -22,31 +21,27 @@ from tests.conftest import convert_tiny_shapes, tiny_config
 CACHED = ("train.freeze_backbone=true", "train.feature_cache=true")
 
 
-def _setup(data_dir: str, *assignments: str):
-    config = tiny_config(*CACHED, *assignments)
-    manifest = manifest_lib.load(data_dir)
-    vocab = Vocabulary.load(manifest.vocab_path)
-    shapes = resolve_shapes(config, manifest)
-    keras.utils.set_random_seed(0)
-    model = show_and_tell.build_model(config, vocab.size)
-    show_and_tell.set_backbone_trainable(model, False)
-    return config, manifest, vocab, shapes, model
+def _setup(data_dir: str, run_dir: str, *assignments: str) -> run_dir_lib.RunContext:
+    """The run's context as `train` sets it up (seed 0), the backbone frozen."""
+    ctx = run_dir_lib.RunContext.create(tiny_config(*CACHED, *assignments), data_dir, run_dir)
+    show_and_tell.set_backbone_trainable(ctx.model, False)
+    return ctx
 
 
 @pytest.mark.parametrize("embedding_norm", [False, True])
 def test_cached_head_loss_equals_full_model(shapes_data, tmp_path, embedding_norm):
-    config, manifest, vocab, shapes, model = _setup(shapes_data, f"model.embedding_norm={embedding_norm}")
-    cache_dir = features.ensure_cache(model, config, manifest, vocab, shapes, str(tmp_path), verbose=False)
-    head = features.build_head(model)
+    ctx = _setup(shapes_data, str(tmp_path), f"model.embedding_norm={embedding_norm}")
+    config, manifest, vocab, sizes, model = ctx.config, ctx.manifest, ctx.vocab, ctx.sizes, ctx.model
+    cache_dir = feature_cache.ensure_cache(ctx, verbose=False)
+    head = feature_cache.build_head(model)
     # Shared layers: the head's variables are the full model's (the backbone's excepted).
     assert {id(v) for v in head.trainable_variables} == {id(v) for v in model.trainable_variables}
     assert len(head.trainable_variables) == len(model.trainable_variables) > 0
 
-    full_batches = make_dataset(config, manifest, vocab, "val", training=False, batch_size=5, shapes=shapes)
-    cached_batches = features.make_cached_dataset(config, manifest, vocab, cache_dir, "val", training=False,
-                                                  batch_size=5, shapes=shapes)
+    full_batches = make_dataset(config, manifest, vocab, "val", training=False, batch_size=5, sizes=sizes)
+    cached_batches = feature_cache.make_cached_dataset(ctx, cache_dir, "val", training=False, batch_size=5)
     loss = MaskedCrossEntropy()
-    extractor = features.backbone_extractor(model)
+    extractor = feature_cache.backbone_extractor(model)
     n = 0
     for (inputs, targets), (cached, cached_targets) in zip(full_batches, cached_batches):
         np.testing.assert_array_equal(inputs["input_ids"], cached["input_ids"])
@@ -62,53 +57,52 @@ def test_cached_head_loss_equals_full_model(shapes_data, tmp_path, embedding_nor
 
 
 def test_cache_is_keyed_and_rebuilt_when_stale(shapes_data, tmp_path, capsys):
-    config, manifest, vocab, shapes, model = _setup(shapes_data)
     run = str(tmp_path / "run")
-    first = features.ensure_cache(model, config, manifest, vocab, shapes, run)
-    info = features.load_info(first)
+    ctx = _setup(shapes_data, run)
+    first = feature_cache.ensure_cache(ctx)
+    info = feature_cache.load_info(first)
     assert info["splits"]["train"]["num_images"] == 40 and info["splits"]["val"]["num_images"] == 12
-    assert info["key"] == features.cache_key(model, config, manifest, shapes)
-    assert features.ensure_cache(model, config, manifest, vocab, shapes, run) == first
+    assert info["key"] == feature_cache.cache_key(ctx)
+    assert feature_cache.ensure_cache(ctx) == first
     assert "using" in capsys.readouterr().out
 
     # Other backbone weights: another key; the stale cache is removed.
-    variable = model.get_layer("backbone").weights[0]
+    variable = ctx.model.image_encoder.backbone.weights[0]
     variable.assign(variable + 0.01)
-    second = features.ensure_cache(model, config, manifest, vocab, shapes, run)
+    second = feature_cache.ensure_cache(ctx)
     assert second != first and not os.path.exists(first)
-    assert os.listdir(os.path.join(run, features.CACHE_DIR)) == [os.path.basename(second)]
+    assert os.listdir(os.path.join(run, feature_cache.CACHE_DIR)) == [os.path.basename(second)]
 
     # Other data: another key.
     other = convert_tiny_shapes(tmp_path / "other", num_train=20, num_val=4, num_test=4, seed=3)
-    other_manifest = manifest_lib.load(other)
-    assert (features.cache_key(model, config, other_manifest, shapes)["data_sha1"]
-            != features.cache_key(model, config, manifest, shapes)["data_sha1"])
+    other_ctx = dataclasses.replace(ctx, manifest=manifest_lib.load(other))
+    assert feature_cache.cache_key(other_ctx)["data_sha1"] != feature_cache.cache_key(ctx)["data_sha1"]
 
     # An unfinished build (no cache.json) is never used.
-    os.remove(os.path.join(second, features.CACHE_FILE))
-    third = features.ensure_cache(model, config, manifest, vocab, shapes, run)
-    assert third == second and os.path.exists(os.path.join(third, features.CACHE_FILE))
+    os.remove(os.path.join(second, feature_cache.CACHE_FILE))
+    third = feature_cache.ensure_cache(ctx)
+    assert third == second and os.path.exists(os.path.join(third, feature_cache.CACHE_FILE))
 
 
 def test_interrupted_build_leaves_no_cache(shapes_data, tmp_path, monkeypatch):
-    config, manifest, vocab, shapes, model = _setup(shapes_data)
+    ctx = _setup(shapes_data, str(tmp_path))
 
     def failing(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(features.records, "make_feature_example", failing)  # mid-build
+    monkeypatch.setattr(feature_cache.records, "make_feature_example", failing)  # mid-build
     with pytest.raises(KeyboardInterrupt):
-        features.ensure_cache(model, config, manifest, vocab, shapes, str(tmp_path), verbose=False)
-    assert os.listdir(tmp_path / features.CACHE_DIR) == []
+        feature_cache.ensure_cache(ctx, verbose=False)
+    assert os.listdir(tmp_path / feature_cache.CACHE_DIR) == []
 
 
 def test_augmentation_and_unfrozen_backbone_are_refused():
     with pytest.raises(ValueError, match="cannot apply data.augment=flip.*data.augment="):
-        features.check_config(tiny_config(*CACHED, "data.augment=flip"))
+        feature_cache.check_config(tiny_config(*CACHED, "data.augment=flip"))
     with pytest.raises(ValueError, match="frozen-backbone phase"):
-        features.check_config(tiny_config("train.feature_cache=true", "train.freeze_backbone=false"))
-    features.check_config(tiny_config(*CACHED))
-    features.check_config(tiny_config("data.augment=flip"))  # cache off: augmentation fine
+        feature_cache.check_config(tiny_config("train.feature_cache=true", "train.freeze_backbone=false"))
+    feature_cache.check_config(tiny_config(*CACHED))
+    feature_cache.check_config(tiny_config("data.augment=flip"))  # cache off: augmentation fine
 
 
 @pytest.mark.slow
@@ -117,7 +111,7 @@ def test_train_from_cache_restores_into_the_full_model_and_fine_tunes(shapes_dat
     config = tiny_config(*CACHED, "train.epochs=1")
     assert cli_main(["cache-features", "--config", "tiny", "--data", shapes_data, "--run-dir", run,
                      *[f"--set={a}" for a in config_assignments(config)]]) == 0
-    built = os.listdir(os.path.join(run, features.CACHE_DIR))
+    built = os.listdir(os.path.join(run, feature_cache.CACHE_DIR))
     capsys.readouterr()
 
     history = train(config, shapes_data, run, verbose=0)
@@ -125,16 +119,17 @@ def test_train_from_cache_restores_into_the_full_model_and_fine_tunes(shapes_dat
     assert "feature cache: using" in out  # the CLI's cache matched the model train built
     assert "backbone frozen (from the feature cache)" in out
     assert history["epochs_done"] == 1 and history["val_perplexity"] > 1
-    assert os.listdir(os.path.join(run, features.CACHE_DIR)) == built
+    assert os.listdir(os.path.join(run, feature_cache.CACHE_DIR)) == built
 
     # The checkpoint is a full-model checkpoint: every variable restores.
-    model, _, vocab, shapes, _ = run_dir_lib.load_model(run)
+    model, _, vocab, sizes, _ = run_dir_lib.load_model(run)
     manifest = manifest_lib.load(shapes_data)
-    key = features.load_info(os.path.join(run, features.CACHE_DIR, built[0]))["key"]
-    assert features.cache_key(model, config, manifest, shapes) == key  # backbone untouched by phase 1
+    key = feature_cache.load_info(os.path.join(run, feature_cache.CACHE_DIR, built[0]))["key"]
+    trained = run_dir_lib.RunContext.create(config, shapes_data, run, write_description=False)  # restored
+    assert feature_cache.cache_key(trained) == key  # backbone untouched by phase 1
     fresh = show_and_tell.build_model(config, vocab.size)
-    assert not np.allclose(model.get_layer("image_embedding").kernel, fresh.get_layer("image_embedding").kernel)
-    batch = next(iter(make_dataset(config, manifest, vocab, "val", training=False, shapes=shapes)))
+    assert not np.allclose(model.image_encoder.embedding.kernel, fresh.image_encoder.embedding.kernel)
+    batch = next(iter(make_dataset(config, manifest, vocab, "val", training=False, sizes=sizes)))
     assert np.isfinite(model(batch[0], training=False)).all()
 
     # Phase 2 continues from it with the full model, the backbone trainable.
@@ -142,9 +137,8 @@ def test_train_from_cache_restores_into_the_full_model_and_fine_tunes(shapes_dat
     out = capsys.readouterr().out
     assert "phase2: epochs 2-2" in out and "backbone trainable, XLA on" in out
     assert tuned["epochs_done"] == 2
-    model, *_ = run_dir_lib.load_model(run)
-    assert features.cache_key(model, config, manifest, shapes)["backbone_weights_sha1"] != key[
-        "backbone_weights_sha1"]
+    tuned_ctx = run_dir_lib.RunContext.create(config, shapes_data, run, write_description=False)
+    assert feature_cache.cache_key(tuned_ctx)["backbone_weights_sha1"] != key["backbone_weights_sha1"]
 
 
 def config_assignments(config) -> list[str]:

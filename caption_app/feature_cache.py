@@ -8,8 +8,8 @@ million steps). With `train.feature_cache=true` the frozen phase instead
    (`ensure_cache`: `RUN/feature_cache/<key>/{split}-NNNNN-of-MMMMM.tfrecord`,
    one float32 vector [F] per image with its id and raw captions), and
 2. trains a *head* model {"features" [B, F], "input_ids" [B, C, T]} -> logits
-   [B, C, T, V] built from the very same `image_embedding`,
-   `image_embedding_norm` and `decoder` layers as the full model
+   [B, C, T, V] built from the full model's own parts: its image encoder
+   after the backbone (`model.image_encoder.embed`) and `model.decoder`
    (`build_head`). The variables are shared, so the run's checkpoints are
    ordinary full-model checkpoints, and phase 2 (fine-tuning) continues from
    them with the full model as if nothing had happened.
@@ -42,9 +42,8 @@ import tensorflow as tf
 
 from caption_app import run_dir as run_dir_lib
 from caption_app.config import Config
-from caption_app.data import manifest as manifest_lib
+from caption_app.io_utils import write_json_atomic as write_json
 from caption_app.data import pipeline, records
-from caption_app.data.vocabulary import Vocabulary
 from caption_app.model import show_and_tell
 
 CACHE_DIR = "feature_cache"
@@ -68,30 +67,26 @@ def check_config(config: Config) -> None:
             "--set data.augment= (no augmentation in any phase), or train.feature_cache=false")
 
 
-def backbone_extractor(model: keras.Model) -> keras.Model:
+def backbone_extractor(model: show_and_tell.ShowAndTell) -> keras.Model:
     """The full model's image path up to the backbone's output: image [B, S, S, 3] 0-255 -> [B, F]."""
-    return keras.Model(model.get_layer("image").output, model.get_layer("image_embedding").input,
-                       name="backbone_features")
+    return model.image_encoder.feature_extractor
 
 
-def build_head(model: keras.Model) -> keras.Model:
+def build_head(model: show_and_tell.ShowAndTell) -> keras.Model:
     """{"features" [B, F], "input_ids" [B, C, T]} -> logits [B, C, T, V], sharing the full
-    model's image_embedding, image_embedding_norm (if any) and decoder layers (and variables)."""
-    feature_size = int(model.get_layer("image_embedding").input.shape[-1])
-    features = keras.Input((feature_size,), name="features")
+    model's image encoder after the backbone and its decoder (layers and variables)."""
+    encoder = model.image_encoder
+    features = keras.Input((encoder.feature_size,), name="features")
     input_ids = keras.Input((None, None), dtype="int32", name="input_ids")
-    embedding = model.get_layer("image_embedding")(features)  # [B, E]
-    if any(layer.name == "image_embedding_norm" for layer in model.layers):
-        embedding = model.get_layer("image_embedding_norm")(embedding)
-    logits = model.get_layer("decoder")(embedding, input_ids)
+    logits = model.decoder(encoder.embed(features), input_ids)  # embedding [B, E] -> [B, C, T, V]
     return keras.Model({"features": features, "input_ids": input_ids}, logits, name="show_and_tell_head")
 
 
-def cache_key(model: keras.Model, config: Config, manifest: manifest_lib.Manifest,
-              shapes: pipeline.Shapes) -> dict:
+def cache_key(ctx: run_dir_lib.RunContext) -> dict:
     """What the cached features depend on: data, backbone and its current weights."""
+    config, manifest, sizes = ctx.config, ctx.manifest, ctx.sizes
     weights = hashlib.sha1()
-    for variable in model.get_layer(show_and_tell.BACKBONE_LAYER).weights:  # trainable and BN statistics
+    for variable in ctx.model.image_encoder.backbone.weights:  # trainable and BN statistics
         value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable.value))
         weights.update(f"{variable.path}:{value.dtype}:{value.shape}".encode())
         weights.update(value.tobytes())
@@ -102,7 +97,7 @@ def cache_key(model: keras.Model, config: Config, manifest: manifest_lib.Manifes
     return {
         "format_version": FORMAT_VERSION,
         "backbone": config.model.backbone,
-        "image_size": shapes.image_size,
+        "image_size": sizes.image_size,
         "backbone_weights_sha1": weights.hexdigest(),
         "data_sha1": data.hexdigest(),
     }
@@ -112,16 +107,15 @@ def _digest(key: dict) -> str:
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def ensure_cache(model: keras.Model, config: Config, manifest: manifest_lib.Manifest, vocab: Vocabulary,
-                 shapes: pipeline.Shapes, run_dir: str, *, batch_size: int | None = None,
-                 verbose: bool = True) -> str:
-    """The cache dir of `model`'s current backbone on this data, built if needed.
+def ensure_cache(ctx: run_dir_lib.RunContext, *, batch_size: int | None = None, verbose: bool = True) -> str:
+    """The cache dir of the run model's current backbone on the run's data, built if needed.
 
     Returns:
       `RUN/feature_cache/<key digest>` (holding `cache.json` and the shards).
     """
-    key = cache_key(model, config, manifest, shapes)
-    root = os.path.join(run_dir, CACHE_DIR)
+    config, manifest, vocab, sizes = ctx.config, ctx.manifest, ctx.vocab, ctx.sizes
+    key = cache_key(ctx)
+    root = os.path.join(ctx.run_dir, CACHE_DIR)
     path = os.path.join(root, _digest(key))
     if os.path.exists(os.path.join(path, CACHE_FILE)):
         if verbose:
@@ -139,7 +133,7 @@ def ensure_cache(model: keras.Model, config: Config, manifest: manifest_lib.Mani
     os.makedirs(tmp)
     try:
         began = time.time()
-        extractor = backbone_extractor(model)
+        extractor = backbone_extractor(ctx.model)
         forward = tf.function(lambda images: extractor(images, training=False), reduce_retracing=True)
         info = {"key": key, "feature_size": int(extractor.output.shape[-1]), "splits": {}}
         for split in SPLITS:
@@ -148,7 +142,7 @@ def ensure_cache(model: keras.Model, config: Config, manifest: manifest_lib.Mani
                 info["splits"][split] = {"num_images": 0, "files": []}
                 continue
             ds = pipeline.make_dataset(config, manifest, vocab, split, training=False, with_ids=True,
-                                       batch_size=batch_size or config.train.batch_size, shapes=shapes)
+                                       batch_size=batch_size or config.train.batch_size, sizes=sizes)
             num_shards = -(-count // IMAGES_PER_SHARD)
             files = [records.shard_name(split, i, num_shards) for i in range(num_shards)]
             writers = [tf.io.TFRecordWriter(os.path.join(tmp, f)) for f in files]
@@ -169,8 +163,7 @@ def ensure_cache(model: keras.Model, config: Config, manifest: manifest_lib.Mani
             if verbose:
                 print(f"feature cache: {split} {count} images in {time.time() - began:.1f}s", flush=True)
         info["seconds"] = time.time() - began
-        with open(os.path.join(tmp, CACHE_FILE), "w") as f:
-            json.dump(info, f, indent=2)
+        write_json(os.path.join(tmp, CACHE_FILE), info)
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -183,16 +176,15 @@ def load_info(cache_dir: str) -> dict:
         return json.load(f)
 
 
-def make_cached_dataset(config: Config, manifest: manifest_lib.Manifest, vocab: Vocabulary, cache_dir: str,
-                        split: str, *, training: bool, batch_size: int | None = None,
-                        shapes: pipeline.Shapes | None = None) -> tf.data.Dataset:
+def make_cached_dataset(ctx: run_dir_lib.RunContext, cache_dir: str, split: str, *, training: bool,
+                        batch_size: int | None = None) -> tf.data.Dataset:
     """`pipeline.make_dataset`'s batches with features instead of images.
 
     Returns:
       ({"features": [B, F] float32, "input_ids": [B, C, T-1] int32}, targets [B, C, T-1]),
       in the order of `make_dataset(training=False)` when not training.
     """
-    shapes = shapes or pipeline.resolve_shapes(config, manifest)
+    config, manifest, vocab, sizes = ctx.config, ctx.manifest, ctx.vocab, ctx.sizes
     info = load_info(cache_dir)
     files = [os.path.join(cache_dir, f) for f in info["splits"][split]["files"]]
     if not files:
@@ -200,7 +192,7 @@ def make_cached_dataset(config: Config, manifest: manifest_lib.Manifest, vocab: 
     feature_size = info["feature_size"]
     table = vocab.lookup_table()
     seed = config.train.seed
-    num_captions = shapes.num_captions if training else manifest.max_captions_per_image
+    num_captions = sizes.num_captions if training else manifest.max_captions_per_image
 
     def parse(serialized):
         parsed = records.parse_feature_example(serialized, feature_size)
@@ -208,7 +200,7 @@ def make_cached_dataset(config: Config, manifest: manifest_lib.Manifest, vocab: 
 
     def to_ids(features, captions):
         return features, pipeline.caption_ids(captions, table, manifest.tokenizer, num_captions,
-                                              shapes.caption_length, seed=seed if training else None)
+                                              sizes.caption_length, seed=seed if training else None)
 
     def finish(features, ids):
         inputs, targets = pipeline.split_inputs_targets(features, ids)
@@ -222,40 +214,28 @@ def make_cached_dataset(config: Config, manifest: manifest_lib.Manifest, vocab: 
     return ds.map(finish, num_parallel_calls=pipeline.AUTOTUNE).prefetch(pipeline.AUTOTUNE)
 
 
-def frozen_phase(config: Config, model: keras.Model, manifest: manifest_lib.Manifest, vocab: Vocabulary,
-                 shapes: pipeline.Shapes, run_dir: str, *, val_batch_size: int | None):
+def frozen_phase(ctx: run_dir_lib.RunContext, *, val_batch_size: int | None):
     """What the frozen phase fits with a feature cache: (head model, train dataset
-    (repeated), val dataset or None when `val_batch_size` is None)."""
-    check_config(config)
-    cache_dir = ensure_cache(model, config, manifest, vocab, shapes, run_dir)
-    train_ds = make_cached_dataset(config, manifest, vocab, cache_dir, "train", training=True,
-                                   shapes=shapes).repeat()
+    (repeated), val dataset or None when `val_batch_size` is None). `check_config` has passed."""
+    cache_dir = ensure_cache(ctx)
+    train_ds = make_cached_dataset(ctx, cache_dir, "train", training=True).repeat()
     val_ds = None
     if val_batch_size is not None:
-        val_ds = make_cached_dataset(config, manifest, vocab, cache_dir, "val", training=False,
-                                     batch_size=val_batch_size, shapes=shapes)
-    return build_head(model), train_ds, val_ds
+        val_ds = make_cached_dataset(ctx, cache_dir, "val", training=False, batch_size=val_batch_size)
+    return build_head(ctx.model), train_ds, val_ds
 
 
 def cache_features(config: Config, data_dir: str, run_dir: str) -> str:
     """`python -m caption_app cache-features`: builds the cache before training.
 
-    The model is built as `train` builds it (same seed; the latest checkpoint
-    of the run dir restored if there is one), so the key matches what training
-    will compute. Returns the cache dir.
+    The model is set up as `train` sets it up (`RunContext.create`: same seed;
+    the latest epoch checkpoint of the run dir restored if there is one), so
+    the key matches what training will compute. Returns the cache dir.
     """
     check_config(config)
     if not config.train.feature_cache:
         raise ValueError("cache-features is for runs with train.feature_cache=true (add --set "
                          "train.feature_cache=true here and when training)")
-    manifest = manifest_lib.load(data_dir)
-    vocab = Vocabulary.load(manifest.vocab_path)
-    shapes = pipeline.resolve_shapes(config, manifest)
-    run_dir_lib.check_compatible(run_dir, run_dir_lib.fingerprint(config, vocab, shapes))
-    resuming = run_dir_lib.has_checkpoint(run_dir)
-    keras.utils.set_random_seed(config.train.seed)
-    model = show_and_tell.build_model(config, vocab.size, backbone_weights="none" if resuming else None)
-    if resuming:
-        tf.train.Checkpoint(model=model).restore(run_dir_lib.latest_checkpoint(run_dir)).expect_partial()
+    ctx = run_dir_lib.RunContext.create(config, data_dir, run_dir, write_description=False, resume_backup=False)
     os.makedirs(run_dir, exist_ok=True)
-    return ensure_cache(model, config, manifest, vocab, shapes, run_dir)
+    return ensure_cache(ctx)

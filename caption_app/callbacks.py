@@ -1,0 +1,143 @@
+"""The training callbacks: validation perplexity, epoch checkpoints, mid-epoch backups, NaN/Inf stop.
+
+Listed in this order by `train`: StopOnNonFiniteLoss first (so a NaN step
+raises before the backup of the same step), then PerplexityCallback,
+BackupCallback, CheckpointCallback and TensorBoard.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import keras
+import tensorflow as tf
+
+from caption_app import metrics as metrics_lib
+from caption_app import run_dir as run_dir_lib
+from caption_app.model.loss import DatasetNLL
+
+
+class PerplexityCallback(keras.callbacks.Callback):
+    """Validation perplexity each epoch: exp(mean cross-entropy over all val tokens)."""
+
+    def __init__(self, dataset: tf.data.Dataset, log_dir: str):
+        super().__init__()
+        self.dataset = dataset
+        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "validation"))
+        self._nll = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._nll is None:
+            self._nll = DatasetNLL(self.model)
+        total_nll, tokens = self._nll(self.dataset)
+        perplexity = metrics_lib.perplexity(total_nll, tokens)
+        if logs is not None:
+            logs["val_perplexity"] = perplexity
+        print(f"epoch {epoch + 1}: val_perplexity {perplexity:.3f} ({tokens} tokens)", flush=True)
+        with self.writer.as_default():
+            tf.summary.scalar("perplexity", perplexity, step=epoch + 1)
+        self.writer.flush()
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss (or the weights) became NaN/Inf; nothing after the last good checkpoint was saved."""
+
+
+def _all_finite(variables) -> bool:
+    checks = [tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(v))) for v in variables
+              if keras.backend.is_float_dtype(v.dtype)]
+    return bool(tf.reduce_all(checks)) if checks else True
+
+
+def _check_finite(checkpointed_model: keras.Model, optimizer, what: str) -> None:
+    """Raises NonFiniteLossError instead of saving NaN/Inf weights or optimizer slots."""
+    variables = list(checkpointed_model.weights) + (list(optimizer.variables) if optimizer is not None else [])
+    if not _all_finite(variables):
+        raise NonFiniteLossError(
+            f"training stopped: the weights became NaN/Inf before {what}, which was NOT saved; the last good "
+            "checkpoint is kept. Lower train.learning_rate, keep train.clip_gradient_norm > 0, or train in "
+            "float32 (train.precision=float32)")
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops at the first step whose loss is NaN/Inf, with a message, before anything else saves.
+
+    Keras' TerminateOnNaN only stops; this raises NonFiniteLossError (the CLI
+    prints it and exits with status 2) and, listed first, runs before the
+    backup callback of the same step. The epoch-end checkpoint never comes.
+    """
+
+    def __init__(self, run_dir: str, learning_rate: float):
+        super().__init__()
+        self.run_dir, self.learning_rate, self.epoch = run_dir, learning_rate, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or math.isfinite(float(loss)):
+            return
+        self.model.stop_training = True
+        kept = tf.train.latest_checkpoint(run_dir_lib.checkpoint_dir(self.run_dir))
+        raise NonFiniteLossError(
+            f"training stopped: the loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}. "
+            f"Nothing after it was saved; the last good checkpoint is {kept or 'none (no epoch finished)'}. "
+            f"Lower train.learning_rate (now {self.learning_rate}), keep train.clip_gradient_norm > 0, or "
+            "train in float32 (train.precision=float32), then rerun the same command to resume")
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+    """Saves model, optimizer and epoch at the end of every epoch; records progress.
+
+    tf.train.CheckpointManager writes a checkpoint atomically: the variables
+    go to a `ckpt-N_temp` dir and are merged into `ckpt-N.data-*` and
+    `ckpt-N.index`, then the `checkpoint` file naming the latest is replaced
+    atomically (written to a temp name, renamed). A kill mid-save leaves the
+    previous checkpoint the latest. Only the newest `max_to_keep` are kept.
+    """
+
+    def __init__(self, manager: tf.train.CheckpointManager, epoch: tf.Variable, run_dir: str, total_epochs: int,
+                 model: keras.Model, optimizer, *, chief: bool = True):
+        super().__init__()
+        self.manager, self.epoch, self.run_dir, self.total_epochs = manager, epoch, run_dir, total_epochs
+        self.checkpointed_model, self.optimizer, self.chief = model, optimizer, chief
+
+    def on_epoch_end(self, epoch, logs=None):
+        _check_finite(self.checkpointed_model, self.optimizer, f"the checkpoint of epoch {epoch + 1}")
+        self.epoch.assign(epoch + 1)
+        self.manager.save(checkpoint_number=epoch + 1)
+        if self.chief:
+            run_dir_lib.write_state(self.run_dir, epoch + 1, self.total_epochs, finished=False)
+
+
+class BackupCallback(keras.callbacks.Callback):
+    """Mid-epoch backups: every `every` steps, model + optimizer + (epoch, step) to RUN/backup.
+
+    One backup is kept (a CheckpointManager of its own, numbered by global
+    step, so the same atomic writes as the epoch checkpoints). A run killed
+    mid-epoch resumes from it when it is newer than the last epoch checkpoint.
+    """
+
+    def __init__(self, manager: tf.train.CheckpointManager, epoch: tf.Variable, step: tf.Variable, every: int,
+                 steps_per_epoch: int, model: keras.Model, optimizer, first_step: int = 0):
+        super().__init__()
+        self.manager, self.epoch_var, self.step_var = manager, epoch, step
+        self.every, self.steps, self.offset, self.epoch = every, steps_per_epoch, first_step, 0
+        self.checkpointed_model, self.optimizer = model, optimizer
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        done = self.offset + batch + 1  # steps done in this epoch
+        if done % self.every or done >= self.steps:
+            return
+        _check_finite(self.checkpointed_model, self.optimizer, f"the backup at epoch {self.epoch + 1} step {done}")
+        self.epoch_var.assign(self.epoch)
+        self.step_var.assign(done)
+        self.manager.save(checkpoint_number=self.epoch * self.steps + done)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.offset = 0  # only the resumed epoch starts part-way
