@@ -2,8 +2,9 @@
 
 Phase 1 trains with the backbone frozen (or not, `train.freeze_backbone`),
 phase 2 (`train.fine_tune_epochs`) fine-tunes everything at its own learning
-rate. Steps per epoch and the learning-rate schedule come from the manifest's
-counts. Each epoch ends with a checkpoint (model, optimizer, epoch) and the
+rate. Durations are passes over the train pairs; steps per epoch, phase
+lengths and the learning-rate schedule come from the manifest's counts
+(caption_app/budget.py). Each epoch ends with a checkpoint (model, optimizer, epoch) and the
 validation perplexity; a restarted run resumes after its last finished epoch,
 or from a mid-epoch backup (`train.backup_every_steps`). A NaN/Inf loss stops
 the run with NonFiniteLossError and nothing non-finite is ever saved.
@@ -24,6 +25,7 @@ import time
 import keras
 import tensorflow as tf
 
+from caption_app import budget as budget_lib
 from caption_app import distribute
 from caption_app import features as features_lib
 from caption_app import metrics as metrics_lib
@@ -44,22 +46,41 @@ def steps_per_epoch(num_images: int, batch_size: int) -> int:
     return steps
 
 
-def learning_rate_schedule(config: Config, learning_rate: float, steps: int, epochs: int):
+@keras.saving.register_keras_serializable(package="caption_app")
+class WarmupStaircase(keras.optimizers.schedules.LearningRateSchedule):
+    """rate * min(1, step / warmup_steps) * decay_rate ** floor(step / decay_steps)."""
+
+    def __init__(self, learning_rate: float, decay_steps: int, decay_rate: float, warmup_steps: int):
+        self.learning_rate, self.decay_steps = learning_rate, decay_steps
+        self.decay_rate, self.warmup_steps = decay_rate, warmup_steps
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        decayed = self.learning_rate * tf.pow(self.decay_rate, tf.floor(step / self.decay_steps))
+        return decayed * tf.minimum(1.0, step / self.warmup_steps)
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "decay_steps": self.decay_steps,
+                "decay_rate": self.decay_rate, "warmup_steps": self.warmup_steps}
+
+
+def learning_rate_schedule(config: Config, phase: budget_lib.Phase):
     """The schedule of one phase, in steps derived from the manifest (never a typed count)."""
-    t = config.train
-    if t.lr_schedule == "constant":
-        return learning_rate
-    if t.lr_schedule == "staircase":
+    t, rate = config.train, phase.learning_rate
+    if phase.schedule == "constant":
+        return rate
+    if phase.schedule == "staircase":
+        if phase.warmup_steps:
+            return WarmupStaircase(rate, phase.decay_steps, t.lr_decay_factor, phase.warmup_steps)
         return keras.optimizers.schedules.ExponentialDecay(
-            learning_rate, decay_steps=max(1, round(t.lr_decay_epochs * steps)), decay_rate=t.lr_decay_factor,
-            staircase=True)
-    if t.lr_schedule == "cosine":
-        total = max(1, epochs * steps)
-        warmup = min(total - 1, round(t.warmup_epochs * steps))
+            rate, decay_steps=phase.decay_steps, decay_rate=t.lr_decay_factor, staircase=True)
+    if phase.schedule == "cosine":
+        total, warmup = max(1, phase.steps), phase.warmup_steps
         return keras.optimizers.schedules.CosineDecay(
-            0.0 if warmup else learning_rate, decay_steps=total - warmup, alpha=0.01,
-            warmup_target=learning_rate if warmup else None, warmup_steps=warmup)
-    raise ValueError(f"unknown train.lr_schedule {t.lr_schedule!r}; choose staircase, cosine or constant")
+            0.0 if warmup else rate, decay_steps=total - warmup, alpha=0.01,
+            warmup_target=rate if warmup else None, warmup_steps=warmup)
+    raise ValueError(f"unknown {phase.name} learning-rate schedule {phase.schedule!r} (train.lr_schedule, "
+                     "train.fine_tune_lr_schedule); choose staircase, cosine or constant")
 
 
 def make_optimizer(config: Config, learning_rate) -> keras.optimizers.Optimizer:
@@ -294,8 +315,9 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
         run_dir_lib.prepare(run_dir, config, manifest, vocab, shapes)
 
     keras.utils.set_random_seed(t.seed)
-    steps = steps_per_epoch(manifest.split("train").num_images, t.batch_size)
-    total_epochs = t.epochs + t.fine_tune_epochs
+    budget = budget_lib.budget_for(config, manifest)
+    steps, total_epochs = budget.steps_per_epoch, budget.total_epochs
+    print(budget_lib.describe(budget), flush=True)
     train_ds = make_dataset(config, manifest, vocab, "train", training=True, shapes=shapes).repeat()
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = _shard_policy(strategy, len(manifest.files("train")))
@@ -309,9 +331,6 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
         model = show_and_tell.build_model(config, vocab.size, backbone_weights="none" if resuming else None)
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    phases = [("phase1", 0, t.epochs, not t.freeze_backbone, t.learning_rate)]
-    if t.fine_tune_epochs > 0:
-        phases.append(("phase2", t.epochs, total_epochs, True, t.fine_tune_learning_rate))
 
     start_epoch, start_step, restore_from = 0, 0, None
     if resuming:
@@ -327,17 +346,19 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
         with strategy.scope():
             tf.train.Checkpoint(model=model, epoch=epoch).restore(restore_from).expect_partial()
         epoch.assign(start_epoch)
-        where = f"epoch {start_epoch} of {total_epochs}" + (f", step {start_step} of {steps}" if start_step else "")
+        where = f"epoch {start_epoch} of {total_epochs}" + (f", step {start_step}" if start_step else "")
         print(f"resuming {run_dir} from {restore_from} ({where})", flush=True)
 
     history: dict = {"steps_per_epoch": steps, "epochs_done": start_epoch, "val_perplexity": None,
                      "replicas": replicas, "resumed_from": restore_from, "xla": None}
     began = time.time()
-    for name, first, last, backbone_trainable, learning_rate in phases:
+    for phase in budget.phases:
+        name, first, last, backbone_trainable = phase.name, phase.first_epoch, phase.last_epoch, phase.backbone_trainable
+        learning_rate = phase.learning_rate
         if start_epoch >= last:
             continue
         show_and_tell.set_backbone_trainable(model, backbone_trainable)
-        schedule = learning_rate_schedule(config, learning_rate, steps, last - first)
+        schedule = learning_rate_schedule(config, phase)
         with strategy.scope():
             optimizer = make_optimizer(config, schedule)
             optimizer.build(model.trainable_variables)
@@ -385,10 +406,13 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
         fits = []
         if start_step and begin == start_epoch:
             # The interrupted epoch's remaining steps (the data order restarts; see README).
-            fits.append((begin + 1, begin, steps - start_step, start_step))
+            fits.append((begin + 1, begin, phase.epoch_steps(begin, steps) - start_step, start_step))
             begin += 1
-        if begin < last:
-            fits.append((last, begin, steps, 0))
+        whole = last - (phase.last_epoch_steps != steps)  # a fractional pass ends the phase with a short epoch
+        if begin < whole:
+            fits.append((whole, begin, steps, 0))
+        if max(begin, whole) < last:
+            fits.append((last, last - 1, phase.last_epoch_steps, 0))
         for epochs, initial_epoch, epoch_steps, first_step in fits:
             with strategy.scope():
                 fit = fit_model.fit(fit_train_ds, epochs=epochs, initial_epoch=initial_epoch,
