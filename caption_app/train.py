@@ -346,7 +346,10 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
         with strategy.scope():
             tf.train.Checkpoint(model=model, epoch=epoch).restore(restore_from).expect_partial()
         epoch.assign(start_epoch)
-        where = f"epoch {start_epoch} of {total_epochs}" + (f", step {start_step}" if start_step else "")
+        epoch_steps = next((p.epoch_steps(start_epoch, steps) for p in budget.phases
+                            if p.first_epoch <= start_epoch < p.last_epoch), steps)
+        where = f"epoch {start_epoch} of {total_epochs}" + (f", step {start_step} of {epoch_steps}"
+                                                            if start_step else "")
         print(f"resuming {run_dir} from {restore_from} ({where})", flush=True)
 
     history: dict = {"steps_per_epoch": steps, "epochs_done": start_epoch, "val_perplexity": None,
