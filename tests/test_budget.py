@@ -20,7 +20,7 @@ from tfrecords_tools import coco
 # (123,287 images, 616,767 captions). `--split-scheme im2txt` (tfrecords_tools/coco.py) keeps all of
 # train2014 plus val2014's first int(0.85 * 40,504) images for train, the next 5% for val, the rest for
 # test. Those 34,428 val images hold 172,250 captions, so train has 586,363 pairs: im2txt's
-# `num_examples_per_epoch` (research/im2txt/im2txt/configuration.py line 88); its README ("Prepare the
+# `num_examples_per_epoch` (research/im2txt/im2txt/configuration.py line 87); its README ("Prepare the
 # Training Data") reports the 20,267 test pairs, which leaves val 10,137.
 VAL2014_IMAGES = 40_504
 TRAIN_CUT = int(coco.IM2TXT_TRAIN_FRACTION * VAL2014_IMAGES)  # 34,428
