@@ -4,10 +4,11 @@ Phase 1 trains with the backbone frozen (or not, `train.freeze_backbone`),
 phase 2 (`train.fine_tune_epochs`) fine-tunes everything at its own learning
 rate. Durations are passes over the train pairs; steps per epoch, phase
 lengths and the learning-rate schedule come from the manifest's counts
-(caption_app/budget.py). Each epoch ends with a checkpoint (model, optimizer, epoch) and the
-validation perplexity; a restarted run resumes after its last finished epoch,
-or from a mid-epoch backup (`train.backup_every_steps`). A NaN/Inf loss stops
-the run with NonFiniteLossError and nothing non-finite is ever saved.
+(caption_app/budget.py). Each epoch ends with a checkpoint (model, optimizer,
+epoch) and the validation perplexity; a restarted run resumes after its last
+finished epoch, or from a mid-epoch backup (`train.backup_every_steps`). A
+NaN/Inf loss stops the run with NonFiniteLossError and nothing non-finite is
+ever saved.
 
 `train.strategy` picks the tf.distribute strategy (model, optimizer and
 compile under its scope; `train.batch_size` is the global batch) and
@@ -356,8 +357,8 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
                      "replicas": replicas, "resumed_from": restore_from, "xla": None}
     began = time.time()
     for phase in budget.phases:
-        name, first, last, backbone_trainable = phase.name, phase.first_epoch, phase.last_epoch, phase.backbone_trainable
-        learning_rate = phase.learning_rate
+        name, first, last, learning_rate = phase.name, phase.first_epoch, phase.last_epoch, phase.learning_rate
+        backbone_trainable = phase.backbone_trainable
         if start_epoch >= last:
             continue
         show_and_tell.set_backbone_trainable(model, backbone_trainable)
