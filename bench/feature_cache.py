@@ -66,7 +66,9 @@ def main() -> None:
 
     config = config_lib.override(config_lib.get_preset("im2txt"), [
         "model.backbone_weights=none", "data.augment=", "train.freeze_backbone=true",
-        "train.feature_cache=true", *args.set])
+        "train.feature_cache=true",
+        # The batch the recorded results used (the preset's is now 6 images x 5 captions).
+        "train.batch_size=32", "data.captions_per_image=0", *args.set])
     with tempfile.TemporaryDirectory() as temp:
         tmp = args.work_dir or temp
         data_dir = args.data

@@ -39,20 +39,23 @@ class Model:
 
 @dataclasses.dataclass(frozen=True)
 class Train:
-    epochs: int = 16  # frozen-backbone phase (or full training when freeze_backbone=False)
+    # Durations are passes over the train split's image-caption pairs (caption_app/budget.py).
+    epochs: float = 16.0  # frozen-backbone phase (or full training when freeze_backbone=False)
     batch_size: int = 32  # images per batch; each image brings its captions
     optimizer: str = "sgd"  # sgd | adam
     learning_rate: float = 2.0
     lr_schedule: str = "staircase"  # staircase | cosine | constant
-    lr_decay_epochs: float = 8.0  # staircase: multiply by lr_decay_factor every this many epochs
+    lr_decay_epochs: float = 8.0  # staircase: multiply by lr_decay_factor every this many passes
     lr_decay_factor: float = 0.5
-    warmup_epochs: float = 0.0  # linear warmup (cosine schedule)
+    warmup_epochs: float = 0.0  # linear warmup from 0, in passes (staircase and cosine)
+    reference_batch_pairs: int = 0  # >0: the rates are for batches of this many pairs; scaled linearly
     clip_gradient_norm: float = 5.0  # global norm; 0 = off
     weight_decay: float = 0.0  # adam only (AdamW)
     freeze_backbone: bool = True  # phase 1 trains the decoder and image embedding only
     feature_cache: bool = False  # phase 1 from backbone features computed once (caption_app/feature_cache.py)
-    fine_tune_epochs: int = 0  # phase 2: everything trainable
+    fine_tune_epochs: float = 0.0  # phase 2: everything trainable
     fine_tune_learning_rate: float = 0.0005
+    fine_tune_lr_schedule: str = ""  # phase 2's schedule; "" = lr_schedule
     jit_compile: bool = True
     max_checkpoints_to_keep: int = 5
     seed: int = 0
@@ -124,20 +127,27 @@ def shapes() -> Config:
 def im2txt() -> Config:
     """python -m caption_app train --config im2txt --data DATA --run-dir RUN
 
-    The original Show and Tell hyperparameters (im2txt): InceptionV3 at 299x299
-    from ImageNet weights, embedding and LSTM 512, dropout keep 0.7, SGD at 2.0
-    halved every 8 epochs, gradient clip 5.0, uniform init 0.08, batch 32;
-    then fine-tuning everything at 0.0005.
+    im2txt's training (tensorflow/models research/im2txt), in pair exposures:
+    InceptionV3 at 299x299 from ImageNet weights, embedding and LSTM 512,
+    dropout keep 0.7, uniform init 0.08, gradient clip 5.0. im2txt steps on 32
+    image-caption pairs; here a batch is 6 images x 5 captions = 30 pairs at
+    im2txt's rates (the backbone runs once per image; bench/RESULTS.md "im2txt
+    preset: batch and schedule" shows it tracks a 32-pair batch, where 32
+    images x 5 captions at a linearly scaled rate diverged). Phase 1: SGD 2.0
+    halved every 8 passes for 54.6 passes (1M steps x 32 pairs over im2txt's
+    586,363 COCO train pairs); phase 2: everything trainable at a constant
+    0.0005 for 109.1 passes (2M more steps). Steps come from the manifest's
+    counts; see docs/im2txt_preset.md for the cost and a shorter recipe.
     """
     return Config(
         name="im2txt",
-        data=Data(image_size=299, augment=("flip", "color")),
+        data=Data(image_size=299, captions_per_image=5, augment=("flip", "color")),
         model=Model(backbone="inception_v3", backbone_weights="imagenet", embedding_size=512,
                     lstm_units=512, lstm_dropout=0.3, init_scale=0.08),
-        train=Train(epochs=16, batch_size=32, optimizer="sgd", learning_rate=2.0,
+        train=Train(epochs=54.6, batch_size=6, optimizer="sgd", learning_rate=2.0,
                     lr_schedule="staircase", lr_decay_epochs=8.0, lr_decay_factor=0.5,
-                    clip_gradient_norm=5.0, freeze_backbone=True, fine_tune_epochs=16,
-                    fine_tune_learning_rate=0.0005),
+                    clip_gradient_norm=5.0, freeze_backbone=True, fine_tune_epochs=109.1,
+                    fine_tune_learning_rate=0.0005, fine_tune_lr_schedule="constant"),
         decode=DecodeSettings(beam_size=3, max_length=20),
     )
 
@@ -233,6 +243,8 @@ def _from_dict(cls, d: dict, where: str):
             kwargs[name] = _from_dict(typ, value, f"{where}{name}.")
         elif typing.get_origin(typ) is tuple:
             kwargs[name] = tuple(value)
+        elif typ is float and isinstance(value, int) and not isinstance(value, bool):
+            kwargs[name] = float(value)  # config.json files written when epochs were whole numbers
         else:
             kwargs[name] = value
     return cls(**kwargs)

@@ -35,6 +35,7 @@ import shutil
 import keras
 import tensorflow as tf
 
+from caption_app import budget as budget_lib
 from caption_app import config as config_lib
 from caption_app.config import Config
 from caption_app.io_utils import write_json_atomic as write_json
@@ -353,7 +354,7 @@ class RunContext:
             prepare(run_dir, config, manifest, vocab, sizes)
         keras.utils.set_random_seed(config.train.seed)
         scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
-        total_epochs = config.train.epochs + config.train.fine_tune_epochs
+        total_epochs = budget_lib.budget_for(config, manifest).total_epochs
         with scope:
             # When resuming, the checkpoint has every weight: skip the ImageNet download.
             model = show_and_tell.build_model(config, vocab.size, backbone_weights="none" if has_saved else None)

@@ -2,8 +2,9 @@
 
 Phase 1 trains with the backbone frozen (or not, `train.freeze_backbone`),
 phase 2 (`train.fine_tune_epochs`) fine-tunes everything at its own learning
-rate. Steps per epoch and the learning-rate schedule come from the manifest's
-counts. Each epoch ends with a checkpoint (model, optimizer, epoch) and the
+rate. Durations are passes over the train pairs; steps per epoch, phase
+lengths and the learning-rate schedule come from the manifest's counts
+(caption_app/budget.py). Each epoch ends with a checkpoint (model, optimizer, epoch) and the
 validation perplexity; a restarted run resumes after its last finished epoch,
 or from a mid-epoch backup (`train.backup_every_steps`). A NaN/Inf loss stops
 the run with NonFiniteLossError and nothing non-finite is ever saved.
@@ -20,7 +21,6 @@ strategy in distribute.py, the frozen phase's feature cache in feature_cache.py.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -29,6 +29,7 @@ import time
 import keras
 import tensorflow as tf
 
+from caption_app import budget as budget_lib
 from caption_app import distribute
 from caption_app import feature_cache
 from caption_app import run_dir as run_dir_lib
@@ -45,26 +46,6 @@ def steps_per_epoch(num_images: int, batch_size: int) -> int:
     if steps == 0:
         raise ValueError(f"the train split has {num_images} images, fewer than train.batch_size={batch_size}")
     return steps
-
-
-@dataclasses.dataclass(frozen=True)
-class Phase:
-    """One phase: epochs [first, last) at `learning_rate`, the backbone trainable or frozen."""
-
-    name: str  # phase1 | phase2 (also the key of its optimizer in checkpoints)
-    first: int
-    last: int
-    backbone_trainable: bool
-    learning_rate: float
-
-
-def phases(config: Config) -> list[Phase]:
-    """Phase 1 (backbone frozen unless train.freeze_backbone=false), then phase 2 (fine-tuning) if any."""
-    t = config.train
-    out = [Phase("phase1", 0, t.epochs, not t.freeze_backbone, t.learning_rate)]
-    if t.fine_tune_epochs > 0:
-        out.append(Phase("phase2", t.epochs, t.epochs + t.fine_tune_epochs, True, t.fine_tune_learning_rate))
-    return out
 
 
 def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
@@ -100,14 +81,14 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
     resume = ctx.resume
     if resume.path:
         where = f"epoch {resume.epoch} of {trainer.total_epochs}" + (
-            f", step {resume.step} of {trainer.steps}" if resume.step else "")
+            f", step {resume.step} of {trainer.epoch_steps(resume.epoch)}" if resume.step else "")
         print(f"resuming {run_dir} from {resume.path} ({where})", flush=True)
 
     history: dict = {"steps_per_epoch": trainer.steps, "epochs_done": resume.epoch, "val_perplexity": None,
                      "replicas": replicas, "resumed_from": resume.path, "xla": None}
     began = time.time()
-    for phase in phases(config):
-        if resume.epoch < phase.last:
+    for phase in trainer.budget.phases:
+        if resume.epoch < phase.last_epoch:
             trainer.run_phase(phase, history)
     if chief:
         run_dir_lib.write_state(run_dir, history["epochs_done"], trainer.total_epochs, finished=True)
@@ -125,8 +106,9 @@ class _Trainer:
         self.ctx, self.strategy, self.chief, self.verbose = ctx, strategy, chief, verbose
         t = ctx.config.train
         manifest = ctx.manifest
-        self.steps = steps_per_epoch(manifest.split("train").num_images, t.batch_size)
-        self.total_epochs = t.epochs + t.fine_tune_epochs
+        self.budget = budget_lib.budget_for(ctx.config, manifest)
+        self.steps, self.total_epochs = self.budget.steps_per_epoch, self.budget.total_epochs
+        print(budget_lib.describe(self.budget), flush=True)
         train_ds = make_dataset(ctx.config, manifest, ctx.vocab, "train", training=True, sizes=ctx.sizes).repeat()
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = distribute.shard_policy(strategy,
@@ -136,17 +118,22 @@ class _Trainer:
         self.val_ds = make_dataset(ctx.config, manifest, ctx.vocab, "val", training=False, sizes=ctx.sizes,
                                    batch_size=self.val_batch_size) if self.val_batch_size else None
 
-    def run_phase(self, phase: Phase, history: dict) -> None:
+    def epoch_steps(self, epoch: int) -> int:
+        """Steps of (0-based) `epoch`: a phase of fractional passes ends with a shorter epoch."""
+        return next((p.epoch_steps(epoch, self.steps) for p in self.budget.phases
+                     if p.first_epoch <= epoch < p.last_epoch), self.steps)
+
+    def run_phase(self, phase: budget_lib.Phase, history: dict) -> None:
         """Fits `phase` from the run's resume point (its optimizer restored when the phase was under way)."""
         ctx, strategy, t = self.ctx, self.strategy, self.ctx.config.train
         model, checkpoints, resume = ctx.model, ctx.checkpoints, ctx.resume
         show_and_tell.set_backbone_trainable(model, phase.backbone_trainable)
-        schedule = learning_rate_schedule(ctx.config, phase.learning_rate, self.steps, phase.last - phase.first)
+        schedule = learning_rate_schedule(ctx.config, phase)
         with strategy.scope():
             optimizer = make_optimizer(ctx.config, schedule)
             optimizer.build(model.trainable_variables)
-        start_epoch, start_step = resume.epoch, resume.step if resume.epoch >= phase.first else 0
-        if resume.path and (start_epoch > phase.first or start_step > 0):
+        start_epoch, start_step = resume.epoch, resume.step if resume.epoch >= phase.first_epoch else 0
+        if resume.path and (start_epoch > phase.first_epoch or start_step > 0):
             # Same phase as the interrupted run: its optimizer state continues
             # (the model and epoch were restored by RunContext.create).
             with strategy.scope():
@@ -163,8 +150,8 @@ class _Trainer:
             fit_target, fit_train_ds, fit_val_ds = feature_cache.frozen_phase(ctx, val_batch_size=self.val_batch_size)
         fit_model = distribute.compile_for_fit(fit_target, optimizer, ctx.config, strategy)
         history["xla"] = distribute.xla_description(fit_model)
-        begin = max(phase.first, start_epoch)
-        print(f"{phase.name}: epochs {begin + 1}-{phase.last}, {self.steps} steps/epoch, backbone "
+        begin = max(phase.first_epoch, start_epoch)
+        print(f"{phase.name}: epochs {begin + 1}-{phase.last_epoch}, {self.steps} steps/epoch, backbone "
               f"{'trainable' if phase.backbone_trainable else 'frozen'}"
               f"{' (from the feature cache)' if fit_target is not model else ''}, XLA {history['xla']}, "
               f"{strategy.num_replicas_in_sync} replica(s), precision {t.precision}", flush=True)
@@ -186,10 +173,14 @@ class _Trainer:
         fits = []  # (epochs, initial_epoch, steps, first_step) of each fit call
         if start_step and begin == start_epoch:
             # The interrupted epoch's remaining steps (the data order restarts; see README).
-            fits.append((begin + 1, begin, self.steps - start_step, start_step))
+            fits.append((begin + 1, begin, phase.epoch_steps(begin, self.steps) - start_step, start_step))
             begin += 1
-        if begin < phase.last:
-            fits.append((phase.last, begin, self.steps, 0))
+        last = phase.last_epoch
+        whole = last - (phase.last_epoch_steps != self.steps)  # a fractional pass ends with a short epoch
+        if begin < whole:
+            fits.append((whole, begin, self.steps, 0))
+        if max(begin, whole) < last:
+            fits.append((last, last - 1, phase.last_epoch_steps, 0))
         for epochs, initial_epoch, epoch_steps, first_step in fits:
             with strategy.scope():
                 fit = fit_model.fit(fit_train_ds, epochs=epochs, initial_epoch=initial_epoch,
@@ -197,4 +188,4 @@ class _Trainer:
                                     verbose=self.verbose if self.chief else 0, shuffle=False)
             if fit.history.get("val_perplexity"):
                 history["val_perplexity"] = fit.history["val_perplexity"][-1]
-        history["epochs_done"] = phase.last
+        history["epochs_done"] = phase.last_epoch

@@ -19,6 +19,7 @@ from caption_app import distribute
 from caption_app import metrics as metrics_lib
 from caption_app import run_dir as run_dir_lib
 from caption_app.__main__ import main as cli_main
+from caption_app.budget import resolve_budget
 from caption_app.data import manifest as manifest_lib
 from caption_app.data.pipeline import resolve_tensor_sizes
 from caption_app.data.vocabulary import Vocabulary
@@ -253,38 +254,46 @@ def test_perplexity_callback_logs_val_perplexity(tmp_path):
 
 # ----------------------------------------------------------------------------- learning-rate schedules
 
+def _phase(config, learning_rate: float, steps: int, epochs: float):
+    """Phase 1 of `config` at this rate, `epochs` passes of `steps` steps (one caption per image)."""
+    config = config_lib.override(config, [f"train.learning_rate={learning_rate}", f"train.epochs={epochs}",
+                                          "data.captions_per_image=0"])
+    batch = config.train.batch_size
+    return config, resolve_budget(config, num_images=steps * batch, num_captions=steps * batch,
+                                  max_captions_per_image=1).phases[0]
+
+
 def test_staircase_schedule_halves_every_lr_decay_epochs():
-    steps = 10
-    config = config_lib.get_preset("im2txt")  # 2.0, halved every 8 epochs
-    schedule = learning_rate_schedule(config, config.train.learning_rate, steps, config.train.epochs)
+    config = config_lib.get_preset("im2txt")  # 2.0, halved every 8 passes
+    schedule = learning_rate_schedule(*_phase(config, config.train.learning_rate, 10, config.train.epochs))
     values = {step: float(schedule(step)) for step in (0, 1, 79, 80, 159, 160, 240)}
     assert values == pytest.approx({0: 2.0, 1: 2.0, 79: 2.0, 80: 1.0, 159: 1.0, 160: 0.5, 240: 0.25})
-    # Fractional epochs: every 2.5 epochs of 4 steps = 10 steps.
+    # Fractional passes: every 2.5 passes of 4 steps = 10 steps.
     config = config_lib.override(config, ["train.lr_decay_epochs=2.5", "train.lr_decay_factor=0.1"])
-    schedule = learning_rate_schedule(config, 1.0, 4, 5)
+    schedule = learning_rate_schedule(*_phase(config, 1.0, 4, 5))
     assert [float(schedule(s)) for s in (9, 10, 20)] == pytest.approx([1.0, 0.1, 0.01])
 
 
 def test_cosine_schedule_warms_up_then_decays():
     config = tiny_config("train.lr_schedule=cosine", "train.warmup_epochs=1")
     steps, epochs, lr = 10, 4, 0.5
-    schedule = learning_rate_schedule(config, lr, steps, epochs)
+    schedule = learning_rate_schedule(*_phase(config, lr, steps, epochs))
     assert float(schedule(0)) == pytest.approx(0.0, abs=1e-7)
-    assert float(schedule(5)) == pytest.approx(lr / 2)  # linear warmup over one epoch
+    assert float(schedule(5)) == pytest.approx(lr / 2)  # linear warmup over one pass
     assert float(schedule(10)) == pytest.approx(lr)
     later = [float(schedule(s)) for s in range(10, 41, 5)]
     assert all(a > b for a, b in zip(later, later[1:]))  # then decreasing
     assert float(schedule(40)) == pytest.approx(0.01 * lr, rel=1e-3)  # down to alpha * lr
     assert float(schedule(25)) == pytest.approx(lr * (0.01 + 0.99 * 0.5), rel=1e-3)  # half way
     # Without warmup it starts at the peak.
-    no_warmup = learning_rate_schedule(tiny_config("train.lr_schedule=cosine"), lr, steps, epochs)
+    no_warmup = learning_rate_schedule(*_phase(tiny_config("train.lr_schedule=cosine"), lr, steps, epochs))
     assert float(no_warmup(0)) == pytest.approx(lr)
 
 
 def test_constant_and_unknown_schedules():
-    assert learning_rate_schedule(tiny_config("train.lr_schedule=constant"), 0.3, 10, 2) == 0.3
+    assert learning_rate_schedule(*_phase(tiny_config("train.lr_schedule=constant"), 0.3, 10, 2)) == 0.3
     with pytest.raises(ValueError, match="train.lr_schedule"):
-        learning_rate_schedule(tiny_config("train.lr_schedule=linear"), 0.3, 10, 2)
+        learning_rate_schedule(*_phase(tiny_config("train.lr_schedule=linear"), 0.3, 10, 2))
 
 
 def test_make_optimizer():
