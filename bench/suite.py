@@ -133,14 +133,14 @@ def train_step_rows(args, vocab_size: int = 1000) -> tuple[list[Row], dict]:
     load += " -> " + _load()
     b = args.batch
     shape = f"{args.backbone} {args.image_size}px, batch {b}x{args.captions}x{args.length}"
-    feature_cache = "features.build_head on in-memory features (reading the cache: bench/feature_cache.py)"
+    cache_note = "feature_cache.build_head on in-memory features (reading the cache: bench/feature_cache.py)"
     rows = [
         Row("train step", f"XLA / no XLA (frozen backbone; {shape})", f"XLA {t['xla'] * 1e3:.0f} ms",
             f"no XLA {t['plain'] * 1e3:.0f} ms", t["xla"] / t["plain"], load=load),
         Row("train step", "fine-tuning / frozen backbone (XLA)", f"fine-tune {t['fine_tune'] * 1e3:.0f} ms",
             f"frozen {t['xla'] * 1e3:.0f} ms", t["fine_tune"] / t["xla"], load=load),
         Row("train step", "cached features / in-step frozen backbone (XLA)", f"cached {t['cached'] * 1e3:.0f} ms",
-            f"in-step {t['xla'] * 1e3:.0f} ms", t["cached"] / t["xla"], feature_cache, load=load),
+            f"in-step {t['xla'] * 1e3:.0f} ms", t["cached"] / t["xla"], cache_note, load=load),
     ]
     consumed = {"frozen": b / t["xla"], "fine_tune": b / t["fine_tune"], "cached": b / t["cached"]}
     return rows, {"model": frozen, "consumed": consumed, "vocab_size": vocab_size}
