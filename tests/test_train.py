@@ -54,7 +54,8 @@ def test_compile_refuses_to_run_without_xla_when_keras_drops_it(monkeypatch):
 
     monkeypatch.setattr(keras_trainer, "model_supports_jit", lambda model: False)
     config = tiny_config()
-    with pytest.raises(RuntimeError, match="Keras turned XLA off.*model.use_cudnn=false"):
+    with pytest.raises(RuntimeError, match="Keras turned XLA off.*model.use_cudnn=false"), \
+            pytest.warns(UserWarning, match="doesn't support `jit_compile=True`"):  # Keras only warns
         distribute.compile_for_fit(build_model(config, 12), make_optimizer(config, 0.01), config,
                                    tf.distribute.get_strategy())
     off = tiny_config("train.jit_compile=false")  # asked for no XLA: no error
