@@ -86,7 +86,7 @@ def read_records(path: str | os.PathLike, fmt: str, *, root: str | os.PathLike |
     path = os.fspath(path)
     if fmt not in FORMATS:
         raise ConversionError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise ConversionError(f"{path} does not exist")
     root = os.fspath(root) if root is not None else os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(root):
