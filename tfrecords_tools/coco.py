@@ -98,7 +98,7 @@ def _find(name: str, image_dirs: Sequence[str | os.PathLike]) -> tuple[str, str]
     paths = [(os.fspath(d), image_path(d, name)) for d in image_dirs]
     if paths[0][1] is None:
         return None
-    return next((p for p in paths if os.path.lexists(p[1])), paths[0])
+    return next((p for p in paths if os.path.exists(p[1])), paths[0])
 
 
 def file_split(path: str | os.PathLike) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import io
 import os
 import stat
@@ -106,9 +107,14 @@ def read_image_file(item: Item, limits: ReadLimits = ReadLimits()) -> tuple[str 
 
 def _inside(path: str, root: str) -> bool:
     """Whether `path`, every symlink resolved, lies inside `root` (itself resolved)."""
-    real_root = os.path.realpath(root)
+    real_root = _real_root(root)
     real = os.path.realpath(path)
     return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+@functools.lru_cache(maxsize=64)
+def _real_root(root: str) -> str:
+    return os.path.realpath(root)
 
 
 def check_image(item: Item, max_pixels: int, limits: ReadLimits = ReadLimits()

@@ -97,6 +97,8 @@ def is_previous_conversion(out_dir: str) -> bool:
     """Whether `out_dir` holds a converter's manifest.json or parts/."""
     path = os.path.join(out_dir, manifest_lib.MANIFEST)
     try:
+        if not os.path.isfile(path):  # a FIFO named manifest.json must not block us
+            raise OSError
         with open(path, "rb") as f:
             manifest = json.loads(f.read(1 << 24))
         if isinstance(manifest, dict) and "splits" in manifest and "format_version" in manifest:
