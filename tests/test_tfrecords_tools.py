@@ -313,11 +313,12 @@ def test_writer_empty_splits_duplicates_and_no_train(tmp_path):
         writer.write_dataset(tmp_path / "out3", {"val": [item]}, source="unit")
 
 
-def test_writer_failure_midway_leaves_no_manifest(fake_flickr8k, tmp_path, monkeypatch):
+def test_writer_failure_midway_leaves_the_old_data_dir(fake_flickr8k, tmp_path, monkeypatch):
     images, text, _ = fake_flickr8k
     out = tmp_path / "out"
     flickr8k.convert_flickr8k(images, text, out, progress=False, verbose=False)
     assert (out / "manifest.json").exists() and (out / "train-00000-of-00001.tfrecord").exists()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     calls = []
     real = records.make_example
@@ -332,13 +333,9 @@ def test_writer_failure_midway_leaves_no_manifest(fake_flickr8k, tmp_path, monke
     with pytest.raises(RuntimeError, match="disk full"):
         flickr8k.convert_flickr8k(images, text, out, images_per_shard=3, progress=False,
                                   verbose=False)
-    left = sorted(os.listdir(out))
-    assert "manifest.json" not in left  # the old one was deleted before anything else
-    assert not [f for f in left if f.endswith(".tmp")]
-    # The old run's shards and vocab are gone; only this run's finished first shard remains.
-    assert left == ["train-00000-of-00003.tfrecord"]
-    with pytest.raises(FileNotFoundError, match="not a finished conversion"):
-        manifest_lib.load(str(out))
+    # The new data dir was built beside the old one (hidden, now deleted): the old one is untouched.
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert manifest_lib.load(str(out)).split("train").files == ("train-00000-of-00001.tfrecord",)
 
     monkeypatch.setattr(records, "make_example", real)
     flickr8k.convert_flickr8k(images, text, out, images_per_shard=3, progress=False,

@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="default %(default)s")
         p.add_argument("--max-pixels", type=int, default=None,
                        help="skip images whose header claims more pixels (default: PIL's limit, ~89M)")
+        p.add_argument("--max-file-bytes", type=int, default=source_api.DEFAULT_MAX_FILE_BYTES,
+                       help="skip larger image files before reading them (default %(default)s, 64 MiB)")
+        p.add_argument("--follow-symlinks", action="store_true",
+                       help="read image symlinks that lead outside the image folder "
+                            "(default: skipped as unsafe_path)")
+        p.add_argument("--max-captions-per-image", type=int, default=source_api.DEFAULT_MAX_CAPTIONS_PER_IMAGE,
+                       help="keep an image's first N captions, drop and count the rest (default %(default)s)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         if in_parts:
             p.add_argument("--num-parts", type=int, default=None,
@@ -173,7 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             merge.merge_parts(args.out, keep_parts=args.keep_parts)
         else:
             kw = dict(min_word_count=args.min_word_count, num_workers=args.num_workers,
-                      images_per_shard=args.images_per_shard, progress=not args.no_progress)
+                      images_per_shard=args.images_per_shard, max_file_bytes=args.max_file_bytes,
+                      follow_symlinks=args.follow_symlinks,
+                      max_captions_per_image=args.max_captions_per_image, progress=not args.no_progress)
             if args.max_pixels is not None:
                 kw["max_pixels"] = args.max_pixels
             if part is not None:
@@ -181,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _convert(args, kw)
     except (source_api.ConversionError, OSError) as e:  # bad input or an unwritable --out
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     if part is None:
         print(f"Data dir ready: {os.path.abspath(args.out)} (manifest.json, vocab.txt, shards)")
     return 0

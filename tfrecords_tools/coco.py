@@ -50,7 +50,7 @@ def read_annotations(path: str | os.PathLike, image_dirs: Sequence[str | os.Path
     path = os.fspath(path)
     try:
         data = json.loads(read_text(path))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise ConversionError(f"cannot read COCO caption file {path}: {e}") from e
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
@@ -61,13 +61,15 @@ def read_annotations(path: str | os.PathLike, image_dirs: Sequence[str | os.Path
     captions: dict = collections.defaultdict(list)
     skipped: dict[str, list[str]] = collections.defaultdict(list)
     for i, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict) or "image_id" not in ann or not isinstance(ann.get("caption"), str):
+        if (not isinstance(ann, dict) or not _is_id(ann.get("image_id"))
+                or not isinstance(ann.get("caption"), str)):
             skipped["bad_line"].append(f"{base}:annotations[{i}]")
             continue
         captions[ann["image_id"]].append(ann["caption"])
     items, seen = [], set()
     for i, image in enumerate(data["images"]):
-        if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
+        if (not isinstance(image, dict) or not _is_id(image.get("id"))
+                or not isinstance(image.get("file_name"), str)):
             skipped["bad_line"].append(f"{base}:images[{i}]")
             continue
         name = image["file_name"]
@@ -79,18 +81,24 @@ def read_annotations(path: str | os.PathLike, image_dirs: Sequence[str | os.Path
         if found is None:
             skipped["unsafe_path"].append(name)
             continue
-        items.append(Item(image_id=name, path=found,
+        folder, found_path = found
+        items.append(Item(image_id=name, path=found_path, root=folder,
                           captions=tuple(captions.get(image["id"], ()))))
     return items, dict(skipped)
 
 
-def _find(name: str, image_dirs: Sequence[str | os.PathLike]) -> str | None:
-    """The first folder's file that exists (else the first folder's path, reported
-    "missing" by the writer); None for an unsafe name."""
-    paths = [image_path(d, name) for d in image_dirs]
-    if paths[0] is None:
+def _is_id(value) -> bool:
+    """COCO ids are numbers (some exports use strings); a dict or list is malformed."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _find(name: str, image_dirs: Sequence[str | os.PathLike]) -> tuple[str, str] | None:
+    """(folder, path) of the first folder's file that exists (else of the first
+    folder, reported "missing" by the writer); None for an unsafe name."""
+    paths = [(os.fspath(d), image_path(d, name)) for d in image_dirs]
+    if paths[0][1] is None:
         return None
-    return next((p for p in paths if os.path.exists(p)), paths[0])
+    return next((p for p in paths if os.path.exists(p[1])), paths[0])
 
 
 def file_split(path: str | os.PathLike) -> str:

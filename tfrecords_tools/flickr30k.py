@@ -40,7 +40,7 @@ def read_flickr30k(token_path: str | os.PathLike, images_dir: str | os.PathLike,
             unsafe.append(name)
             continue
         split = hash_split(name, val_fraction, test_fraction)
-        items[split].append(Item(image_id=name, path=path, captions=tuple(caps)))
+        items[split].append(Item(image_id=name, path=path, captions=tuple(caps), root=images_dir))
     skipped = {r: n for r, n in (("bad_line", bad_lines), ("unsafe_path", unsafe)) if n}
     return items, skipped
 

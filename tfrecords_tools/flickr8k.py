@@ -74,7 +74,7 @@ def read_flickr8k(images_dir: str | os.PathLike, text_dir: str | os.PathLike
                 unsafe.append(name)
             else:
                 items_by_split[split].append(
-                    Item(image_id=name, path=path, captions=tuple(captions.get(name, ()))))
+                    Item(image_id=name, path=path, captions=tuple(captions.get(name, ())), root=images_dir))
     skipped = {"bad_line": bad_lines, "unsafe_path": unsafe}
     skipped = {reason: names for reason, names in skipped.items() if names}
     return items_by_split, skipped

@@ -1,6 +1,9 @@
 """Image checking and re-encoding: what the writer stores for each image file.
 
-`check_image` reads a file, checks the header's size before decoding, decodes
+`read_image_file` is the one place image bytes are read: only regular files,
+inside the image root (`Item.root`) unless symlinks are trusted, at most
+`max_bytes`, checked before the read (a FIFO or `/dev/zero` never blocks or
+fills memory). `check_image` reads a file that way, checks the header's size before decoding, decodes
 it fully and says why it is skipped (a `report.SKIP_REASONS` key) or why it
 must be re-encoded (a `REENCODE_REASONS` key); `stored_bytes` then gives the
 record's bytes: the original ones, or the 8-bit RGB re-encoding.
@@ -8,12 +11,18 @@ record's bytes: the original ones, or the 8-bit RGB re-encoding.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import functools
 import io
+import os
+import stat
 from typing import Mapping
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from tfrecords_tools import source_api
 from tfrecords_tools.source_api import ConversionError, Item
 
 # Why an image was stored re-encoded instead of as published; keys are the
@@ -37,17 +46,84 @@ JPEG_FORMATS = frozenset({"JPEG", "MPO"})
 # PIL's own decompression-bomb limit (about 89 megapixels, e.g. 9459 x 9459).
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 
+DEFAULT_MAX_FILE_BYTES = source_api.DEFAULT_MAX_FILE_BYTES
 
-def check_image(item: Item, max_pixels: int) -> tuple[str | None, int, str | None]:
-    """(skip reason or None, byte size, re-encode reason or None): reads one image,
-    checks the header's size, then decodes it fully."""
+
+@dataclasses.dataclass(frozen=True)
+class ReadLimits:
+    """How image files are read: `max_bytes` per file; symlinks (and symlinked
+    folders) that resolve outside the item's root are refused unless `follow_symlinks`."""
+
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES
+    follow_symlinks: bool = False
+
+
+def read_image_file(item: Item, limits: ReadLimits = ReadLimits()) -> tuple[str | None, bytes]:
+    """(skip reason or None, the file's bytes): reads `item.path` only when it is a
+    regular file, inside `item.root` (see `ReadLimits`) and at most `limits.max_bytes` long.
+
+    The file is stat'ed before it is opened, opened with O_NONBLOCK (a FIFO swapped
+    in after the check cannot block) and checked again on the open descriptor.
+    """
+    path = item.path
     try:
-        with open(item.path, "rb") as f:
-            data = f.read()
+        if item.root is not None and not limits.follow_symlinks and not _inside(path, item.root):
+            return "unsafe_path", b""
+        st = os.stat(path)  # follows symlinks: the file that would be read
     except FileNotFoundError:
-        return "missing", 0, None
+        return "missing", b""
+    except (OSError, ValueError):  # a symlink loop, a name too long, a NUL byte
+        return "unreadable", b""
+    if not stat.S_ISREG(st.st_mode):
+        return ("unreadable" if stat.S_ISDIR(st.st_mode) else "not_regular_file"), b""
+    if st.st_size > limits.max_bytes:
+        return "file_too_large", b""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return "missing", b""
     except OSError:
-        return "unreadable", 0, None
+        return "unreadable", b""
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+            return "not_regular_file", b""  # swapped between the check and the open
+        chunks, left = [], limits.max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as e:
+        return ("not_regular_file" if e.errno == errno.EAGAIN else "unreadable"), b""
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > limits.max_bytes:  # grew after the check
+        return "file_too_large", b""
+    return None, data
+
+
+def _inside(path: str, root: str) -> bool:
+    """Whether `path`, every symlink resolved, lies inside `root` (itself resolved)."""
+    real_root = _real_root(root)
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+@functools.lru_cache(maxsize=64)
+def _real_root(root: str) -> str:
+    return os.path.realpath(root)
+
+
+def check_image(item: Item, max_pixels: int, limits: ReadLimits = ReadLimits()
+                ) -> tuple[str | None, int, str | None]:
+    """(skip reason or None, byte size, re-encode reason or None): reads one image
+    (`read_image_file`), checks the header's size, then decodes it fully."""
+    reason, data = read_image_file(item, limits)
+    if reason:
+        return reason, 0, None
     if not data:
         return "empty_file", 0, None
     try:
@@ -112,15 +188,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def stored_bytes(item: Item, checked: Mapping[str, tuple[int, str | None]]) -> bytes:
+def stored_bytes(item: Item, checked: Mapping[str, tuple[int, str | None]],
+                 limits: ReadLimits = ReadLimits()) -> bytes:
     """What the record stores: the original bytes, or their re-encoding when needed."""
     size, fix = checked[item.image_id]
-    try:
-        with open(item.path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ConversionError(f"{item.path} could be read when checked but not now ({e}); "
-                              "was it changed during the conversion? Run again") from e
+    reason, data = read_image_file(item, limits)
+    if reason:
+        raise ConversionError(f"{item.path} could be read when checked but not now ({reason}); "
+                              "was it changed during the conversion? Run again")
     if len(data) != size:
         raise ConversionError(f"{item.path} changed while it was being converted; run again")
     return _reencoded(data) if fix else data

@@ -51,12 +51,19 @@ def _records(path: str, fmt: str) -> Iterator[tuple[str, object]]:
                 continue
             try:
                 record = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
                 record = None
             yield f"{base}:{line_no}", record if isinstance(record, dict) else None
     else:
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        for record in reader:
+        while True:
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error:  # e.g. a cell over csv.field_size_limit(); the reader goes on after it
+                yield f"{base}:{reader.line_num + 1}", None
+                continue
             bad = None in record or None in record.values()  # more or fewer cells than the header
             yield f"{base}:{reader.line_num}", None if bad else record
 
@@ -79,7 +86,7 @@ def read_records(path: str | os.PathLike, fmt: str, *, root: str | os.PathLike |
     path = os.fspath(path)
     if fmt not in FORMATS:
         raise ConversionError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise ConversionError(f"{path} does not exist")
     root = os.fspath(root) if root is not None else os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(root):
@@ -120,7 +127,7 @@ def read_records(path: str | os.PathLike, fmt: str, *, root: str | os.PathLike |
     items: dict[str, list[Item]] = {"train": [], "val": [], "test": []}
     for name, caps in captions.items():
         items[split_of[name]].append(
-            Item(image_id=name, path=image_path(root, name), captions=tuple(caps)))
+            Item(image_id=name, path=image_path(root, name), captions=tuple(caps), root=root))
     return items, dict(skipped)
 
 

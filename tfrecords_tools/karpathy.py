@@ -42,7 +42,7 @@ def read_karpathy(json_path: str | os.PathLike, images_dir: str | os.PathLike, *
         raise ConversionError(f"image folder {images_dir} does not exist")
     try:
         data = json.loads(read_text(json_path))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise ConversionError(f"cannot read Karpathy split file {json_path}: {e}") from e
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ConversionError(f"{json_path} is not a Karpathy split file (dataset_coco.json etc.): "
@@ -56,19 +56,21 @@ def read_karpathy(json_path: str | os.PathLike, images_dir: str | os.PathLike, *
             name = image["filename"]
             split = split_map[image["split"]]
             captions = tuple(s["raw"] for s in image["sentences"])
-            if not isinstance(name, str) or not all(isinstance(c, str) for c in captions):
+            folder = image.get("filepath")
+            if (not isinstance(name, str) or not all(isinstance(c, str) for c in captions)
+                    or not isinstance(folder, (str, type(None)))):
                 raise TypeError
         except (KeyError, TypeError):
             skipped["bad_line"].append(f"{base}:images[{i}]")
             continue
         if split is None:
             continue  # restval dropped on request
-        relative = f"{image['filepath']}/{name}" if image.get("filepath") else name
+        relative = f"{folder}/{name}" if folder else name
         path = image_path(images_dir, relative)
         if path is None:
             skipped["unsafe_path"].append(relative)
             continue
-        items[split].append(Item(image_id=relative, path=path, captions=captions))
+        items[split].append(Item(image_id=relative, path=path, captions=captions, root=images_dir))
     return items, dict(skipped)
 
 

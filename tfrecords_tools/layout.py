@@ -4,19 +4,29 @@
     OUT/vocab.txt                         the vocabulary
     OUT/manifest.json                     written last: a data dir without one is incomplete
     OUT/parts/part-IIIII-of-NNNNN/        one part of a many-machine conversion (+ part.json)
+    OUT/inspect.html                      `tfrecords_tools inspect`'s page
+    OUT/raw/                              the shapes generator's Flickr8k-layout files
 
-Every file is written under a `.tmp` name and renamed when complete. A new
-conversion first deletes the manifest (or part.json), then the vocabulary and
-the old shards of the splits it writes, so a killed run never leaves a
-manifest that points at half-new shards.
+A conversion never deletes what it did not write. `check_out_dir` refuses an
+`--out` that holds anything else, unless it is a previous conversion (has a
+manifest or parts; its other files are left alone). The new output is built in
+a hidden staging dir (`staging`) inside OUT (or OUT/parts), on the same file
+system, and moved into place only when complete (`swap_in`, `swap_in_part`):
+a failed conversion leaves the previous data dir as it was. Every file is
+written under a `.tmp` name and renamed when complete.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import glob
+import json
 import os
+import re
 import shutil
-from typing import Iterable, Mapping
+import tempfile
+from typing import Iterable, Iterator, Mapping
 
 import tensorflow as tf
 
@@ -24,9 +34,18 @@ from caption_app.data import manifest as manifest_lib
 from caption_app.data import records
 from caption_app.data import vocabulary as vocab_lib
 from tfrecords_tools import report
+from tfrecords_tools.source_api import ConversionError
 
 PARTS_DIR = "parts"
 PART_FILE = "part.json"
+HTML_FILE = "inspect.html"  # inspection.HTML_FILE (that module is not imported here)
+SHAPES_RAW_DIR = "raw"
+STAGING_PREFIX = ".converting-"
+_OLD_PREFIX = ".replaced-"
+_SHARD_NAME = re.compile(r"^\w+-\d{5}-of-\d{5}\.tfrecord$")
+_PART_NAME = re.compile(r"^part-\d{5}-of-\d{5}$")
+_TFDS_STAGING = ".tfds_staging-"  # tfds_source stages TFDS images here
+NUM_NAMED = 5  # entries named in a refusal
 
 
 def part_dir(out_dir: str | os.PathLike, index: int, count: int) -> str:
@@ -34,21 +53,154 @@ def part_dir(out_dir: str | os.PathLike, index: int, count: int) -> str:
     return os.path.join(os.fspath(out_dir), PARTS_DIR, f"part-{index:05d}-of-{count:05d}")
 
 
-def remove_old_output(out_dir: str, splits: Iterable[str]) -> None:
-    """Deletes the manifest (or a part's part.json) first, then the vocabulary and
-    old shards (and leftover temp files) of `splits`."""
+def is_shard_name(name: str, split: str | None = None) -> bool:
+    """Whether `name` is a plain shard file name (of `split`, if given)."""
+    if split is not None:
+        return fnmatch.fnmatchcase(name, records.shard_pattern(split)) and bool(_SHARD_NAME.match(name))
+    return bool(_SHARD_NAME.match(name))
+
+
+def _is_own_file(name: str) -> bool:
+    """A file name a conversion writes into a data dir or part dir (or its temp name)."""
+    name = name.removesuffix(".tmp")
+    return (name in (manifest_lib.MANIFEST, vocab_lib.VOCAB_FILE, PART_FILE, HTML_FILE)
+            or is_shard_name(name))
+
+
+def _is_own_entry(folder: str, name: str) -> bool:
+    """Whether `folder/name` is something a conversion writes into OUT."""
+    path = os.path.join(folder, name)
+    if name.startswith((STAGING_PREFIX, _OLD_PREFIX, _TFDS_STAGING)):
+        return True
+    if os.path.islink(path):
+        return False
+    if os.path.isdir(path):
+        if name == PARTS_DIR:
+            return all(_PART_NAME.match(n) or n.startswith((STAGING_PREFIX, _OLD_PREFIX))
+                       for n in os.listdir(path))
+        return name == SHAPES_RAW_DIR and _is_shapes_raw(path)
+    return _is_own_file(name)
+
+
+def _is_shapes_raw(path: str) -> bool:
+    """The shapes generator's raw dir: its text files and images/shapes_*.jpg only."""
+    text = {"Flickr8k.token.txt", "Flickr_8k.trainImages.txt", "Flickr_8k.devImages.txt",
+            "Flickr_8k.testImages.txt"}
+    names = set(os.listdir(path))
+    if not names <= text | {"images"}:
+        return False
+    images = os.path.join(path, "images")
+    return not os.path.isdir(images) or all(n.startswith("shapes_") for n in os.listdir(images))
+
+
+def is_previous_conversion(out_dir: str) -> bool:
+    """Whether `out_dir` holds a converter's manifest.json or parts/."""
+    path = os.path.join(out_dir, manifest_lib.MANIFEST)
+    try:
+        if not os.path.isfile(path):  # a FIFO named manifest.json must not block us
+            raise OSError
+        with open(path, "rb") as f:
+            manifest = json.loads(f.read(1 << 24))
+        if isinstance(manifest, dict) and "splits" in manifest and "format_version" in manifest:
+            return True
+    except (OSError, ValueError, RecursionError):
+        pass
+    parts = os.path.join(out_dir, PARTS_DIR)
+    return os.path.isdir(parts) and not os.path.islink(parts) and _is_own_entry(out_dir, PARTS_DIR)
+
+
+def check_out_dir(out_dir: str | os.PathLike) -> None:
+    """Raises ConversionError unless `out_dir` is absent, empty, a previous conversion
+    or holds only what a conversion writes (a run that was stopped)."""
+    out_dir = os.fspath(out_dir)
+    if not os.path.lexists(out_dir):
+        return
+    if not os.path.isdir(out_dir):
+        raise ConversionError(f"--out {out_dir} is a file, not a folder; pass a new folder or a data dir "
+                              "to convert again")
+    names = sorted(os.listdir(out_dir))
+    if not names or is_previous_conversion(out_dir):
+        return
+    foreign = [n for n in names if not _is_own_entry(out_dir, n)]
+    if foreign:
+        shown = ", ".join(foreign[:NUM_NAMED]) + (f" and {len(foreign) - NUM_NAMED} more"
+                                                   if len(foreign) > NUM_NAMED else "")
+        raise ConversionError(f"--out {out_dir} is not empty and not a data dir of an earlier conversion "
+                              f"(it holds {shown}); the converter writes only into a new or empty folder "
+                              "or a data dir it wrote, so pass another --out")
+
+
+def check_part_dir(target: str) -> None:
+    """Raises ConversionError when an existing part dir holds files a conversion did not write."""
+    if not os.path.lexists(target):
+        return
+    if os.path.islink(target) or not os.path.isdir(target):
+        raise ConversionError(f"{target} is not a folder the converter wrote; move it away and run again")
+    foreign = sorted(n for n in os.listdir(target) if not _is_own_file(n))
+    if foreign:
+        raise ConversionError(f"{target} holds files the converter did not write ({', '.join(foreign[:NUM_NAMED])}); "
+                              "move them away and run again")
+
+
+@contextlib.contextmanager
+def staging(parent: str, label: str) -> Iterator[str]:
+    """A hidden, empty dir inside `parent` to build the new output in (same file
+    system, so `swap_in` renames); deleted with whatever is left in it, on failure too.
+    Stale staging dirs of the same `label` (left by a killed run) are deleted first."""
+    os.makedirs(parent, exist_ok=True)
+    prefix = f"{STAGING_PREFIX}{label}-"
+    for stale in glob.glob(os.path.join(glob.escape(parent), glob.escape(prefix) + "*")):
+        if os.path.isdir(stale) and not os.path.islink(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+    stage = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def swap_in(stage: str, out_dir: str, splits: Iterable[str]) -> None:
+    """Moves a complete new data dir from `stage` into `out_dir`.
+
+    Deletes the old manifest first (a data dir without one reads as incomplete),
+    then the old vocabulary and the old shards of `splits`, moves the new shards
+    and vocabulary in, and the manifest last. Nothing else in `out_dir` is touched.
+    """
     manifest_path = os.path.join(out_dir, manifest_lib.MANIFEST)
-    part_path = os.path.join(out_dir, PART_FILE)
     vocab_path = vocab_lib.vocab_path(out_dir)
-    for path in (manifest_path, manifest_path + ".tmp", part_path, part_path + ".tmp", vocab_path,
-                 vocab_path + ".tmp"):
+    for path in (manifest_path, manifest_path + ".tmp", vocab_path, vocab_path + ".tmp"):
         if os.path.lexists(path):
             os.remove(path)
     for split in splits:
         pattern = records.shard_pattern(split)
         for path in glob.glob(os.path.join(glob.escape(out_dir), pattern)) + glob.glob(
                 os.path.join(glob.escape(out_dir), pattern + ".tmp")):
+            if is_shard_name(os.path.basename(path).removesuffix(".tmp"), split):
+                os.remove(path)
+    new = sorted(os.listdir(stage), key=lambda n: n == manifest_lib.MANIFEST)  # the manifest last
+    for name in new:
+        os.replace(os.path.join(stage, name), os.path.join(out_dir, name))
+
+
+def swap_in_part(stage: str, target: str) -> None:
+    """Replaces the part dir `target` (our files only, `check_part_dir`) by `stage`."""
+    old = None
+    if os.path.lexists(target):
+        old = tempfile.mkdtemp(prefix=_OLD_PREFIX, dir=os.path.dirname(target))
+        os.replace(target, os.path.join(old, "part"))
+    os.replace(stage, target)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_own(folder: str) -> None:
+    """Deletes the files a conversion writes in `folder`, then `folder` if that emptied it."""
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if _is_own_file(name) and not os.path.isdir(path):
             os.remove(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
 
 
 def write_shard(path: str, serialized: Iterable[bytes]) -> None:
@@ -79,7 +231,7 @@ def link_or_copy(src: str, dst: str) -> None:
 
 def write_vocab_and_manifest(out_dir: str, converted: Mapping, *, source: str,
                              settings: vocab_lib.TokenizerSettings, min_word_count: int,
-                             images_per_shard: int, source_info: dict, verbose: bool,
+                             images_per_shard: int, source_info: dict,
                              merged_parts: int | None = None) -> dict:
     """Writes `vocab.txt` and, last, `manifest.json` for shards already in `out_dir`."""
     vocab = vocab_lib.Vocabulary.build(converted["train_counts"], min_word_count)
@@ -91,7 +243,5 @@ def write_vocab_and_manifest(out_dir: str, converted: Mapping, *, source: str,
         max_caption_words=converted["max_caption_words"],
         max_captions_per_image=converted["max_captions_per_image"], images_per_shard=images_per_shard,
         skipped=converted["skipped"].to_dict(), reencoded=converted["reencoded"].to_dict(),
-        source_info=source_info, merged_parts=merged_parts)
-    if verbose:
-        print(report.format_summary(manifest, out_dir))
+        source_info=source_info, merged_parts=merged_parts, caption_cap=converted["caption_cap"].to_dict())
     return manifest

@@ -15,12 +15,15 @@ from tfrecords_tools.images import REENCODE_REASONS
 # Why an input was skipped; keys are the manifest's "skipped" reasons.
 SKIP_REASONS = {
     "missing": "image file does not exist",
-    "unreadable": "image file could not be read (permissions, a directory, ...)",
+    "unreadable": "image file could not be read (permissions, a directory, a symlink loop, ...)",
+    "not_regular_file": "image path is a FIFO, device or socket, not a regular file (never opened for reading)",
+    "file_too_large": "image file is larger than max_file_bytes (checked before reading)",
     "empty_file": "image file is zero bytes",
     "truncated": "image file is cut short",
     "corrupt": "image file is not a decodable image",
     "too_large": "image header claims more pixels than max_pixels (checked before decoding)",
-    "unsafe_path": "file name from the annotations is absolute or climbs out of the image root ('..')",
+    "unsafe_path": "file name is absolute, climbs out of the image root ('..') or is a symlink leading "
+                   "outside it (--follow-symlinks trusts symlinks)",
     "duplicate": "image id already written (same split or an earlier one)",
     "bad_encoding": "caption is not valid UTF-8 (caption dropped)",
     "empty_caption": "caption empty, whitespace or punctuation only (caption dropped)",
@@ -59,6 +62,32 @@ class Counted:
         return ", ".join(f"{r}: {n}" for r, n in sorted(self.counts.items())) or "nothing skipped"
 
 
+class CaptionCap:
+    """Images that had more captions than the cap: how many, how many captions dropped."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.images = 0
+        self.captions_dropped = 0
+        self.examples: list[str] = []
+
+    def add(self, name: str, dropped: int) -> None:
+        self.images += 1
+        self.captions_dropped += dropped
+        if len(self.examples) < NUM_EXAMPLES:
+            self.examples.append(name)
+
+    def merge(self, other: Mapping) -> None:
+        """Adds a `to_dict()` of another part's cap (same limit)."""
+        self.images += other["images_capped"]
+        self.captions_dropped += other["captions_dropped"]
+        self.examples.extend(other["examples"][:max(0, NUM_EXAMPLES - len(self.examples))])
+
+    def to_dict(self) -> dict:
+        return {"limit": self.limit, "images_capped": self.images,
+                "captions_dropped": self.captions_dropped, "examples": list(self.examples)}
+
+
 def format_summary(manifest: Mapping, out_dir: str | os.PathLike) -> str:
     """The human-readable summary of a written manifest."""
     lines = [f"Wrote {manifest['source']} to {os.fspath(out_dir)}"]
@@ -68,6 +97,14 @@ def format_summary(manifest: Mapping, out_dir: str | os.PathLike) -> str:
     lines.append(f"  vocabulary: {manifest['vocab_size']} ids (special tokens included, words seen "
                  f">= {manifest['min_word_count']} times in train); longest train caption "
                  f"{manifest['max_caption_words']} words")
+    cap = manifest.get("caption_cap")
+    if cap:
+        if cap["images_capped"]:
+            more = ", ..." if cap["images_capped"] > len(cap["examples"]) else ""
+            lines.append(f"Captions capped at {cap['limit']} per image: {cap['images_capped']} images lost "
+                         f"{cap['captions_dropped']} captions: {', '.join(cap['examples'])}{more}")
+        else:
+            lines.append(f"Captions capped at {cap['limit']} per image: no image had more")
     for title, key, reasons in (("Skipped", "skipped", SKIP_REASONS),
                                 ("Re-encoded", "reencoded", REENCODE_REASONS)):
         counted = manifest.get(key) or {}

@@ -160,7 +160,11 @@ def convert_shapes(out_dir: str | os.PathLike, *, raw_dir: str | os.PathLike | N
       The manifest dict; its "source_info" records the generator's arguments and
       `HELD_OUT_PAIRS`.
     """
-    raw_dir = os.fspath(raw_dir) if raw_dir is not None else os.path.join(os.fspath(out_dir), "raw")
+    from tfrecords_tools import layout  # loads TensorFlow, so only when converting (see source_api)
+
+    layout.check_out_dir(out_dir)  # before anything is generated into it
+    raw_dir = (os.fspath(raw_dir) if raw_dir is not None
+               else os.path.join(os.fspath(out_dir), layout.SHAPES_RAW_DIR))
     dirs = generate_shapes(raw_dir, seed=seed, num_train=num_train, num_val=num_val,
                            num_test=num_test, image_size=image_size,
                            progress=writer_kwargs.get("progress", True))

@@ -18,10 +18,22 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import stat
 
 # The writer's defaults (`write_dataset`; the CLI's --min-word-count, --images-per-shard).
 DEFAULT_MIN_WORD_COUNT = 4
 DEFAULT_IMAGES_PER_SHARD = 1000
+# Captions kept per image (the first ones, in the source's order). Published
+# datasets have 5 (Flickr, Karpathy) to 7 (COCO) and a few 10 (CUB, Oxford
+# flowers); training pads every batch to the largest image's count, so one
+# image with thousands of captions (a bad join, a spam row) would multiply
+# memory for the whole run. 20 keeps every real dataset whole with room to spare.
+DEFAULT_MAX_CAPTIONS_PER_IMAGE = 20
+# Image files larger than this are skipped as "file_too_large" before they are
+# read (--max-file-bytes). Camera JPEGs of 50 megapixels are 10-25 MB; images
+# are resized to a few hundred pixels for captioning, so 64 MiB only stops
+# files that are not real images (or not worth reading).
+DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 
 
 class ConversionError(ValueError):
@@ -36,11 +48,15 @@ class Item:
       image_id: the id stored in the record (the file name for Flickr8k).
       path: the image file.
       captions: its raw captions, in the source's order.
+      root: the image folder `path` was found in (`image_path`): the writer
+        skips the file as "unsafe_path" when it resolves (through symlinks)
+        outside it, unless told to follow symlinks. None: no such check.
     """
 
     image_id: str
     path: str
     captions: tuple[str, ...]
+    root: str | None = None
 
 
 def image_path(root: str | os.PathLike, name: str) -> str | None:
@@ -49,8 +65,10 @@ def image_path(root: str | os.PathLike, name: str) -> str | None:
     Annotation files name images; a name like `../../etc/passwd` or
     `/etc/passwd` must not make the converter read (and store) files outside
     the image folder. Sources count such names as "unsafe_path". Checked on
-    the name alone (symlinks inside the root are followed as usual).
+    the name alone; the writer checks where symlinks lead (`Item.root`).
     """
+    if "\0" in name:  # no file system has such a name; open() would raise ValueError
+        return None
     name = name.replace("\\", "/")
     norm = os.path.normpath(name)
     if (not name.strip() or os.path.isabs(name) or norm in (".", "..") or norm.startswith("../")
@@ -77,12 +95,32 @@ def hash_split(key: str, val_fraction: float, test_fraction: float) -> str:
 
 def read_text(path: str | os.PathLike) -> str:
     """A text file as UTF-8; invalid bytes become lone surrogates, which the writer
-    drops per caption as "bad_encoding" instead of failing the whole file."""
-    with open(path, "rb") as f:
+    drops per caption as "bad_encoding" instead of failing the whole file.
+
+    Raises:
+      ConversionError: `path` is not a regular file (a FIFO would block forever,
+        a device never end).
+    """
+    fd = _open_regular(path)
+    with os.fdopen(fd, "rb") as f:
         data = f.read()
     if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
         data = data[3:]
     return data.decode("utf-8", "surrogateescape")
+
+
+def _open_regular(path: str | os.PathLike) -> int:
+    """A read-only descriptor of `path`, a regular file (opened without blocking)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except ValueError as e:  # a NUL byte in the name
+        raise ConversionError(f"{path!r} is not a valid file name ({e})") from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConversionError(f"{os.fspath(path)} is not a regular file (a FIFO, device or folder); "
+                              "pass the annotation file itself")
+    os.set_blocking(fd, True)
+    return fd
 
 
 def check_part(index: int, count: int) -> None:

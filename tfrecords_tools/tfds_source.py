@@ -63,7 +63,7 @@ def convert_tfds(name: str, out_dir: str | os.PathLike, *, data_dir: str | None 
     """
     import tensorflow_datasets as tfds  # imported here: slow, and only this source needs it
 
-    from tfrecords_tools import writer  # loads TensorFlow, so only when converting (see source_api)
+    from tfrecords_tools import layout, writer  # load TensorFlow, so only when converting (see source_api)
 
     given_map = split_map
     split_map = dict(split_map or DEFAULT_SPLIT_MAP)
@@ -82,10 +82,12 @@ def convert_tfds(name: str, out_dir: str | os.PathLike, *, data_dir: str | None 
     if part is not None:
         check_part(*part)
 
+    layout.check_out_dir(out_dir)  # before the images are staged into it
     os.makedirs(out_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".tfds_staging-", dir=out_dir)
     try:
         items: dict[str, list[Item]] = {}
+        skipped: dict[str, list[str]] = {}
         for tfds_split in wanted:
             try:
                 ds = builder.as_dataset(split=tfds_split, decoders={image_key: tfds.decode.SkipDecoding()})
@@ -102,14 +104,20 @@ def convert_tfds(name: str, out_dir: str | os.PathLike, *, data_dir: str | None 
                 image_id = _as_text(_get(example, id_key))
                 if part is not None and not in_part(image_id, *part):
                     continue
+                image, captions = _get(example, image_key), _get(example, captions_key)
+                if isinstance(captions, (bytes, str)):
+                    captions = [captions]
+                if not isinstance(image, bytes) or not all(isinstance(c, (bytes, str)) for c in captions):
+                    skipped.setdefault("bad_line", []).append(f"{tfds_split}[{i}]")  # not encoded bytes + text
+                    continue
                 path = os.path.join(folder, f"{i:09d}")
                 with open(path, "wb") as f:
-                    f.write(_get(example, image_key))
-                captions = tuple(_as_text(c) for c in _get(example, captions_key))
-                items.setdefault(ours, []).append(Item(image_id=image_id, path=path, captions=captions))
+                    f.write(image)
+                items.setdefault(ours, []).append(
+                    Item(image_id=image_id, path=path, captions=tuple(_as_text(c) for c in captions)))
         items.setdefault("train", [])
         info = {"tfds_name": name, "data_dir": data_dir, "split_map": {s: split_map[s] for s in wanted}}
         return writer.write_dataset(out_dir, items, source=f"tfds:{name}", source_info=info, part=part,
-                                    **writer_kwargs)
+                                    extra_skipped=skipped, **writer_kwargs)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -3,18 +3,22 @@
 A source module (`flickr8k`, `shapes`, ...) only turns its raw layout into
 `source_api.Item`s per split; `write_dataset` does the rest:
 
-1. deletes `OUT/manifest.json` (first), `OUT/vocab.txt` and the old shards of
-   the splits it writes (`layout.remove_old_output`);
+1. refuses an `OUT` that holds files it did not write (`layout.check_out_dir`)
+   and builds everything in a hidden staging dir inside it (`layout.staging`);
 2. reads every image in a thread pool and checks it (`images.check_image`:
+   regular files only, inside the image root, size capped before the read,
    header size before decoding, then a full decode), skipping and counting
    bad inputs (`report.SKIP_REASONS`) instead of crashing;
-3. drops empty captions and captions that are not valid UTF-8;
-4. writes `OUT/{split}-NNNNN-of-MMMMM.tfrecord` shards, one record per image
+3. drops empty captions and captions that are not valid UTF-8, and keeps at
+   most `max_captions_per_image` per image (counted in the manifest's "caption_cap");
+4. writes `{split}-NNNNN-of-MMMMM.tfrecord` shards, one record per image
    (`layout.write_shard`). Records keep the original bytes, except for images
    `tf.io.decode_image` would decode wrongly or not at all, which are stored
    re-encoded as 8-bit RGB (`images.REENCODE_REASONS`);
-5. builds the vocabulary from the train split only and writes `OUT/vocab.txt`
-   and, last, `OUT/manifest.json` (`layout.write_vocab_and_manifest`).
+5. builds the vocabulary from the train split only and writes `vocab.txt`
+   and, last, `manifest.json` (`layout.write_vocab_and_manifest`);
+6. only then replaces the old output in `OUT` by the new one (`layout.swap_in`):
+   a conversion that fails leaves the previous data dir as it was.
 
 Same input -> byte-identical shards and vocabulary: records keep the input
 order, whatever the number of workers.
@@ -58,6 +62,9 @@ def write_dataset(
     extra_skipped: Mapping[str, Sequence[str]] | None = None,
     source_info: Mapping | None = None,
     max_pixels: int = images.DEFAULT_MAX_PIXELS,
+    max_file_bytes: int = source_api.DEFAULT_MAX_FILE_BYTES,
+    follow_symlinks: bool = False,
+    max_captions_per_image: int = source_api.DEFAULT_MAX_CAPTIONS_PER_IMAGE,
     part: tuple[int, int] | None = None,
     progress: bool = True,
     verbose: bool = True,
@@ -78,6 +85,12 @@ def write_dataset(
       source_info: JSON-serializable facts about the source, stored as is.
       max_pixels: images whose header claims more pixels are skipped as
         "too_large" before any decoding.
+      max_file_bytes: larger image files are skipped as "file_too_large"
+        before they are read.
+      follow_symlinks: read image files that are (or lie under) symlinks
+        leading outside their item's root; by default they are "unsafe_path".
+      max_captions_per_image: the first this many captions of an image are
+        kept, the rest dropped and counted (the manifest's "caption_cap").
       part: (index, count): convert only the images whose id hashes to `index`
         into `layout.part_dir(out_dir, index, count)` and write its `part.json`
         instead of the vocabulary and manifest (see `merge.merge_parts`).
@@ -89,7 +102,9 @@ def write_dataset(
       the part's dict, as written to its `part.json`).
 
     Raises:
-      ConversionError: no usable train image remains, or an argument is invalid.
+      ConversionError: no usable train image remains, an argument is invalid,
+        or `out_dir` holds files the converter did not write. The previous
+        contents of `out_dir` are unchanged then.
     """
     if "train" not in items_by_split:
         raise ConversionError(f"no 'train' split given (got {sorted(items_by_split)}); "
@@ -102,6 +117,10 @@ def write_dataset(
         raise ConversionError(f"num_workers must be >= 1, got {num_workers}")
     if max_pixels < 1:
         raise ConversionError(f"max_pixels must be >= 1, got {max_pixels}")
+    if max_file_bytes < 1:
+        raise ConversionError(f"max_file_bytes must be >= 1, got {max_file_bytes}")
+    if max_captions_per_image < 1:
+        raise ConversionError(f"max_captions_per_image must be >= 1, got {max_captions_per_image}")
     if part is not None:
         check_part(*part)
     split_names = list(items_by_split) + [s for s in records.SPLITS if s not in items_by_split]
@@ -112,9 +131,11 @@ def write_dataset(
     # Threads: PIL decodes and file reads release the GIL; processes would re-import TF.
     workers = num_workers or min(32, (os.cpu_count() or 1) + 4)
     out_dir = os.fspath(out_dir)
+    layout.check_out_dir(out_dir)
     target = out_dir if part is None else layout.part_dir(out_dir, *part)
-    os.makedirs(target, exist_ok=True)
-    layout.remove_old_output(target, split_names)
+    if part is not None:
+        layout.check_part_dir(target)
+    limits = images.ReadLimits(max_bytes=max_file_bytes, follow_symlinks=follow_symlinks)
 
     skipped = report.Counted()
     if part is None or part[0] == 0:  # the source's own skips are counted once, in part 0
@@ -125,38 +146,53 @@ def write_dataset(
         items_by_split = {split: [item for item in items if in_part(item.image_id, *part)]
                           for split, items in items_by_split.items()}
 
-    converted = _convert(target, split_names, items_by_split, skipped, workers=workers,
-                         images_per_shard=images_per_shard, settings=settings,
-                         max_pixels=max_pixels, progress=progress)
     common = dict(source=source, settings=settings, min_word_count=min_word_count,
                   images_per_shard=images_per_shard, source_info=dict(source_info or {}))
     if part is not None:
-        info = merge.write_part(target, part, converted, **common)
+        with layout.staging(os.path.dirname(target), os.path.basename(target)) as stage:
+            converted = _convert(stage, split_names, items_by_split, skipped, workers=workers,
+                                 images_per_shard=images_per_shard, settings=settings, max_pixels=max_pixels,
+                                 limits=limits, max_captions=max_captions_per_image, progress=progress)
+            info = merge.write_part(stage, part, converted, **common)
+            layout.swap_in_part(stage, target)
         if verbose:
             print(f"Wrote part {part[0]} of {part[1]} to {target}: "
                   + ", ".join(f"{s} {v['num_images']}" for s, v in info["splits"].items())
                   + f" images; skipped: {skipped.summary_line()}. "
                   "Merge with `python -m tfrecords_tools merge --out OUT` when every part is done.")
         return info
-    if not converted["splits"]["train"].num_images:
-        raise ConversionError(
-            "no usable train image remains after skipping bad inputs "
-            f"({skipped.summary_line()}); check the image and caption paths")
-    return layout.write_vocab_and_manifest(out_dir, converted, verbose=verbose, **common)
+    with layout.staging(out_dir, "data") as stage:
+        converted = _convert(stage, split_names, items_by_split, skipped, workers=workers,
+                             images_per_shard=images_per_shard, settings=settings, max_pixels=max_pixels,
+                             limits=limits, max_captions=max_captions_per_image, progress=progress)
+        if not converted["splits"]["train"].num_images:
+            raise ConversionError(
+                "no usable train image remains after skipping bad inputs "
+                f"({skipped.summary_line()}); check the image and caption paths"
+                + ("; if the images are symlinks you trust, pass --follow-symlinks"
+                   if skipped.counts["unsafe_path"] else ""))
+        manifest = layout.write_vocab_and_manifest(stage, converted, **common)
+        layout.swap_in(stage, out_dir, split_names)
+    if verbose:
+        print(report.format_summary(manifest, out_dir))
+    return manifest
 
 
 def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[str, Sequence[Item]],
              skipped: report.Counted, *, workers: int, images_per_shard: int,
-             settings: vocab_lib.TokenizerSettings, max_pixels: int, progress: bool) -> dict:
+             settings: vocab_lib.TokenizerSettings, max_pixels: int, limits: images.ReadLimits,
+             max_captions: int, progress: bool) -> dict:
     """Checks images and captions, writes the shards into `target`.
 
     Returns:
       {"splits": split -> manifest.SplitInfo,
        "train_counts": Counter of train words, "max_caption_words",
-       "max_captions_per_image", "skipped": report.Counted, "reencoded": report.Counted}
+       "max_captions_per_image", "skipped": report.Counted, "reencoded": report.Counted,
+       "caption_cap": report.CaptionCap}
     """
     window = 4 * workers  # results read ahead of the writer, bounding memory
     reencoded = report.Counted()
+    caption_cap = report.CaptionCap(max_captions)
 
     # Pass 1: ids, then every image read and decoded (nothing kept in memory).
     candidates: dict[str, list[Item]] = {}
@@ -171,7 +207,7 @@ def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[st
             candidates[split].append(item)
     all_candidates = [item for split in split_names for item in candidates[split]]
     checked: dict[str, tuple[int, str | None]] = {}  # image_id -> (byte size, re-encode reason)
-    check = functools.partial(images.check_image, max_pixels=max_pixels)
+    check = functools.partial(images.check_image, max_pixels=max_pixels, limits=limits)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool, _bar(
             progress, len(all_candidates), "checking images") as bar:
         for item, (reason, size, fix) in zip(all_candidates,
@@ -205,16 +241,20 @@ def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[st
         words = vocab_lib.split_words((c for cs in stripped for _, c in cs), settings)
         kept[split], max_words[split] = [], 0
         for item, captions in zip(survivors, stripped):
-            good = []
+            good, dropped = [], 0
             for i, caption in captions:
                 caption_words = next(words)
                 if not caption_words:
                     skipped.add("empty_caption", f"{item.image_id}#{i}")
-                else:
+                elif len(good) < max_captions:
                     good.append(caption)
                     max_words[split] = max(max_words[split], len(caption_words))
                     if split == "train":
                         train_counts.update(caption_words)
+                else:
+                    dropped += 1
+            if dropped:
+                caption_cap.add(item.image_id, dropped)
             if good:
                 kept[split].append(dataclasses.replace(item, captions=tuple(good)))
             else:
@@ -228,7 +268,8 @@ def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[st
         for split in split_names:
             items = kept[split]
             num_shards = math.ceil(len(items) / images_per_shard)
-            encoded = _ordered_map(pool, functools.partial(images.stored_bytes, checked=checked), items, window)
+            encoded = _ordered_map(pool, functools.partial(images.stored_bytes, checked=checked, limits=limits),
+                                   items, window)
             files = []
             for shard in range(num_shards):
                 lo, hi = len(items) * shard // num_shards, len(items) * (shard + 1) // num_shards
@@ -246,6 +287,7 @@ def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[st
             (len(item.captions) for items in kept.values() for item in items), default=0),
         "skipped": skipped,
         "reencoded": reencoded,
+        "caption_cap": caption_cap,
     }
 
 

@@ -94,7 +94,7 @@ def load(data_dir: str) -> Manifest:
 def write(data_dir: str, *, source: str, splits: Mapping[str, SplitInfo], tokenizer: TokenizerSettings,
           vocab_size: int, vocab_file: str, min_word_count: int, max_caption_words: int,
           max_captions_per_image: int, images_per_shard: int, skipped: Mapping, reencoded: Mapping,
-          source_info: Mapping, merged_parts: int | None = None) -> dict:
+          source_info: Mapping, merged_parts: int | None = None, caption_cap: Mapping | None = None) -> dict:
     """Writes `DATA_DIR/manifest.json` atomically; the converter calls it last.
 
     Args:
@@ -111,6 +111,8 @@ def write(data_dir: str, *, source: str, splits: Mapping[str, SplitInfo], tokeni
       skipped, reencoded: reason -> {"count", "examples"}.
       source_info: JSON-serializable facts about the source, stored as is.
       merged_parts: how many parts `tfrecords_tools merge` combined (None: one run).
+      caption_cap: the converter's cap on captions per image: {"limit",
+        "images_capped", "captions_dropped", "examples"} (None: not recorded).
 
     Returns:
       The dict written.
@@ -130,6 +132,8 @@ def write(data_dir: str, *, source: str, splits: Mapping[str, SplitInfo], tokeni
         "reencoded": dict(reencoded),
         "source_info": dict(source_info),
     }
+    if caption_cap is not None:
+        manifest["caption_cap"] = dict(caption_cap)
     if merged_parts is not None:
         manifest["merged_parts"] = merged_parts
     manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,379 @@
+"""Hostile archives and careless operators: the converters never hang, never
+read outside the image folder, never delete what they did not write, and skip
+malformed annotations with a count instead of a traceback.
+
+Tests that could hang or allocate without bound if the converter regressed
+(a FIFO, /dev/zero) run it in a subprocess with a timeout and a memory limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from caption_app.data import manifest as manifest_lib
+from tests.conftest import REPO_ROOT, cli_command, cli_env, read_records
+from tfrecords_tools import coco, flickr8k, jsonl_csv, layout, merge, source_api
+from tfrecords_tools.source_api import ConversionError
+
+TIMEOUT_S = 240  # a conversion of a few tiny images takes seconds; a hang never ends
+MEMORY_LIMIT = 6 << 30  # address space of a converter subprocess (TensorFlow needs ~3 GB of it)
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo") or not hasattr(os, "symlink"),
+                                reason="needs POSIX FIFOs and symlinks")
+
+
+def _jpeg(path: Path, seed: int = 0) -> None:
+    pixels = np.full((16, 16, 3), 30 * seed % 256, np.uint8)
+    Image.fromarray(pixels).save(path, "JPEG")
+
+
+def _jsonl_dataset(tmp_path: Path, names: list[str], extra_records: list[dict] = ()) -> Path:
+    """tmp_path/data.jsonl naming `names` (train images 0..n-1 written as JPEGs when not present)."""
+    images = tmp_path / "images"
+    images.mkdir(exist_ok=True)
+    lines = []
+    for i, name in enumerate(names):
+        if not os.path.lexists(images / name):
+            _jpeg(images / name, i)
+        lines.append({"image": f"images/{name}", "caption": f"a picture number {i}", "split": "train"})
+    lines.extend(extra_records)
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return path
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def _run_converter(*args: str) -> subprocess.CompletedProcess:
+    """`python -m tfrecords_tools args...`, killed after TIMEOUT_S (a hang fails the test) and
+    limited to MEMORY_LIMIT (reading a device without bound fails it too, instead of the machine)."""
+    return subprocess.run(cli_command("tfrecords_tools", *args, "--no-progress"), cwd=REPO_ROOT,
+                          env=cli_env(), capture_output=True, text=True, timeout=TIMEOUT_S,
+                          preexec_fn=_limit_memory)
+
+
+def _convert_jsonl(path: Path, out: Path, **kwargs) -> dict:
+    return jsonl_csv.convert_records(path, "jsonl", out, min_word_count=1, progress=False, verbose=False,
+                                     **kwargs)
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- only regular files are read -------------------------------------------------------------------
+
+def test_fifo_named_like_an_image_is_skipped_not_waited_for(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    os.mkfifo(images / "x.jpg")  # nobody ever writes into it: opening it for reading would block
+    data = _jsonl_dataset(tmp_path, ["a.jpg", "b.jpg", "x.jpg"])
+    out = tmp_path / "out"
+    result = _run_converter("jsonl", "--file", str(data), "--out", str(out), "--min-word-count", "1")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["skipped"]["not_regular_file"] == {"count": 1, "examples": ["images/x.jpg"]}
+    assert manifest["splits"]["train"]["num_images"] == 2
+
+
+def _error_line(result: subprocess.CompletedProcess) -> str:
+    """The one `error: ...` line of a failed CLI run (TensorFlow's start-up logs aside)."""
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def test_fifo_as_the_annotation_file_is_an_error_not_a_hang(tmp_path):
+    fifo = tmp_path / "captions_train2014.json"
+    os.mkfifo(fifo)
+    (tmp_path / "train2014").mkdir()
+    result = _run_converter("coco", "--annotations", str(fifo), "--images", str(tmp_path / "train2014"),
+                            "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "not a regular file" in _error_line(result)
+
+
+def test_symlink_to_dev_zero_is_skipped_with_a_bounded_read(tmp_path):
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    images = tmp_path / "images"
+    images.mkdir()
+    os.symlink("/dev/zero", images / "zero.jpg")
+    data = _jsonl_dataset(tmp_path, ["a.jpg", "zero.jpg"])
+    # Trusting symlinks still reads only regular files: the device is never read.
+    out = tmp_path / "out"
+    result = _run_converter("jsonl", "--file", str(data), "--out", str(out), "--min-word-count", "1",
+                            "--follow-symlinks")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["skipped"]["not_regular_file"]["examples"] == ["images/zero.jpg"]
+    assert manifest["splits"]["train"]["num_images"] == 1
+
+
+def test_reading_a_device_stops_before_the_read(tmp_path):
+    """The image check itself (no TensorFlow: a 1 GiB memory limit is plenty) on a symlink to
+    /dev/zero, trusted and without a root: a device is never read."""
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    os.symlink("/dev/zero", tmp_path / "zero.jpg")
+    code = ("import sys; from tfrecords_tools import images, source_api; "
+            "print(images.check_image(source_api.Item('z', sys.argv[1], ('a',)), 10**6)[0])")
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "zero.jpg")], cwd=REPO_ROOT,
+                            env=cli_env(), capture_output=True, text=True, timeout=TIMEOUT_S, preexec_fn=limit)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["not_regular_file"]
+
+
+def test_image_file_over_the_size_cap_is_skipped_before_reading(tmp_path):
+    data = _jsonl_dataset(tmp_path, ["a.jpg", "b.jpg"])
+    big = tmp_path / "images" / "big.jpg"
+    with open(big, "wb") as f:  # sparse: 1 GiB claimed, no disk used
+        f.truncate(1 << 30)
+    data.write_text(data.read_text() + json.dumps({"image": "images/big.jpg", "caption": "a big one",
+                                                   "split": "train"}) + "\n")
+    manifest = _convert_jsonl(data, tmp_path / "out", max_file_bytes=1 << 20)
+    assert manifest["skipped"]["file_too_large"]["examples"] == ["images/big.jpg"]
+    assert manifest["splits"]["train"]["num_images"] == 2
+
+
+# --- symlinks out of the image root -------------------------------------------------------------------
+
+def test_symlinks_leading_outside_the_image_root_are_unsafe_paths(tmp_path):
+    outside = tmp_path / "outside"  # next to the dataset, outside its root (the JSONL file's folder)
+    outside.mkdir()
+    _jpeg(outside / "secret.jpg", 7)
+    dataset = tmp_path / "dataset"
+    images = dataset / "images"
+    images.mkdir(parents=True)
+    os.symlink(outside / "secret.jpg", images / "evil.jpg")  # a file symlink
+    os.symlink(outside, images / "sub")  # a folder symlink
+    os.symlink("a.jpg", images / "alias.jpg")  # inside the root: fine
+    data = _jsonl_dataset(dataset, ["a.jpg", "evil.jpg", "sub/secret.jpg", "alias.jpg"])
+    manifest = _convert_jsonl(data, tmp_path / "out")
+    assert manifest["skipped"]["unsafe_path"] == {"count": 2,
+                                                  "examples": ["images/evil.jpg", "images/sub/secret.jpg"]}
+    stored = {r["image_id"] for r in read_records(tmp_path / "out", "train")}
+    assert stored == {"images/a.jpg", "images/alias.jpg"}
+
+    trusted = _convert_jsonl(data, tmp_path / "trusted", follow_symlinks=True)
+    assert "unsafe_path" not in trusted["skipped"] and trusted["splits"]["train"]["num_images"] == 4
+
+
+# --- merge reads only shards inside each part dir ---------------------------------------------------
+
+def _converted_part(tmp_path: Path) -> tuple[Path, Path]:
+    data = _jsonl_dataset(tmp_path, ["a.jpg", "b.jpg", "c.jpg"])
+    out = tmp_path / "out"
+    _convert_jsonl(data, out, part=(0, 1))
+    folder = Path(layout.part_dir(out, 0, 1))
+    assert (folder / layout.PART_FILE).exists()
+    return out, folder
+
+
+@pytest.mark.parametrize("hostile", ["../../../secret.txt", "symlink", "train-00000-of-00001.tfrecord/.."])
+def test_merge_takes_only_shard_files_inside_the_part_dir(tmp_path, hostile):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the operator's private key")
+    out, folder = _converted_part(tmp_path)
+    info = json.loads((folder / layout.PART_FILE).read_text())
+    if hostile == "symlink":  # a shard name, but a symlink to a file outside
+        shard = folder / info["splits"]["train"]["files"][0]
+        shard.unlink()
+        os.symlink(secret, shard)
+    else:
+        info["splits"]["train"]["files"] = [hostile]
+        (folder / layout.PART_FILE).write_text(json.dumps(info))
+    with pytest.raises(ConversionError, match="part.json lists") as error:
+        merge.merge_parts(out, verbose=False)
+    assert "\n" not in str(error.value)
+    assert not (out / manifest_lib.MANIFEST).exists()
+    linked = [p for p in out.iterdir() if p.is_file() and os.path.samefile(p, secret)]
+    assert not linked and secret.read_text() == "the operator's private key"
+    assert (folder / layout.PART_FILE).exists()  # the parts are kept for another try
+
+
+def test_malformed_part_json_is_a_clear_error(tmp_path):
+    out, folder = _converted_part(tmp_path)
+    info = json.loads((folder / layout.PART_FILE).read_text())
+    info["splits"]["train"] = {"files": {"a": 1}}  # a dict, no counts
+    (folder / layout.PART_FILE).write_text(json.dumps(info))
+    with pytest.raises(ConversionError, match="not a part.json the converter wrote"):
+        merge.merge_parts(out, verbose=False)
+
+
+# --- never delete what it did not write ---------------------------------------------------------------
+
+def test_out_that_is_not_a_conversion_is_refused_naming_what_is_there(tmp_path):
+    data = _jsonl_dataset(tmp_path, ["a.jpg", "b.jpg"])
+    out = tmp_path / "home"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    (out / "train-00000-of-00001.tfrecord").write_text("someone else's shard? it looks like ours")
+    before = _tree(out)
+    result = _run_converter("jsonl", "--file", str(data), "--out", str(out), "--min-word-count", "1")
+    assert result.returncode == 2
+    error = _error_line(result)
+    assert "thesis.tex" in error and "not a data dir" in error
+    assert _tree(out) == before and sorted(p.name for p in out.iterdir()) == sorted(before)
+
+
+def test_failed_reconversion_leaves_the_old_data_dir_intact(tmp_path):
+    data = _jsonl_dataset(tmp_path, ["a.jpg", "b.jpg", "c.jpg"])
+    out = tmp_path / "out"
+    _convert_jsonl(data, out, images_per_shard=1)
+    (out / "notes.txt").write_text("mine")
+    before = _tree(out)
+    wrong = tmp_path / "wrong_images"
+    wrong.mkdir()
+    with pytest.raises(ConversionError, match="no usable train image"):
+        _convert_jsonl(data, out, root=wrong, images_per_shard=1)  # every image missing there
+    assert _tree(out) == before
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)  # no staging dir left behind
+    assert manifest_lib.load(str(out)).split("train").num_images == 3
+
+    # A successful re-conversion replaces our files only.
+    _convert_jsonl(data, out, images_per_shard=2)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.glob("train-*")) == ["train-00000-of-00002.tfrecord",
+                                                            "train-00001-of-00002.tfrecord"]
+
+
+def test_failed_part_reconversion_leaves_the_old_part_and_foreign_files(tmp_path, monkeypatch):
+    from caption_app.data import records
+
+    out, folder = _converted_part(tmp_path)
+    before = _tree(folder)
+    real = records.make_example
+
+    def failing(image_id, *args):
+        if image_id.endswith("c.jpg"):
+            raise OSError("disk full")
+        return real(image_id, *args)
+
+    monkeypatch.setattr(records, "make_example", failing)
+    with pytest.raises(OSError, match="disk full"):
+        _convert_jsonl(tmp_path / "data.jsonl", out, part=(0, 1))
+    monkeypatch.setattr(records, "make_example", real)
+    assert _tree(folder) == before
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # no staging dir left
+
+    (folder / "README").write_text("mine")
+    with pytest.raises(ConversionError, match="README"):
+        _convert_jsonl(tmp_path / "data.jsonl", out, part=(0, 1))
+    assert (folder / "README").read_text() == "mine"
+
+
+def test_merge_keeps_files_it_did_not_write_in_parts(tmp_path):
+    out, folder = _converted_part(tmp_path)
+    (out / layout.PARTS_DIR / "how-we-split.txt").write_text("mine")
+    merge.merge_parts(out, verbose=False)
+    assert manifest_lib.load(str(out)).split("train").num_images == 3
+    assert (out / layout.PARTS_DIR / "how-we-split.txt").read_text() == "mine"
+    assert not folder.exists()  # the part itself was ours: merged and deleted
+
+
+# --- malformed annotations are counted, never a traceback ---------------------------------------------
+
+def test_coco_image_ids_that_are_dicts_or_lists_are_bad_lines(tmp_path):
+    images = tmp_path / "train2014"
+    images.mkdir()
+    for i in range(3):
+        _jpeg(images / f"{i}.jpg", i)
+    annotations = {
+        "images": [{"id": 0, "file_name": "0.jpg"}, {"id": 1, "file_name": "1.jpg"},
+                   {"id": [2], "file_name": "2.jpg"}],
+        "annotations": [{"image_id": 0, "caption": "a dog"}, {"image_id": 1, "caption": "a cat"},
+                        {"image_id": {"id": 0}, "caption": "a trap"}, {"image_id": [1], "caption": "a trap"}],
+    }
+    path = tmp_path / "captions_train2014.json"
+    path.write_text(json.dumps(annotations))
+    manifest = coco.convert_coco([path], [images], tmp_path / "out", min_word_count=1, progress=False,
+                                 verbose=False)
+    assert manifest["skipped"]["bad_line"]["count"] == 3
+    assert manifest["splits"]["train"]["num_images"] == 2 and manifest["splits"]["train"]["num_captions"] == 2
+
+
+def test_coco_file_nested_too_deep_is_a_clear_error(tmp_path):
+    images = tmp_path / "train2014"
+    images.mkdir()
+    path = tmp_path / "captions_train2014.json"
+    path.write_text("[" * 100_000)
+    with pytest.raises(ConversionError, match="cannot read COCO caption file"):
+        coco.read_coco([path], [images])
+
+
+def test_nul_byte_in_a_jsonl_path_is_an_unsafe_path(tmp_path):
+    data = _jsonl_dataset(tmp_path, ["a.jpg", "b.jpg"],
+                          [{"image": "images/a\u0000.jpg", "caption": "a trap", "split": "train"}])
+    data.write_text(data.read_text() + "[" * 100_000 + "\n")  # a line nested too deep for json
+    manifest = _convert_jsonl(data, tmp_path / "out")
+    assert manifest["skipped"]["unsafe_path"]["examples"] == ["images/a\u0000.jpg"]
+    assert manifest["skipped"]["bad_line"]["count"] == 1
+    assert manifest["splits"]["train"]["num_images"] == 2
+
+
+def test_csv_cell_over_the_field_limit_is_a_bad_line(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    _jpeg(images / "a.jpg")
+    _jpeg(images / "b.jpg", 1)
+    path = tmp_path / "data.csv"
+    path.write_text("image,caption,split\nimages/a.jpg,a dog,train\n"
+                    f"images/b.jpg,{'x' * 200_000},train\nimages/b.jpg,a cat,train\n")
+    manifest = jsonl_csv.convert_records(path, "csv", tmp_path / "out", min_word_count=1, progress=False,
+                                         verbose=False)
+    assert manifest["skipped"]["bad_line"]["count"] == 1
+    assert manifest["splits"]["train"]["num_images"] == 2
+
+
+def test_nul_byte_in_a_flickr8k_name_is_an_unsafe_path(tmp_path):
+    images, text = tmp_path / "images", tmp_path / "text"
+    images.mkdir()
+    text.mkdir()
+    _jpeg(images / "a.jpg")
+    (text / flickr8k.TOKEN_FILE).write_text("a.jpg#0\ta dog\nb\0.jpg#0\ta trap\n")
+    (text / flickr8k.SPLIT_FILES["train"]).write_text("a.jpg\nb\0.jpg\n")
+    (text / flickr8k.SPLIT_FILES["val"]).write_text("")
+    (text / flickr8k.SPLIT_FILES["test"]).write_text("")
+    manifest = flickr8k.convert_flickr8k(images, text, tmp_path / "out", min_word_count=1, progress=False,
+                                         verbose=False)
+    assert manifest["skipped"]["unsafe_path"]["examples"] == ["b\0.jpg"]
+    assert manifest["splits"]["train"]["num_images"] == 1
+
+
+# --- caption-count outliers ---------------------------------------------------------------------------
+
+def test_an_image_with_thousands_of_captions_is_capped(tmp_path, capsys):
+    outlier = {"image": "images/a.jpg", "captions": [f"caption number {i}" for i in range(3001)],
+               "split": "train"}
+    data = _jsonl_dataset(tmp_path, ["b.jpg", "c.jpg"], [outlier])
+    _jpeg(tmp_path / "images" / "a.jpg")
+    out = tmp_path / "out"
+    manifest = jsonl_csv.convert_records(data, "jsonl", out, min_word_count=1, progress=False)
+    cap = 20  # the default (docs/data.md)
+    assert manifest["max_captions_per_image"] == cap  # what training pads batches to
+    assert manifest["caption_cap"] == {"limit": cap, "images_capped": 1, "captions_dropped": 3001 - cap,
+                                       "examples": ["images/a.jpg"]}
+    stored = {r["image_id"]: r["captions"] for r in read_records(out, "train")}
+    assert stored["images/a.jpg"] == [f"caption number {i}" for i in range(cap)]  # the first ones
+    assert f"Captions capped at {cap} per image: 1 images lost {3001 - cap} captions" in capsys.readouterr().out
+
+    smaller = _convert_jsonl(data, tmp_path / "three", max_captions_per_image=3)
+    assert smaller["max_captions_per_image"] == 3 and smaller["caption_cap"]["captions_dropped"] == 2998
+    assert source_api.DEFAULT_MAX_CAPTIONS_PER_IMAGE == cap
