@@ -20,6 +20,7 @@ strategy in distribute.py, the frozen phase's feature cache in feature_cache.py.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -67,6 +68,27 @@ def phases(config: Config) -> list[Phase]:
     return out
 
 
+class DataError(ValueError):
+    """A shard of the data dir turned out damaged while training (the message names it)."""
+
+
+@contextlib.contextmanager
+def _naming_damaged_shards(manifest):
+    """Turns TensorFlow's DataLossError (a record that fails its CRC, a shard cut short) into
+    DataError naming the shard and saying re-convert. The last checkpoint stays the latest."""
+    try:
+        yield
+    except tf.errors.DataLossError as err:
+        text = getattr(err, "message", None) or str(err)
+        files = [f for split in ("train", "val") if split in manifest.splits for f in manifest.files(split)]
+        named = [f for f in files if os.path.basename(f) in text]
+        where = ", ".join(named) if named else f"one of the shards of {manifest.data_dir}"
+        first = text.strip().splitlines()[0][:200]
+        raise DataError(f"damaged record data in {where} ({first}); re-convert the dataset "
+                        "(python -m tfrecords_tools ... --out DIR), then rerun to resume from the last "
+                        "checkpoint") from None
+
+
 def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
           strategy: tf.distribute.Strategy | None = None) -> dict:
     """Trains (or resumes) a captioner.
@@ -83,6 +105,7 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
        "replicas", "xla", "resumed_from"}.
     """
     t = config.train
+    config.validate()  # before anything is written
     distribute.check_settings(t.strategy, t.precision)
     if strategy is None:
         strategy = distribute.make_strategy(t.strategy)
@@ -95,7 +118,16 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
     # Every worker saves (saving may need collectives); only the chief into the run dir.
     write_dir = run_dir if chief else tempfile.mkdtemp(prefix="caption_app_worker_")
     ctx = run_dir_lib.RunContext.create(config, data_dir, run_dir, strategy=strategy, write_description=chief,
-                                        write_dir=write_dir)
+                                        write_dir=write_dir, lock="train" if chief else None)
+    try:
+        return _train(ctx, strategy, chief=chief, verbose=verbose, write_dir=write_dir)
+    finally:
+        ctx.release()
+
+
+def _train(ctx: run_dir_lib.RunContext, strategy: tf.distribute.Strategy, *, chief: bool, verbose: int,
+           write_dir: str) -> dict:
+    config, run_dir, replicas = ctx.config, ctx.run_dir, strategy.num_replicas_in_sync
     trainer = _Trainer(ctx, strategy, chief=chief, verbose=verbose)
     resume = ctx.resume
     if resume.path:
@@ -191,7 +223,7 @@ class _Trainer:
         if begin < phase.last:
             fits.append((phase.last, begin, self.steps, 0))
         for epochs, initial_epoch, epoch_steps, first_step in fits:
-            with strategy.scope():
+            with strategy.scope(), _naming_damaged_shards(ctx.manifest):
                 fit = fit_model.fit(fit_train_ds, epochs=epochs, initial_epoch=initial_epoch,
                                     steps_per_epoch=epoch_steps, callbacks=callbacks(first_step),
                                     verbose=self.verbose if self.chief else 0, shuffle=False)
