@@ -171,9 +171,9 @@ def checkpoint_damage(path: str) -> str | None:
     """Why checkpoint `path` cannot be restored (its index missing, its data missing, truncated or
     unreadable), or None when every tensor in it reads back. Reads the whole checkpoint once."""
     name = os.path.basename(path)
-    if not os.path.exists(path + ".index"):
+    if not tf.io.gfile.exists(path + ".index"):
         return f"its index {name}.index is missing"
-    if not glob.glob(glob.escape(path) + ".data-*"):
+    if not tf.io.gfile.glob(glob.escape(path) + ".data-*"):
         return f"its data file {name}.data-* is missing"
     try:
         reader = tf.train.load_checkpoint(path)

@@ -79,14 +79,25 @@ def _naming_damaged_shards(manifest):
     try:
         yield
     except tf.errors.DataLossError as err:
-        text = getattr(err, "message", None) or str(err)
+        # TensorFlow's message does not name the file: read the shards once to find it.
         files = [f for split in ("train", "val") if split in manifest.splits for f in manifest.files(split)]
-        named = [f for f in files if os.path.basename(f) in text]
-        where = ", ".join(named) if named else f"one of the shards of {manifest.data_dir}"
-        first = text.strip().splitlines()[0][:200]
-        raise DataError(f"damaged record data in {where} ({first}); re-convert the dataset "
+        damaged = [f for f in files if _record_damage(f)]
+        where = ", ".join(damaged) if damaged else f"one of the shards of {manifest.data_dir}"
+        text = (getattr(err, "message", None) or str(err)).replace("{{", "{").strip()
+        detail = next((_record_damage(f) for f in damaged), text.splitlines()[0][:200] if text else "")
+        raise DataError(f"damaged record data in {where} ({detail}); re-convert the dataset "
                         "(python -m tfrecords_tools ... --out DIR), then rerun to resume from the last "
                         "checkpoint") from None
+
+
+def _record_damage(path: str) -> str | None:
+    """Why the TFRecord file `path` does not read through (a record failing its CRC), or None."""
+    try:
+        for _ in tf.data.TFRecordDataset(path):
+            pass
+    except tf.errors.DataLossError as err:
+        return (err.message or "").split("}}")[-1].split("[Op:")[0].strip() or "data loss"
+    return None
 
 
 def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,

@@ -25,7 +25,9 @@ from caption_app.data import records
 from caption_app.data.pipeline import make_dataset
 from caption_app.data.vocabulary import Vocabulary
 from caption_app.evaluate import evaluate
-from tests.conftest import REPO_ROOT, cli_env, set_args, tiny_config
+from tests.conftest import REPO_ROOT, cli_env, run_cli, set_args, tiny_config
+
+LOCK_FILE = "run.lock"  # caption_app.run_lock.LOCK_FILE (spelt out: the names below are what users see)
 
 
 def _train_args(data: str, run: str, *assignments: str) -> list[str]:
@@ -44,7 +46,7 @@ def _error_line(capsys) -> str:
 def _copy_run(trained_run, tmp_path: Path) -> Path:
     run = tmp_path / "run"
     shutil.copytree(trained_run.run_dir, run)
-    (run / run_dir_lib.LOCK_FILE).unlink(missing_ok=True)
+    (run / LOCK_FILE).unlink(missing_ok=True)
     return run
 
 
@@ -64,7 +66,8 @@ def _edit_manifest(data: Path, edit) -> None:
 # ---------------------------------------------------------------------------
 # One writer per run dir.
 
-def test_second_train_on_a_locked_run_dir_is_refused_naming_the_holder(shapes_data, tmp_path, capsys):
+@pytest.mark.parametrize("command", ["train", "cache-features"])
+def test_second_writer_on_a_locked_run_dir_is_refused_naming_the_holder(shapes_data, tmp_path, capsys, command):
     run = tmp_path / "run"
     run.mkdir()
     holder = subprocess.Popen(
@@ -73,14 +76,18 @@ def test_second_train_on_a_locked_run_dir_is_refused_naming_the_holder(shapes_da
         cwd=REPO_ROOT, env=cli_env(), stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        code = cli_main(_train_args(shapes_data, str(run)))
+        args = _train_args(shapes_data, str(run))
+        if command == "cache-features":
+            args = ["cache-features", "--config", "tiny", "--data", shapes_data, "--run-dir", str(run),
+                    *set_args("train.feature_cache=true", "train.freeze_backbone=true")]
+        code = cli_main(args)
         line = _error_line(capsys)
     finally:
         holder.kill()
         holder.wait()
     assert code == 2
     assert f"pid {holder.pid} on host {socket.gethostname()}" in line and "started" in line
-    assert sorted(os.listdir(run)) == [run_dir_lib.LOCK_FILE]  # nothing else written
+    assert sorted(os.listdir(run)) == [LOCK_FILE]  # nothing else written
 
 
 def test_lock_left_by_a_dead_process_is_taken_over_with_a_note(shapes_data, tmp_path, capsys):
@@ -88,7 +95,7 @@ def test_lock_left_by_a_dead_process_is_taken_over_with_a_note(shapes_data, tmp_
     dead.wait()
     run = tmp_path / "run"
     run.mkdir()
-    (run / run_dir_lib.LOCK_FILE).write_text(json.dumps(
+    (run / LOCK_FILE).write_text(json.dumps(
         {"host": socket.gethostname(), "pid": dead.pid, "started": "2026-01-01T00:00:00+00:00",
          "command": "train"}))
     assert cli_main(_train_args(shapes_data, str(run))) == 0
@@ -171,7 +178,7 @@ def test_caption_and_evaluate_fall_back_past_a_damaged_checkpoint(trained_run, t
         assert details["checkpoint"].endswith("ckpt-1")
     assert "skipped checkpoint" in capsys.readouterr().err
     # A damaged checkpoint asked for by name is an error naming it.
-    with pytest.raises(run_dir_lib.CheckpointError, match="ckpt-2"):
+    with pytest.raises(RuntimeError, match="ckpt-2.*does not restore"):  # run_dir.CheckpointError
         run_dir_lib.load_model(str(run), str(run / "checkpoints" / "ckpt-2"))
 
 
@@ -188,17 +195,22 @@ def test_caption_and_evaluate_fall_back_past_a_damaged_checkpoint(trained_run, t
 def test_an_impossible_manifest_is_refused_with_what_is_wrong(shapes_data, tmp_path, edit, expected):
     data = _copy_data(shapes_data, tmp_path)
     _edit_manifest(data, edit)
-    with pytest.raises(manifest_lib.ManifestError, match="re-convert") as err:
+    with pytest.raises(ValueError, match="re-convert") as err:  # manifest.ManifestError
         manifest_lib.load(str(data))
     assert expected in str(err.value)
 
 
-def test_train_on_an_impossible_manifest_exits_2_before_writing(shapes_data, tmp_path, capsys):
+def test_train_on_an_impossible_manifest_exits_2_before_writing(shapes_data, tmp_path):
     data = _copy_data(shapes_data, tmp_path)
     _edit_manifest(data, lambda m: m["splits"]["train"].update(num_images=-40))
     run = tmp_path / "run"
-    assert cli_main(_train_args(str(data), str(run))) == 2
-    assert "re-convert" in _error_line(capsys)
+    # A subprocess with a timeout: with num_images -40, training used to hang.
+    result = run_cli("caption_app", *_train_args(str(data), str(run)), timeout=180)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error: ")] == [
+        result.stderr.strip().splitlines()[-1]]
+    assert "num_images is -40" in result.stderr and "re-convert" in result.stderr
     assert not run.exists()
 
 
@@ -206,8 +218,19 @@ def test_a_truncated_shard_is_named(shapes_data, tmp_path):
     data = _copy_data(shapes_data, tmp_path)
     shard = Path(manifest_lib.load(str(data)).files("train")[0])
     shard.write_bytes(shard.read_bytes()[:-100])
-    with pytest.raises(manifest_lib.ManifestError, match=f"shard {shard} is truncated.*re-convert"):
+    with pytest.raises(ValueError, match=f"shard {shard} is truncated.*re-convert"):  # ManifestError
         manifest_lib.load(str(data))
+
+
+def test_a_corrupted_record_during_training_names_its_shard(shapes_data, tmp_path, capsys):
+    data = _copy_data(shapes_data, tmp_path)
+    shard = Path(manifest_lib.load(str(data)).files("train")[0])
+    damaged = bytearray(shard.read_bytes())
+    damaged[200] ^= 0xFF  # inside the first record's data: its CRC fails, its length is intact
+    shard.write_bytes(bytes(damaged))
+    assert cli_main(_train_args(str(data), str(tmp_path / "run"))) == 2
+    line = _error_line(capsys)
+    assert f"damaged record data in {shard} (corrupted record" in line and "re-convert" in line
 
 
 # ---------------------------------------------------------------------------
