@@ -518,7 +518,7 @@ class RunContext:
     @classmethod
     def create(cls, config: Config, data_dir: str, run_dir: str, *, strategy: tf.distribute.Strategy | None = None,
                write_description: bool = True, write_dir: str | None = None,
-               resume_backup: bool = True, lock: str | None = "train") -> "RunContext":
+               resume_backup: bool = True, lock: str | None = None) -> "RunContext":
         """Loads the data's description, checks the run dir, builds and restores the model.
 
         Args:
@@ -532,8 +532,8 @@ class RunContext:
           resume_backup: also resume from a mid-epoch backup (False: the last
             epoch checkpoint only).
           lock: take the run dir's lock for this command ("train",
-            "cache-features"), held until `release`; None: no lock (a
-            non-chief worker, which writes elsewhere).
+            "cache-features" pass theirs), held until `release`; None: no
+            lock (a non-chief worker, which writes elsewhere; tests).
         Raises:
           ConfigError, NotARunDir, ManifestError, ArchitectureMismatch,
             VocabularyMismatch: before anything is written.
@@ -541,8 +541,6 @@ class RunContext:
           CheckpointError: the run dir has checkpoints but none restores.
         """
         config.validate()
-        if write_description or lock:
-            check_run_dir(run_dir)
         manifest = manifest_lib.load(data_dir)
         vocab = Vocabulary.load(manifest.vocab_path)
         if vocab.size != manifest.vocab_size:
@@ -551,6 +549,8 @@ class RunContext:
         sizes = resolve_tensor_sizes(config, manifest)
         # Refuse another architecture's run dir before touching anything in it.
         check_compatible(run_dir, fingerprint(config, vocab, sizes))
+        if write_description or lock:
+            check_run_dir(run_dir)  # and only into run dirs (or new, empty ones)
         if os.path.exists(os.path.join(run_dir, VOCAB)):
             check_vocab(run_dir, Vocabulary.load(os.path.join(run_dir, VOCAB)), os.path.join(run_dir, VOCAB))
         has_saved = has_checkpoint(run_dir) or (resume_backup and has_backup(run_dir))

@@ -147,7 +147,7 @@ def test_resume_skips_a_damaged_newest_checkpoint_and_says_why(trained_run, tmp_
     run = _copy_run(trained_run, tmp_path)
     _damage(run, how)
     ctx = run_dir_lib.RunContext.create(tiny_config("train.epochs=2", "train.learning_rate=0.02"),
-                                        trained_run.data_dir, str(run))
+                                        trained_run.data_dir, str(run), lock="train")
     ctx.release()
     assert ctx.resume.path.endswith("ckpt-1") and ctx.resume.epoch == 1
     assert f"skipped checkpoint {run / 'checkpoints' / 'ckpt-2'}" in capsys.readouterr().err
