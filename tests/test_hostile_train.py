@@ -70,9 +70,13 @@ def _edit_manifest(data: Path, edit) -> None:
 def test_second_writer_on_a_locked_run_dir_is_refused_naming_the_holder(shapes_data, tmp_path, capsys, command):
     run = tmp_path / "run"
     run.mkdir()
+    # The lock's protocol, spelt out: flock on RUN/run.lock, the holder described in it as JSON.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from caption_app.run_lock import RunDirLock; "
-         f"RunDirLock({str(run)!r}, 'train').acquire(); print('locked', flush=True); time.sleep(120)"],
+        [sys.executable, "-c", "import fcntl, json, os, socket, time; "
+         f"fd = os.open({str(run / LOCK_FILE)!r}, os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
+         "os.write(fd, json.dumps({'host': socket.gethostname(), 'pid': os.getpid(), "
+         "'started': '2026-11-29T20:41:07+00:00', 'command': 'train'}).encode()); "
+         "print('locked', flush=True); time.sleep(120)"],
         cwd=REPO_ROOT, env=cli_env(), stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -86,7 +90,7 @@ def test_second_writer_on_a_locked_run_dir_is_refused_naming_the_holder(shapes_d
         holder.kill()
         holder.wait()
     assert code == 2
-    assert f"pid {holder.pid} on host {socket.gethostname()}" in line and "started" in line
+    assert f"pid {holder.pid} on host {socket.gethostname()}, started 2026-11-29T20:41:07+00:00" in line
     assert sorted(os.listdir(run)) == [LOCK_FILE]  # nothing else written
 
 
