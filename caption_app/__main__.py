@@ -100,8 +100,14 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"  {i}. {c['caption']}  (log p = {c['log_prob']:.3f})")
             if any("error" in r for r in results):
                 return 1
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:  # incl. FileNotFoundError, FileExistsError
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # a TensorFlow OpError (not a ValueError): still one line, no traceback
+        tf = sys.modules.get("tensorflow")
+        if tf is None or not isinstance(err, tf.errors.OpError):
+            raise
+        print(f"error: {type(err).__name__}: {(err.message or str(err)).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     return 0
 

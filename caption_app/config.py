@@ -70,6 +70,10 @@ class Eval:
     batch_size: int = 32  # images per evaluation batch (the decode settings are `Config.decode`)
 
 
+class ConfigError(ValueError):
+    """A config value out of range (the message names the key and the rule)."""
+
+
 # Keys that moved from `eval` to `decode` (caption_app/decoding.py). Old config.json files and
 # `--set eval.beam_size=...` keep working: both are read as the `decode` key.
 _MOVED_TO_DECODE = ("beam_size", "max_length", "length_normalization")
@@ -86,6 +90,43 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def validate(self) -> "Config":
+        """Returns self when every value is in range; raises ConfigError naming the first that is not.
+
+        Called by every command that trains into a run dir (`train`,
+        `cache-features`) before anything is written.
+        """
+        d, m, t, e = self.data, self.model, self.train, self.eval
+        checks = [
+            ("train.epochs", t.epochs, t.epochs > 0, "> 0"),
+            ("train.fine_tune_epochs", t.fine_tune_epochs, t.fine_tune_epochs >= 0, ">= 0"),
+            ("train.batch_size", t.batch_size, t.batch_size >= 1, ">= 1"),
+            ("train.learning_rate", t.learning_rate, t.learning_rate > 0, "> 0"),
+            ("train.fine_tune_learning_rate", t.fine_tune_learning_rate,
+             t.fine_tune_epochs == 0 or t.fine_tune_learning_rate > 0, "> 0 when train.fine_tune_epochs > 0"),
+            ("train.max_checkpoints_to_keep", t.max_checkpoints_to_keep, t.max_checkpoints_to_keep >= 1, ">= 1"),
+            ("train.backup_every_steps", t.backup_every_steps, t.backup_every_steps >= 0, ">= 0 (0: off)"),
+            ("train.clip_gradient_norm", t.clip_gradient_norm, t.clip_gradient_norm >= 0, ">= 0 (0: off)"),
+            ("data.max_caption_length", d.max_caption_length, d.max_caption_length >= 2,
+             ">= 2 (<start> and <end> included)"),
+            ("data.captions_per_image", d.captions_per_image, d.captions_per_image >= 0,
+             ">= 1, or 0 for the manifest's maximum"),
+            ("data.image_size", d.image_size, d.image_size >= 0, ">= 1, or 0 for the backbone's default"),
+            ("data.shuffle_buffer", d.shuffle_buffer, d.shuffle_buffer >= 1, ">= 1"),
+            ("model.embedding_size", m.embedding_size, m.embedding_size >= 1, ">= 1"),
+            ("model.lstm_units", m.lstm_units, m.lstm_units >= 1, ">= 1"),
+            ("model.lstm_dropout", m.lstm_dropout, 0 <= m.lstm_dropout < 1, "in [0, 1)"),
+            ("eval.batch_size", e.batch_size, e.batch_size >= 1, ">= 1"),
+        ]
+        for key, value, ok, rule in checks:
+            if isinstance(value, bool) or not ok:  # NaN fails every comparison
+                raise ConfigError(f"{key} must be {rule}, got {value!r} (--set {key}=...)")
+        try:
+            self.decode.resolve()
+        except ValueError as err:
+            raise ConfigError(f"decode: {err}") from None
+        return self
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

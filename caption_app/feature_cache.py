@@ -157,9 +157,10 @@ def ensure_cache(ctx: run_dir_lib.RunContext, *, batch_size: int | None = None, 
                     written += 1
             for w in writers:
                 w.close()
-            if written != count:
+            if written > count:
                 raise RuntimeError(f"feature cache: read {written} {split} images, the manifest says {count}")
-            info["splits"][split] = {"num_images": count, "files": files}
+            # Fewer when the pipeline skipped records with no usable caption.
+            info["splits"][split] = {"num_images": written, "files": files}
             if verbose:
                 print(f"feature cache: {split} {count} images in {time.time() - began:.1f}s", flush=True)
         info["seconds"] = time.time() - began
@@ -236,6 +237,10 @@ def cache_features(config: Config, data_dir: str, run_dir: str) -> str:
     if not config.train.feature_cache:
         raise ValueError("cache-features is for runs with train.feature_cache=true (add --set "
                          "train.feature_cache=true here and when training)")
-    ctx = run_dir_lib.RunContext.create(config, data_dir, run_dir, write_description=False, resume_backup=False)
-    os.makedirs(run_dir, exist_ok=True)
-    return ensure_cache(ctx)
+    config.validate()  # before anything is written
+    ctx = run_dir_lib.RunContext.create(config, data_dir, run_dir, write_description=False, resume_backup=False,
+                                        lock="cache-features")
+    try:
+        return ensure_cache(ctx)
+    finally:
+        ctx.release()

@@ -10,9 +10,16 @@
     RUN/backup/            the latest mid-epoch backup (train.backup_every_steps)
     RUN/logs/              TensorBoard
     RUN/state.json         {"epochs_done": n, "total_epochs": m, "finished": bool}
+    RUN/run.lock           held by the one process writing into it (caption_app/run_lock.py)
 
 A run dir knows its architecture: training into one whose checkpoints belong
 to another architecture stops before anything is written, naming both.
+Only run dirs are written to (`check_run_dir`: a non-empty directory without
+`fingerprint.json` is refused, naming what is there), by one process at a
+time (`RunDirLock`). A damaged checkpoint (index missing, data truncated, the
+`checkpoint` file gone) is skipped with a note for the newest one that
+restores (`restore_newest`, used by resume and by `load_model`); when none
+restores the command stops listing them, and never starts over them.
 Everything downstream (evaluate, caption, export) reads only the run dir.
 
 `RunContext.create` is the one setup of a run that trains into it (`train`,
@@ -27,10 +34,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
+from typing import Callable
 
 import keras
 import tensorflow as tf
@@ -43,6 +54,7 @@ from caption_app.data import manifest as manifest_lib
 from caption_app.data.pipeline import TensorSizes, resolve_tensor_sizes
 from caption_app.data.vocabulary import VOCAB_FILE, Vocabulary
 from caption_app.model import show_and_tell
+from caption_app.run_lock import LOCK_FILE, RunDirLock
 
 CONFIG = "config.json"
 FINGERPRINT = "fingerprint.json"
@@ -59,9 +71,51 @@ class ArchitectureMismatch(RuntimeError):
     """The run dir's checkpoints were trained with another architecture."""
 
 
+class NotARunDir(ValueError):
+    """--run-dir is a file, or a non-empty directory that is not a run dir."""
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint restores (each is damaged), or a named checkpoint is damaged."""
+
+
+class VocabularyMismatch(ValueError):
+    """RUN/vocab.txt is not the vocabulary the run was trained with (fingerprint.json)."""
+
+
+# What the project writes into a run dir before fingerprint.json exists
+# (cache-features builds its cache first; a lock may stay from a run that
+# stopped before writing anything).
+_PRE_FINGERPRINT_ENTRIES = {LOCK_FILE, "feature_cache"}
+
+
+def check_run_dir(run_dir: str) -> None:
+    """Raises NotARunDir unless `run_dir` is missing, empty or a run dir. Reads only.
+
+    Called before anything is written, so a user's folder (its config.json,
+    manifest.json or vocab.txt) is never overwritten by mistake.
+    """
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise NotARunDir(f"--run-dir {run_dir} is a file, not a directory; give a new path (created) or an "
+                         "existing run dir")
+    if not os.path.isdir(run_dir):
+        return
+    entries = sorted(os.listdir(run_dir))
+    if not entries or FINGERPRINT in entries or set(entries) <= _PRE_FINGERPRINT_ENTRIES:
+        return
+    shown = ", ".join(entries[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "")
+    raise NotARunDir(f"--run-dir {run_dir} is not empty and is not a run dir (no {FINGERPRINT}); it holds "
+                     f"{shown}. Nothing was written; give a new or empty directory as --run-dir")
+
+
+def vocab_sha1(vocab: Vocabulary) -> str:
+    """The vocabulary's hash in the fingerprint (its tokens in id order)."""
+    return hashlib.sha1("\n".join(vocab.tokens).encode("utf-8")).hexdigest()[:16]
+
+
 def fingerprint(config: Config, vocab: Vocabulary, sizes: TensorSizes) -> dict:
     """Everything that decides the names and shapes of the checkpoint's variables."""
-    vocab_hash = hashlib.sha1("\n".join(vocab.tokens).encode("utf-8")).hexdigest()[:16]
+    vocab_hash = vocab_sha1(vocab)
     return {
         "backbone": config.model.backbone,
         "image_size": sizes.image_size,
@@ -78,11 +132,93 @@ def _describe(fp: dict) -> str:
 
 
 def has_checkpoint(run_dir: str) -> bool:
-    return tf.train.latest_checkpoint(os.path.join(run_dir, CHECKPOINTS)) is not None
+    """Whether RUN/checkpoints holds any checkpoint, damaged or not (with or without its `checkpoint` file)."""
+    return bool(checkpoint_paths(os.path.join(run_dir, CHECKPOINTS)))
 
 
 def has_backup(run_dir: str) -> bool:
-    return tf.train.latest_checkpoint(os.path.join(run_dir, BACKUP)) is not None
+    return bool(checkpoint_paths(os.path.join(run_dir, BACKUP)))
+
+
+def _number(path: str) -> int:
+    match = re.search(r"-(\d+)$", path)
+    return int(match.group(1)) if match else -1
+
+
+def checkpoint_paths(directory: str) -> list[str]:
+    """The checkpoints of `directory`, newest first.
+
+    Those its `checkpoint` file lists; when that file is missing or
+    unreadable, every `ckpt-N` with an index or data file on disk. Some may be
+    damaged (see `checkpoint_damage`).
+    """
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except Exception:  # a garbled `checkpoint` file: fall back to the files
+        state = None
+    paths: list[str] = []
+    if state is not None:
+        listed = list(state.all_model_checkpoint_paths) + [state.model_checkpoint_path]
+        paths = [p if os.path.isabs(p) else os.path.join(directory, p) for p in listed if p]
+    if not paths and os.path.isdir(directory):
+        for name in os.listdir(directory):
+            match = re.match(r"^(.*-\d+)\.(index|data-\d+-of-\d+)$", name)
+            if match:
+                paths.append(os.path.join(directory, match.group(1)))
+    return sorted(set(paths), key=lambda p: (_number(p), p), reverse=True)
+
+
+def checkpoint_damage(path: str) -> str | None:
+    """Why checkpoint `path` cannot be restored (its index missing, its data missing, truncated or
+    unreadable), or None when every tensor in it reads back. Reads the whole checkpoint once."""
+    name = os.path.basename(path)
+    if not tf.io.gfile.exists(path + ".index"):
+        return f"its index {name}.index is missing"
+    if not tf.io.gfile.glob(glob.escape(path) + ".data-*"):
+        return f"its data file {name}.data-* is missing"
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for key in reader.get_variable_to_shape_map():
+            reader.get_tensor(key)
+    except Exception as err:  # OpError, or e.g. IndexError "Read less bytes than requested"
+        message = ((getattr(err, "message", None) or str(err)).strip().splitlines() or [type(err).__name__])[0]
+        return f"it cannot be read (truncated or damaged: {message[:200]})"
+    return None
+
+
+def restore_newest(paths: list[str], restore: Callable[[str], None], what: str) -> str | None:
+    """Restores the newest of `paths` that is undamaged and restores cleanly; notes each one skipped.
+
+    Args:
+      paths: checkpoints, newest first.
+      restore: restores one path (raises when it does not fit).
+      what: what they are, for messages ("checkpoints of RUN").
+    Returns:
+      The path restored, or None when `paths` is empty.
+    Raises:
+      CheckpointError: when none restores (listing each with its reason).
+    """
+    skipped: list[tuple[str, str]] = []
+    for path in paths:
+        reason = checkpoint_damage(path)
+        if reason is None:
+            try:
+                restore(path)
+            except Exception as err:  # OpError, AssertionError (variables that do not match), ...
+                reason = f"it does not restore ({(str(err).strip().splitlines() or [type(err).__name__])[0][:200]})"
+        if reason is None:
+            for bad, why in skipped:
+                print(f"note: skipped checkpoint {bad}: {why}; using {path}", file=sys.stderr, flush=True)
+            return path
+        skipped.append((path, reason))
+    if len(skipped) == 1:
+        raise CheckpointError(f"{skipped[0][0]} does not restore: {skipped[0][1]}. Nothing was changed; restore it "
+                              "from a backup, or move it away")
+    if skipped:
+        listing = "; ".join(f"{p}: {why}" for p, why in skipped)
+        raise CheckpointError(f"none of the {len(skipped)} {what} restores ({listing}). Nothing was changed; "
+                              "restore the files from a backup, or move them away to start over")
+    return None
 
 
 def check_compatible(run_dir: str, new: dict) -> None:
@@ -164,7 +300,25 @@ def load_manifest(run_dir: str, data_dir: str | None = None) -> manifest_lib.Man
 
 
 def load_vocab(run_dir: str) -> Vocabulary:
-    return Vocabulary.load(os.path.join(run_dir, VOCAB))
+    """RUN/vocab.txt, checked against the vocabulary hash of RUN/fingerprint.json (when there is one)."""
+    path = os.path.join(run_dir, VOCAB)
+    vocab = Vocabulary.load(path)
+    check_vocab(run_dir, vocab, path)
+    return vocab
+
+
+def check_vocab(run_dir: str, vocab: Vocabulary, path: str) -> None:
+    """Raises VocabularyMismatch when `vocab` (read from `path`) is not the run's trained vocabulary."""
+    fp_path = os.path.join(run_dir, FINGERPRINT)
+    if not os.path.exists(fp_path):
+        return
+    with open(fp_path) as f:
+        expected = json.load(f).get("vocab_sha1")
+    if expected and vocab_sha1(vocab) != expected:
+        raise VocabularyMismatch(
+            f"{path} is not the vocabulary run dir {run_dir} was trained with (its hash {vocab_sha1(vocab)} "
+            f"differs from {FINGERPRINT}'s vocab_sha1 {expected}): it was edited or replaced. Copy back the "
+            "data dir's vocab.txt the run trained on")
 
 
 def checkpoint_dir(run_dir: str) -> str:
@@ -172,14 +326,19 @@ def checkpoint_dir(run_dir: str) -> str:
 
 
 def latest_checkpoint(run_dir: str) -> str:
-    path = tf.train.latest_checkpoint(checkpoint_dir(run_dir))
-    if path is None:
+    """The newest epoch checkpoint's path (not checked: `load_model` falls back past damaged ones)."""
+    paths = checkpoint_paths(checkpoint_dir(run_dir))
+    if not paths:
         raise FileNotFoundError(f"{run_dir} has no checkpoint yet; train first")
-    return path
+    return paths[0]
 
 
 def load_model(run_dir: str, checkpoint: str | None = None):
-    """Rebuilds the run's model and restores a checkpoint (the latest by default).
+    """Rebuilds the run's model and restores a checkpoint: the newest that restores cleanly by
+    default (damaged newer ones skipped with a note), or `checkpoint` (damaged: CheckpointError).
+
+    The one load path of evaluate, caption and export. RUN/vocab.txt is checked
+    against the fingerprint's vocabulary hash.
 
     Returns:
       (model, config, vocab, sizes, checkpoint path).
@@ -187,11 +346,18 @@ def load_model(run_dir: str, checkpoint: str | None = None):
     config = load_config(run_dir)
     vocab = load_vocab(run_dir)
     sizes = load_tensor_sizes(run_dir)
-    checkpoint = checkpoint or latest_checkpoint(run_dir)
+    paths = [checkpoint] if checkpoint else checkpoint_paths(checkpoint_dir(run_dir))
+    if not paths:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint yet; train first")
     # Inference in float32 whatever the training precision (the variables are float32 either way).
     model = show_and_tell.build_model(config, vocab.size, backbone_weights="none", precision="float32")
-    tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial().assert_existing_objects_matched()
-    return model, config, vocab, sizes, checkpoint
+
+    def restore(path: str) -> None:
+        tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
+
+    what = f"checkpoint {checkpoint}" if checkpoint else f"checkpoints of {run_dir}"
+    path = restore_newest(paths, restore, what)
+    return model, config, vocab, sizes, path
 
 
 # ---------------------------------------------------------------------------
@@ -243,26 +409,58 @@ class Checkpoints:
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
 
-    def latest_backup(self) -> ResumePoint:
-        """RUN/backup's newest backup (path None when there is none)."""
-        path = tf.train.latest_checkpoint(os.path.join(self.run_dir, BACKUP))
-        if path is None:
-            return ResumePoint()
+    def _read_position(self, path: str) -> tuple[int, int]:
         epoch, step = tf.Variable(0, dtype=tf.int64), tf.Variable(0, dtype=tf.int64)
         tf.train.Checkpoint(epoch=epoch, step=step).restore(path).expect_partial()
-        return ResumePoint(path, int(epoch.numpy()), int(step.numpy()))
+        return int(epoch.numpy()), int(step.numpy())
 
-    def resume_point(self, total_epochs: int, *, backups: bool = True) -> ResumePoint:
-        """After the last epoch checkpoint, or (`backups`) from a newer mid-epoch backup of the next epoch."""
-        point = ResumePoint()
-        latest = tf.train.latest_checkpoint(checkpoint_dir(self.run_dir))
-        if latest:
-            epoch = tf.Variable(0, dtype=tf.int64)
-            tf.train.Checkpoint(epoch=epoch).restore(latest).expect_partial()
-            point = ResumePoint(latest, int(epoch.numpy()))
-        backup = self.latest_backup() if backups else ResumePoint()
-        if backup.path and backup.epoch == point.epoch and backup.step > 0 and point.epoch < total_epochs:
-            point = backup
+    def latest_backup(self) -> ResumePoint:
+        """RUN/backup's newest backup (path None when there is none). Not checked for damage."""
+        paths = checkpoint_paths(os.path.join(self.run_dir, BACKUP))
+        if not paths or checkpoint_damage(paths[0]) is not None:
+            return ResumePoint()
+        return ResumePoint(paths[0], *self._read_position(paths[0]))
+
+    def restore_resume_point(self, total_epochs: int, *, backups: bool = True) -> ResumePoint:
+        """Restores the model at the resume point and returns it.
+
+        The resume point is the newest epoch checkpoint that restores cleanly,
+        or (`backups`) a newer mid-epoch backup of the next epoch. Damaged
+        checkpoints are skipped with a note naming them and why.
+
+        Raises:
+          CheckpointError: when there are checkpoints (or a backup) but none restores.
+        """
+        epoch_paths = checkpoint_paths(checkpoint_dir(self.run_dir))
+        backup_paths = checkpoint_paths(os.path.join(self.run_dir, BACKUP)) if backups else []
+
+        def restore(path: str) -> None:
+            self.restore(path).assert_existing_objects_matched()
+
+        point, failure = ResumePoint(), None
+        if epoch_paths:
+            try:
+                path = restore_newest(epoch_paths, restore, f"checkpoints in {checkpoint_dir(self.run_dir)}")
+                point = ResumePoint(path, self._read_position(path)[0])
+            except CheckpointError as err:
+                failure = err
+        if backup_paths:
+            backup = backup_paths[0]
+            reason = checkpoint_damage(backup)
+            if reason is not None:
+                print(f"note: skipped the mid-epoch backup {backup}: {reason}", file=sys.stderr, flush=True)
+                failure = failure or CheckpointError(f"{backup} does not restore: {reason}")
+            else:
+                epoch, step = self._read_position(backup)
+                if epoch == point.epoch and step > 0 and point.epoch < total_epochs:
+                    restore(backup)
+                    point = ResumePoint(backup, epoch, step)
+        if point.path is None and (epoch_paths or backup_paths):
+            # Never start from scratch over saved checkpoints.
+            raise failure or CheckpointError(
+                f"the checkpoints of {self.run_dir} do not give a resume point; nothing was changed")
+        if point.path:
+            self.epoch.assign(point.epoch)
         return point
 
     def restore(self, path: str, phase: str | None = None, optimizer=None):
@@ -275,11 +473,6 @@ class Checkpoints:
         if optimizer is not None:
             objects[optimizer_key(phase)] = optimizer
         return tf.train.Checkpoint(**objects).restore(path).expect_partial()
-
-    def restore_model(self, point: ResumePoint) -> None:
-        """The model's weights from `point` (its `epoch` variable set to the point's epoch)."""
-        self.restore(point.path)
-        self.epoch.assign(point.epoch)
 
     def epoch_manager(self, phase: str, optimizer) -> tf.train.CheckpointManager:
         """Saves {model, epoch, phase's optimizer} to RUN/checkpoints, keeping `max_to_keep`."""
@@ -310,6 +503,7 @@ class RunContext:
         seeding, restored at `resume` when there is one.
       checkpoints: the run's checkpoint bookkeeping (its variables in the scope too).
       resume: where the run continues (path None: from the start).
+      lock: the run dir's lock while this context writes into it (`release` it).
     """
 
     run_dir: str
@@ -320,11 +514,12 @@ class RunContext:
     model: keras.Model
     checkpoints: Checkpoints
     resume: ResumePoint
+    lock: RunDirLock | None = None
 
     @classmethod
     def create(cls, config: Config, data_dir: str, run_dir: str, *, strategy: tf.distribute.Strategy | None = None,
                write_description: bool = True, write_dir: str | None = None,
-               resume_backup: bool = True) -> "RunContext":
+               resume_backup: bool = True, lock: str | None = None) -> "RunContext":
         """Loads the data's description, checks the run dir, builds and restores the model.
 
         Args:
@@ -337,32 +532,54 @@ class RunContext:
           write_dir: where checkpoints are written (default: `run_dir`).
           resume_backup: also resume from a mid-epoch backup (False: the last
             epoch checkpoint only).
+          lock: take the run dir's lock for this command ("train",
+            "cache-features" pass theirs), held until `release`; None: no
+            lock (a non-chief worker, which writes elsewhere; tests).
         Raises:
-          ArchitectureMismatch: before anything is written, when the run dir
-            holds another architecture.
+          ConfigError, NotARunDir, ManifestError, ArchitectureMismatch,
+            VocabularyMismatch: before anything is written.
+          RunDirLocked: another process writes into the run dir.
+          CheckpointError: the run dir has checkpoints but none restores.
         """
+        config.validate()
         manifest = manifest_lib.load(data_dir)
         vocab = Vocabulary.load(manifest.vocab_path)
         if vocab.size != manifest.vocab_size:
             raise ValueError(f"{manifest.vocab_path} has {vocab.size} ids but the manifest says "
-                             f"{manifest.vocab_size}")
+                             f"{manifest.vocab_size}; re-convert the dataset")
         sizes = resolve_tensor_sizes(config, manifest)
         # Refuse another architecture's run dir before touching anything in it.
         check_compatible(run_dir, fingerprint(config, vocab, sizes))
+        if write_description or lock:
+            check_run_dir(run_dir)  # and only into run dirs (or new, empty ones)
+        if os.path.exists(os.path.join(run_dir, VOCAB)):
+            check_vocab(run_dir, Vocabulary.load(os.path.join(run_dir, VOCAB)), os.path.join(run_dir, VOCAB))
         has_saved = has_checkpoint(run_dir) or (resume_backup and has_backup(run_dir))
-        if write_description:
-            prepare(run_dir, config, manifest, vocab, sizes)
-        keras.utils.set_random_seed(config.train.seed)
-        scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
-        total_epochs = budget_lib.budget_for(config, manifest).total_epochs
-        with scope:
-            # When resuming, the checkpoint has every weight: skip the ImageNet download.
-            model = show_and_tell.build_model(config, vocab.size, backbone_weights="none" if has_saved else None)
-            checkpoints = Checkpoints(run_dir, model, write_dir=write_dir,
-                                      max_to_keep=config.train.max_checkpoints_to_keep)
-            resume = ResumePoint()
-            if has_saved:
-                resume = checkpoints.resume_point(total_epochs, backups=resume_backup)
-                if resume.path:
-                    checkpoints.restore_model(resume)
-        return cls(run_dir, config, manifest, vocab, sizes, model, checkpoints, resume)
+        lock_held = None
+        if lock:
+            os.makedirs(run_dir, exist_ok=True)
+            lock_held = RunDirLock(run_dir, lock).acquire()
+        try:
+            if write_description:
+                prepare(run_dir, config, manifest, vocab, sizes)
+            keras.utils.set_random_seed(config.train.seed)
+            scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+            total_epochs = budget_lib.budget_for(config, manifest).total_epochs
+            with scope:
+                # When resuming, the checkpoint has every weight: skip the ImageNet download.
+                model = show_and_tell.build_model(config, vocab.size, backbone_weights="none" if has_saved else None)
+                checkpoints = Checkpoints(run_dir, model, write_dir=write_dir,
+                                          max_to_keep=config.train.max_checkpoints_to_keep)
+                resume = ResumePoint()
+                if has_saved:  # never start from scratch over checkpoints: none restoring is an error
+                    resume = checkpoints.restore_resume_point(total_epochs, backups=resume_backup)
+        except BaseException:
+            if lock_held is not None:
+                lock_held.release()
+            raise
+        return cls(run_dir, config, manifest, vocab, sizes, model, checkpoints, resume, lock_held)
+
+    def release(self) -> None:
+        """Releases the run dir's lock (when this context holds it)."""
+        if self.lock is not None:
+            self.lock.release()

@@ -21,6 +21,7 @@ strategy in distribute.py, the frozen phase's feature cache in feature_cache.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -48,6 +49,38 @@ def steps_per_epoch(num_images: int, batch_size: int) -> int:
     return steps
 
 
+class DataError(ValueError):
+    """A shard of the data dir turned out damaged while training (the message names it)."""
+
+
+@contextlib.contextmanager
+def _naming_damaged_shards(manifest):
+    """Turns TensorFlow's DataLossError (a record that fails its CRC, a shard cut short) into
+    DataError naming the shard and saying re-convert. The last checkpoint stays the latest."""
+    try:
+        yield
+    except tf.errors.DataLossError as err:
+        # TensorFlow's message does not name the file: read the shards once to find it.
+        files = [f for split in ("train", "val") if split in manifest.splits for f in manifest.files(split)]
+        damaged = [f for f in files if _record_damage(f)]
+        where = ", ".join(damaged) if damaged else f"one of the shards of {manifest.data_dir}"
+        text = (getattr(err, "message", None) or str(err)).replace("{{", "{").strip()
+        detail = next((_record_damage(f) for f in damaged), text.splitlines()[0][:200] if text else "")
+        raise DataError(f"damaged record data in {where} ({detail}); re-convert the dataset "
+                        "(python -m tfrecords_tools ... --out DIR), then rerun to resume from the last "
+                        "checkpoint") from None
+
+
+def _record_damage(path: str) -> str | None:
+    """Why the TFRecord file `path` does not read through (a record failing its CRC), or None."""
+    try:
+        for _ in tf.data.TFRecordDataset(path):
+            pass
+    except tf.errors.DataLossError as err:
+        return (err.message or "").split("}}")[-1].split("[Op:")[0].strip() or "data loss"
+    return None
+
+
 def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
           strategy: tf.distribute.Strategy | None = None) -> dict:
     """Trains (or resumes) a captioner.
@@ -64,6 +97,7 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
        "replicas", "xla", "resumed_from"}.
     """
     t = config.train
+    config.validate()  # before anything is written
     distribute.check_settings(t.strategy, t.precision)
     if strategy is None:
         strategy = distribute.make_strategy(t.strategy)
@@ -76,7 +110,16 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
     # Every worker saves (saving may need collectives); only the chief into the run dir.
     write_dir = run_dir if chief else tempfile.mkdtemp(prefix="caption_app_worker_")
     ctx = run_dir_lib.RunContext.create(config, data_dir, run_dir, strategy=strategy, write_description=chief,
-                                        write_dir=write_dir)
+                                        write_dir=write_dir, lock="train" if chief else None)
+    try:
+        return _train(ctx, strategy, chief=chief, verbose=verbose, write_dir=write_dir)
+    finally:
+        ctx.release()
+
+
+def _train(ctx: run_dir_lib.RunContext, strategy: tf.distribute.Strategy, *, chief: bool, verbose: int,
+           write_dir: str) -> dict:
+    config, run_dir, replicas = ctx.config, ctx.run_dir, strategy.num_replicas_in_sync
     trainer = _Trainer(ctx, strategy, chief=chief, verbose=verbose)
     resume = ctx.resume
     if resume.path:
@@ -182,7 +225,7 @@ class _Trainer:
         if max(begin, whole) < last:
             fits.append((last, last - 1, phase.last_epoch_steps, 0))
         for epochs, initial_epoch, epoch_steps, first_step in fits:
-            with strategy.scope():
+            with strategy.scope(), _naming_damaged_shards(ctx.manifest):
                 fit = fit_model.fit(fit_train_ds, epochs=epochs, initial_epoch=initial_epoch,
                                     steps_per_epoch=epoch_steps, callbacks=callbacks(first_step),
                                     verbose=self.verbose if self.chief else 0, shuffle=False)

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                       max_length=args.max_length, num_captions=args.num_captions,
                       length_normalization=args.length_normalization, checkpoint=args.checkpoint,
                       warmup=not args.no_warmup)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:  # incl. FileNotFoundError, FileExistsError
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"exported {path}")

@@ -3,6 +3,9 @@
 The one home of its keys: `write` (the converter, `tfrecords_tools`, calls it
 last, atomically, after every shard and the vocabulary are in place; a data
 dir without one is incomplete) and `load` (everything that reads a data dir).
+`load` refuses a manifest with missing keys or impossible counts, and one
+whose counts disagree with its shards (records counted from their headers,
+which also finds a truncated shard), each with "re-convert".
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ import dataclasses
 import datetime
 import json
 import os
+import struct
 from typing import Mapping
 
 from caption_app import io_utils
-from caption_app.data.vocabulary import VOCAB_FILE, TokenizerSettings
+from caption_app.data.vocabulary import SPECIAL_TOKENS, VOCAB_FILE, TokenizerSettings
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -61,34 +65,121 @@ class Manifest:
         return os.path.join(self.data_dir, self.vocab_file)
 
 
-def load(data_dir: str) -> Manifest:
-    """Loads `DATA_DIR/manifest.json` and checks its shards exist."""
+class ManifestError(ValueError):
+    """A data dir's manifest or shards are inconsistent (the message names what and says re-convert)."""
+
+
+_RECONVERT = "re-convert the dataset (python -m tfrecords_tools ... --out DIR)"
+
+
+def _int(value, what: str, path: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ManifestError(f"{path}: {what} is {value!r}, expected an integer >= {minimum}; {_RECONVERT}")
+    return value
+
+
+def count_records(path: str) -> int:
+    """The records of a TFRecord file, counted from their length headers (the data is skipped, not read).
+
+    Raises:
+      ManifestError: the file ends inside a record (truncated).
+    """
+    size, count, offset = os.path.getsize(path), 0, 0
+    with open(path, "rb") as f:
+        while offset < size:
+            header = f.read(12)  # uint64 length, uint32 masked CRC of the length
+            if len(header) < 12:
+                break
+            (length,) = struct.unpack("<Q", header[:8])
+            offset += 12 + length + 4  # data and its CRC
+            if offset > size:
+                break
+            f.seek(offset)
+            count += 1
+        else:
+            return count
+    raise ManifestError(f"shard {path} is truncated (it ends inside record {count + 1}); {_RECONVERT}")
+
+
+def load(data_dir: str, *, check_shards: bool = True) -> Manifest:
+    """Loads `DATA_DIR/manifest.json` and checks it: its keys, its counts, and its shards.
+
+    Args:
+      check_shards: also count each shard's records from their headers (a
+        seek per record, no data read) and compare them with the manifest.
+    Raises:
+      FileNotFoundError: no manifest, or a shard it lists is missing.
+      ManifestError: a missing key, an impossible count, counts that disagree
+        with the shards, or a truncated shard (each says re-convert).
+    """
     path = os.path.join(data_dir, MANIFEST)
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"{path} does not exist: {data_dir} is not a finished conversion "
             "(convert with `python -m tfrecords_tools ... --out DIR`)")
-    with open(path) as f:
-        raw = json.load(f)
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except ValueError as err:
+        raise ManifestError(f"{path} is not valid JSON ({err}); {_RECONVERT}") from None
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path} is not a JSON object; {_RECONVERT}")
     if raw.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {raw.get('format_version')} is not "
                          f"{FORMAT_VERSION}; reconvert the dataset")
-    splits = {name: SplitInfo.from_dict(info) for name, info in raw["splits"].items()}
-    for info in splits.values():
+    missing = [k for k in ("splits", "tokenizer", "vocab_size", "max_caption_words", "max_captions_per_image")
+               if k not in raw]
+    if missing:
+        raise ManifestError(f"{path} lacks {', '.join(missing)}; {_RECONVERT}")
+    if not isinstance(raw["splits"], dict) or not isinstance(raw["tokenizer"], dict):
+        raise ManifestError(f"{path}: splits and tokenizer must be JSON objects; {_RECONVERT}")
+    max_per_image = _int(raw["max_captions_per_image"], "max_captions_per_image", path, 0)
+    _int(raw["max_caption_words"], "max_caption_words", path, 0)
+    _int(raw["vocab_size"], "vocab_size", path, len(SPECIAL_TOKENS))
+    try:
+        tokenizer = TokenizerSettings.from_dict(raw["tokenizer"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ManifestError(f"{path}: tokenizer settings {raw['tokenizer']!r} are invalid ({err}); "
+                            f"{_RECONVERT}") from None
+    splits = {}
+    for name, info in raw["splits"].items():
+        if not isinstance(info, dict) or "num_images" not in info or "num_captions" not in info:
+            raise ManifestError(f"{path}: split {name!r} lacks num_images or num_captions; {_RECONVERT}")
+        images = _int(info["num_images"], f"splits.{name}.num_images", path, 0)
+        captions = _int(info["num_captions"], f"splits.{name}.num_captions", path, 0)
+        if images and not max_per_image:
+            raise ManifestError(f"{path}: max_captions_per_image is 0 but split {name!r} has {images} images; "
+                                f"{_RECONVERT}")
+        if not images <= captions <= images * max_per_image:
+            raise ManifestError(f"{path}: split {name!r} has {images} images and {captions} captions, impossible "
+                                f"with 1 to max_captions_per_image={max_per_image} captions per image; {_RECONVERT}")
+        files = info.get("files", ())
+        if not isinstance(files, (list, tuple)) or not all(isinstance(f, str) for f in files):
+            raise ManifestError(f"{path}: splits.{name}.files must be a list of file names; {_RECONVERT}")
+        if images and not files:
+            raise ManifestError(f"{path}: split {name!r} has {images} images but no shard files; {_RECONVERT}")
+        splits[name] = SplitInfo(images, captions, tuple(files))
+    for name, info in splits.items():
+        records = 0
         for f in info.files:
-            if not os.path.exists(os.path.join(data_dir, f)):
-                raise FileNotFoundError(f"{path} lists shard {f}, which is missing")
+            shard = os.path.join(data_dir, f)
+            if not os.path.isfile(shard):
+                raise FileNotFoundError(f"{path} lists shard {f}, which is missing; {_RECONVERT}")
+            if check_shards:
+                records += count_records(shard)
+        if check_shards and records != info.num_images:
+            raise ManifestError(f"{path}: split {name!r} says {info.num_images} images but its "
+                                f"{len(info.files)} shard(s) hold {records} records; {_RECONVERT}")
     return Manifest(
         data_dir=data_dir,
         splits=splits,
-        tokenizer=TokenizerSettings.from_dict(raw["tokenizer"]),
-        vocab_size=int(raw["vocab_size"]),
+        tokenizer=tokenizer,
+        vocab_size=raw["vocab_size"],
         vocab_file=raw.get("vocab_file", VOCAB_FILE),
-        max_caption_words=int(raw["max_caption_words"]),
-        max_captions_per_image=int(raw["max_captions_per_image"]),
+        max_caption_words=raw["max_caption_words"],
+        max_captions_per_image=max_per_image,
         raw=raw,
     )
-
 
 
 def write(data_dir: str, *, source: str, splits: Mapping[str, SplitInfo], tokenizer: TokenizerSettings,

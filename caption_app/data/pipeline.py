@@ -1,6 +1,6 @@
 """tf.data input pipeline: records -> (inputs, targets) batches.
 
-    parse -> decode + resize -> [cache] -> [shuffle] -> caption ids -> batch
+    parse -> skip records with no usable caption -> decode + resize -> [cache] -> [shuffle] -> caption ids -> batch
       -> [keras-cv augmentation, training only] -> split inputs/targets -> prefetch
 
 One element is one image with all (or `captions_per_image`) of its captions,
@@ -12,6 +12,7 @@ plain function of tensors (tested eagerly and inside tf.data).
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import tensorflow as tf
 
@@ -83,6 +84,22 @@ def caption_ids(captions: tf.Tensor, table: tf.lookup.StaticHashTable, settings:
     ends = tf.RaggedTensor.from_tensor(column * END_ID)
     ids = tf.concat([starts, ids, ends], axis=1)  # [c, (w + 2)]
     return ids.to_tensor(default_value=PAD_ID, shape=[num_captions, caption_length])
+
+
+def has_usable_caption(captions: tf.Tensor, image_id: tf.Tensor, settings: TokenizerSettings) -> tf.Tensor:
+    """Whether any of an image's raw captions [n] has a word after tokenization (scalar bool).
+
+    A record without one would train on `<start><end>` alone: the pipeline
+    skips it, printing one line per skipped record (to stderr, with its id).
+    """
+    usable = tf.reduce_any(tokenize(captions, settings).row_lengths() > 0)
+
+    def report():
+        tf.print("skipped record", image_id, "(no usable caption: every caption is empty after tokenization)",
+                 output_stream=sys.stderr)
+        return usable
+
+    return tf.cond(usable, lambda: usable, report)
 
 
 def pad_captions(captions: tf.Tensor, num_captions: int) -> tf.Tensor:
@@ -159,6 +176,7 @@ def make_dataset(config: Config, manifest: Manifest, vocab: Vocabulary, split: s
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=AUTOTUNE,
                        deterministic=not training)
     ds = ds.map(records.parse_example, num_parallel_calls=AUTOTUNE)
+    ds = ds.filter(lambda r: has_usable_caption(r["captions"], r["image_id"], manifest.tokenizer))
     ds = ds.map(lambda r: {"image": decode_image(r["encoded"], sizes.image_size), "captions": r["captions"],
                            "image_id": r["image_id"]}, num_parallel_calls=AUTOTUNE)
     if training and config.data.cache:
