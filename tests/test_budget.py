@@ -38,14 +38,18 @@ IM2TXT_BATCH_PAIRS, IM2TXT_PHASE1_STEPS, IM2TXT_PHASE2_STEPS = 32, 1_000_000, 2_
 
 
 def write_manifest(directory, splits: dict, max_captions_per_image: int) -> manifest_lib.Manifest:
-    """A manifest.json with these (images, captions) per split and no shards."""
+    """A manifest.json with these (images, captions) per split; its shard files are empty stand-ins,
+    so it is loaded without counting their records (only the counts matter here)."""
     raw = {"format_version": manifest_lib.FORMAT_VERSION, "vocab_size": 12_000, "max_caption_words": 49,
            "max_captions_per_image": max_captions_per_image,
            "tokenizer": {"lowercase": True, "strip_punctuation": True, "tokenizer": "whitespace"},
-           "splits": {name: {"num_images": n, "num_captions": c, "files": []} for name, (n, c) in splits.items()}}
+           "splits": {name: {"num_images": n, "num_captions": c, "files": [f"{name}-00000-of-00001.tfrecord"]}
+                      for name, (n, c) in splits.items()}}
+    for name in splits:
+        open(os.path.join(directory, f"{name}-00000-of-00001.tfrecord"), "w").close()
     with open(os.path.join(directory, manifest_lib.MANIFEST), "w") as f:
         json.dump(raw, f)
-    return manifest_lib.load(str(directory))
+    return manifest_lib.load(str(directory), check_shards=False)
 
 
 def test_the_coco_split_adds_up():
