@@ -212,7 +212,7 @@ def test_caption_reports_each_failure_and_captions_the_rest(trained_run, tmp_pat
     loop = tmp_path / "loop.jpg"
     os.symlink(loop, loop)
     broken = tmp_path / "broken.png"
-    broken.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a PNG")
+    broken.write_bytes(encode_image(_pixels(30, 30, seed=10), "PNG")[:60])  # cut inside its pixel data
     text = tmp_path / "notes.jpg"
     text.write_text("a text file with an image extension")
     fifo = tmp_path / "pipe.jpg"
@@ -258,7 +258,8 @@ def test_caption_with_nothing_to_caption_fails(trained_run, tmp_path, capsys):
 def test_caption_cli_process_reports_a_missing_path_and_goes_on(trained_run, tmp_path):
     good = tmp_path / "good.jpg"
     good.write_bytes(_test_jpeg(trained_run))
-    proc = run_cli("caption", "--run-dir", trained_run.run_dir, str(tmp_path / "nope.jpg"), str(good))
+    proc = run_cli("caption_app", "caption", "--run-dir", trained_run.run_dir, str(tmp_path / "nope.jpg"),
+                   str(good))
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert f"{tmp_path / 'nope.jpg'}\n  error: no such file or folder" in proc.stdout
     assert f"{good}\n  1. " in proc.stdout
