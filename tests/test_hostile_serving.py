@@ -134,11 +134,12 @@ def test_broken_gifs_are_refused():
     big_frame[first_image + 5:first_image + 9] = struct.pack("<HH", 3000, 3000)
     # A first frame cut off inside its data.
     truncated = gif[:first_block + 5]
-    # A first frame in 1-byte sub-blocks, more of them than the walk takes.
-    fragmented = gif[:first_block] + b"\x01\x00" * (image_bytes.MAX_GIF_BLOCKS + 10) + b"\x00\x3b"
+    # A first frame in sub-blocks of alternating sizes (1, 2, 1, ...), more of them than the walk takes.
+    fragmented = gif[:first_block] + b"\x01\x00\x02\x00\x00" * image_bytes.MAX_GIF_STEPS + b"\x00\x3b"
     good = encode_image(_pixels(8, 8, seed=6), "GIF")
     assert _decoded([bytes(big_frame), truncated, fragmented, good], max_pixels=1_000_000) == [3]
-    assert image_bytes.first_gif_frame(tf.constant(fragmented))[1].numpy() == -1
+    walk = tf.function(image_bytes.first_gif_frame, input_signature=[tf.TensorSpec([], tf.string)])
+    assert walk(tf.constant(fragmented))[1].numpy() == -1
 
 
 # ----------------------------------------------------------------------------- the export
