@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEMO ?= demo_out
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup java gxx demo test bench bench-parts bench-export clean
+.PHONY: setup java gxx demo test bench bench-parts bench-export bench-bombs clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench-parts: setup
 # The exported InceptionV3 captioner vs its backbone on CPU (a few minutes).
 bench-export: setup
 	$(PY) bench/export_bench.py
+
+# Decompression bombs sent to serving_default: peak memory and time per call (a minute or two).
+bench-bombs: setup
+	$(PY) bench/image_bombs.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

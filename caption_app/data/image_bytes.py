@@ -37,6 +37,10 @@ from caption_app.data.pipeline import decode_image
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 MAX_GIF_STEPS = 1024
 GIF_LOOKAHEAD = 1024  # sub-blocks of one size skipped per step
+# Images decoded at once by one call: its decode memory is at most this many images' worth, whatever
+# the core count (a 4-megapixel image takes ~90 MB while it is decoded and resized). Concurrent calls
+# (TF Serving runs several) still decode in parallel.
+DECODE_PARALLELISM = 1
 
 # Format codes of `declared_size`.
 UNKNOWN, JPEG, PNG, GIF, BMP = 0, 1, 2, 3, 4
@@ -206,8 +210,8 @@ def decode_images(image_bytes: tf.Tensor, image_size: int,
     One bad image does not fail its batch: a decode op that fails aborts the
     whole call, and header checks cannot prove that a JPEG decodes (a truncated
     or corrupt one passes them), so the images are decoded through `tf.data`
-    with `ignore_errors()`. The dataset is built per call (~10 ms on CPU,
-    whatever the batch size).
+    with `ignore_errors()`, `DECODE_PARALLELISM` at a time. The dataset is built
+    per call (~10 ms on CPU, whatever the batch size).
 
     Args:
       image_bytes: [B] string, encoded JPEG/PNG/GIF/BMP.
@@ -220,7 +224,7 @@ def decode_images(image_bytes: tf.Tensor, image_size: int,
     n = tf.shape(image_bytes)[0]
     ds = tf.data.Dataset.from_tensor_slices((tf.range(n), image_bytes))
     ds = ds.map(lambda i, data: (i, decode_bounded(data, image_size, max_pixels)),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                num_parallel_calls=DECODE_PARALLELISM, deterministic=True)
     ds = ds.ignore_errors()
     # Skip the graph rewrites and the autotuner, which cost ~5 ms per call and tune nothing in a
     # one-batch pipeline.
