@@ -282,7 +282,7 @@ def cpp_client(tmp_path_factory) -> str:
     if not (package / "include" / "tensorflow" / "cc" / "saved_model" / "loader.h").exists():
         pytest.skip(f"the TensorFlow wheel at {package} has no C++ headers")
     binary = tmp_path_factory.mktemp("cpp") / "serve_saved_model"
-    command = [gxx, "-std=c++17", "-w", "-O1", "-D_GLIBCXX_USE_CXX11_ABI=1", "-DEIGEN_MAX_ALIGN_BYTES=64",
+    command = [gxx, "-std=c++17", "-w", "-O0", "-D_GLIBCXX_USE_CXX11_ABI=1", "-DEIGEN_MAX_ALIGN_BYTES=64",
                f"-I{package / 'include'}", str(CPP_SOURCE), "-o", str(binary), f"-L{package}",
                f"-Wl,-rpath,{package}", "-Wl,--no-as-needed", "-l:libtensorflow_cc.so.2",
                "-l:libtensorflow_framework.so.2"]
