@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEMO ?= demo_out
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup java demo test bench bench-parts bench-export clean
+.PHONY: setup java gxx demo test bench bench-parts bench-export bench-bombs clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,13 @@ java:
 	  { (apt-get update -qq && apt-get install -y -qq default-jre-headless >/dev/null) || \
 	    echo "java could not be installed: METEOR will be skipped"; }
 
-setup: $(VENV)/.installed java
+# The C++ loader test (tests/cpp/) compiles against the TensorFlow wheel's headers; without g++ it is skipped.
+gxx:
+	@command -v g++ >/dev/null 2>&1 || \
+	  { (apt-get update -qq && apt-get install -y -qq g++ >/dev/null) || \
+	    echo "g++ could not be installed: the C++ loader test will be skipped"; }
+
+setup: $(VENV)/.installed java gxx
 
 demo: setup
 	rm -rf $(DEMO)
@@ -45,6 +51,10 @@ bench-parts: setup
 # The exported InceptionV3 captioner vs its backbone on CPU (a few minutes).
 bench-export: setup
 	$(PY) bench/export_bench.py
+
+# Decompression bombs sent to serving_default: peak memory and time per call (a minute or two).
+bench-bombs: setup
+	$(PY) bench/image_bombs.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="default: the run's decode.length_normalization")
     c.add_argument("--num-captions", type=int, default=None,
                    help="captions per image, at most the beam size (default or 0: the beam size)")
+    c.add_argument("--max-image-pixels", type=int, default=None,
+                   help="images whose header declares more pixels (width x height) are reported, not decoded "
+                        "(default 40000000)")
     c.add_argument("--json", action="store_true", help="print JSON")
     return p
 
@@ -84,10 +87,13 @@ def main(argv: list[str] | None = None) -> int:
                 evaluate_lib.evaluate(args.run_dir, args.split, checkpoint=args.checkpoint, **kwargs)
         elif args.command == "caption":
             from caption_app.caption import caption_files
+            from caption_app.data.image_bytes import DEFAULT_MAX_IMAGE_PIXELS
 
             results = caption_files(args.run_dir, args.images, beam_size=args.beam_size,
                                     max_length=args.max_length, length_normalization=args.length_normalization,
-                                    num_results=args.num_captions)
+                                    num_results=args.num_captions,
+                                    max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS if args.max_image_pixels is None
+                                    else args.max_image_pixels)
             if args.json:
                 print(json.dumps(results, indent=2))
             else:
@@ -98,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     for i, c in enumerate(r["captions"], 1):
                         print(f"  {i}. {c['caption']}  (log p = {c['log_prob']:.3f})")
-            if any("error" in r for r in results):
+            failed = sum("error" in r for r in results)
+            if failed:
+                captioned = len(results) - failed
+                print(f"{failed} of {len(results)} failed"
+                      + ("; nothing was captioned" if not captioned else f"; {captioned} captioned"), file=sys.stderr)
                 return 1
     except (ValueError, OSError, RuntimeError) as err:  # incl. FileNotFoundError, FileExistsError
         print(f"error: {err}", file=sys.stderr)

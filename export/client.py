@@ -5,7 +5,8 @@
 
 Sends the files' bytes as they are (TF Serving's REST API takes them as
 `{"b64": ...}`), prints each image's captions best first, or the image's
-`valid=false` (undecodable bytes; the others in the request are captioned).
+`valid=false` (bytes that do not decode, or declare more pixels than the export's `max_image_pixels`;
+the others in the request are captioned).
 """
 
 from __future__ import annotations

@@ -17,19 +17,21 @@ Signatures (B images, K captions, N decoder rows, H LSTM units, V ids):
     ids_to_text      ids int32 [N, T] -> text string [N]
 
 Everything is the training code's own: `Captioner.encode` / `decode_step`,
-`beam_search`, `pipeline.decode_image` / `resize_image` and
+`beam_search`, `image_bytes.decode_images` / `pipeline.resize_image` and
 `Vocabulary.ids_to_text` (the tokens are a constant gathered in-graph). The
 graphs hold core TensorFlow ops only: no tensorflow_text, no py_function, no
 XLA-compiled functions (`jit_compile=False`), so the TF Serving GPU build
 loads them.
 
-One bad image does not fail its batch. A decode op that fails aborts the
-whole `session.run`, and header checks cannot prove that a JPEG decodes (a
-truncated or corrupt one passes them), so `serving_default` decodes through
-`tf.data` with `ignore_errors()`: the images that decode are captioned, the
-others get `valid=false`, an empty caption and -inf scores. The price is a
-dataset built per call, ~10 ms on CPU whatever the batch size (bench/);
-`caption_images` skips it for clients that decode themselves.
+One bad image does not fail its batch, and no bytes cost more memory than the
+pixel limit allows (caption_app/data/image_bytes.py): each image's declared
+size is read from its header before decoding, and bytes that are not
+JPEG/PNG/GIF/BMP or declare more than `max_image_pixels` are not decoded; GIFs
+are cut to their first frame; the rest decode through `tf.data` with
+`ignore_errors()`. The images that decode are captioned, the others get
+`valid=false`, an empty caption and -inf scores. The price is a dataset built
+per call, ~10 ms on CPU whatever the batch size (bench/); `caption_images`
+skips it for clients that decode themselves.
 
 Keras' `ExportArchive` is not used: it has no way to attach asset files; a
 `tf.Module` holding the model's variables does the same job here.
@@ -48,7 +50,8 @@ import tensorflow as tf
 from caption_app import run_dir as run_dir_lib
 from caption_app.config import Config
 from caption_app.io_utils import write_json_atomic as write_json
-from caption_app.data.pipeline import TensorSizes, decode_image, resize_image
+from caption_app.data.image_bytes import DEFAULT_MAX_IMAGE_PIXELS, decode_images
+from caption_app.data.pipeline import TensorSizes, resize_image
 from caption_app.decoding import DecodeSettings, DecodeSettingsError
 from caption_app.data.vocabulary import END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, UNK_ID, VOCAB_FILE, Vocabulary
 from caption_app.model.show_and_tell import Captioner
@@ -66,32 +69,6 @@ class ExportError(ValueError):
     """Bad export arguments or an output location that would overwrite a version."""
 
 
-def decode_images(image_bytes: tf.Tensor, image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Decodes what decodes and reports which did.
-
-    Args:
-      image_bytes: [B] string, encoded JPEG/PNG/GIF/BMP.
-    Returns:
-      (images [M, S, S, 3] float32 0-255, index [M] int32): the M images that
-      decoded, with their positions in `image_bytes`, ascending.
-    """
-    n = tf.shape(image_bytes)[0]
-    ds = tf.data.Dataset.from_tensor_slices((tf.range(n), image_bytes))
-    ds = ds.map(lambda i, data: (i, decode_image(data, image_size)), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
-    ds = ds.ignore_errors()
-    # The dataset is built anew for every request: skip the graph rewrites and the autotuner,
-    # which cost ~5 ms per request and tune nothing in a one-batch pipeline.
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    options.experimental_optimization.apply_default_optimizations = False
-    ds = ds.with_options(options)
-    ds = ds.batch(tf.cast(tf.maximum(n, 1), tf.int64))  # one batch, or none when nothing decoded
-    initial = (tf.zeros([0], tf.int32), tf.zeros([0, image_size, image_size, 3], tf.float32))
-    index, images = ds.reduce(initial, lambda _, batch: batch)
-    return images, index
-
-
 class CaptionModule(tf.Module):
     """The exported object: the model's variables, the assets and the signature functions.
 
@@ -101,15 +78,17 @@ class CaptionModule(tf.Module):
       vocab: its vocabulary.
       settings: beam search settings baked into the captioning signatures (resolved).
       vocab_file, config_file: files that become `assets/` of the SavedModel.
+      max_image_pixels: `serving_default` decodes no image whose header declares more pixels.
     """
 
     def __init__(self, captioner: Captioner, vocab: Vocabulary, settings: DecodeSettings, vocab_file: str,
-                 config_file: str):
+                 config_file: str, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
         super().__init__(name="caption")
         self._captioner = captioner  # not trackable: only its variables below are saved
         self._vocab = vocab
         self._image_size = captioner.image_size
         self._settings = settings
+        self._max_image_pixels = max_image_pixels
         self.vocab_file = tf.saved_model.Asset(vocab_file)
         self.config_file = tf.saved_model.Asset(config_file)
         units = captioner.decoder.lstm_units
@@ -148,7 +127,8 @@ class CaptionModule(tf.Module):
 
     def _caption_bytes(self, image_bytes):
         n = tf.shape(image_bytes)[0]
-        images, index = decode_images(image_bytes, self._image_size)  # [M, S, S, 3], [M]
+        # [M, S, S, 3], [M]: the images that decoded within the pixel limit, and their rows
+        images, index = decode_images(image_bytes, self._image_size, self._max_image_pixels)
         captions, log_probs, scores = self._generate(images)  # each [M, K]
         k = self._settings.num_captions
         where = index[:, None]  # [M, 1]
@@ -199,7 +179,8 @@ def existing_versions(model_dir: str) -> list[int]:
 
 
 def export_config(config: Config, sizes: TensorSizes, vocab: Vocabulary, settings: DecodeSettings, *,
-                  run_dir: str, checkpoint: str, units: int) -> dict:
+                  run_dir: str, checkpoint: str, units: int,
+                  max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> dict:
     """What `assets/config.json` says about the export (for clients and people)."""
     return {
         "format_version": FORMAT_VERSION,
@@ -211,6 +192,7 @@ def export_config(config: Config, sizes: TensorSizes, vocab: Vocabulary, setting
         "vocab_file": f"assets/{VOCAB_ASSET}: `word count` per line; the word on line i (from 0) has id i + "
                       f"{len(SPECIAL_TOKENS)}",
         "decode": dataclasses.asdict(settings),
+        "max_image_pixels": max_image_pixels,
         "signatures": list(SIGNATURES),
         "run_dir": os.path.abspath(run_dir),
         "checkpoint": os.path.abspath(checkpoint),
@@ -222,7 +204,7 @@ def export_config(config: Config, sizes: TensorSizes, vocab: Vocabulary, setting
 def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | None = None,
            beam_size: int | None = None, max_length: int | None = None, num_captions: int | None = None,
            length_normalization: float | None = None, checkpoint: str | None = None,
-           warmup: bool = True) -> str:
+           warmup: bool = True, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> str:
     """Exports a trained run dir as `out_dir/name/version/`, never overwriting a version.
 
     The SavedModel is written into a hidden temporary dir beside the version
@@ -241,6 +223,8 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
         config; K = num_captions defaults to the beam size).
       checkpoint: a checkpoint path (default the run's latest).
       warmup: write `assets.extra/tf_serving_warmup_requests`.
+      max_image_pixels: `serving_default` answers valid=false, without decoding, for
+        an image whose header declares more pixels (width x height).
     Returns:
       The version dir's path.
     Raises:
@@ -252,6 +236,8 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
         raise ExportError(f"--name must be a plain directory name, got {name!r}")
     if version is not None and (not isinstance(version, int) or version < 1):
         raise ExportError(f"--version must be a positive integer (TF Serving version dirs), got {version!r}")
+    if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) or max_image_pixels < 1:
+        raise ExportError(f"--max-image-pixels must be a positive integer, got {max_image_pixels!r}")
     try:  # check the arguments before the slow model load
         settings = run_dir_lib.load_config(run_dir).decode.resolve(
             beam_size=beam_size, max_length=max_length, length_normalization=length_normalization,
@@ -272,10 +258,10 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
         vocab_file = os.path.join(files, VOCAB_ASSET)
         shutil.copyfile(os.path.join(run_dir, run_dir_lib.VOCAB), vocab_file)
         config_file = os.path.join(files, CONFIG_ASSET)
-        write_json(config_file, export_config(config, sizes, vocab, settings, run_dir=run_dir,
-                                              checkpoint=checkpoint, units=units), sort_keys=True)
+        write_json(config_file, export_config(config, sizes, vocab, settings, run_dir=run_dir, checkpoint=checkpoint,
+                                              units=units, max_image_pixels=max_image_pixels), sort_keys=True)
 
-        module = CaptionModule(captioner, vocab, settings, vocab_file, config_file)
+        module = CaptionModule(captioner, vocab, settings, vocab_file, config_file, max_image_pixels)
         saved = os.path.join(staging, "saved_model")
         tf.saved_model.save(module, saved, signatures=module.signatures())
         if warmup:

@@ -143,11 +143,13 @@ def images(trained_run, tmp_path_factory):
 def test_expand_paths(images):
     folder, corrupt = images
     in_folder = [str(folder / n) for n in ("a.jpg", "b.jpg", "c.png")]
-    assert expand_paths([str(folder)]) == in_folder
-    assert expand_paths([str(folder / "*.jpg")]) == in_folder[:2]
-    assert expand_paths([in_folder[2], str(corrupt), in_folder[0]]) == [in_folder[2], str(corrupt), in_folder[0]]
-    with pytest.raises(FileNotFoundError, match="nothing-here"):
-        expand_paths([str(folder / "nothing-here*.jpg")])
+    assert expand_paths([str(folder)]) == [(p, None) for p in in_folder]
+    assert expand_paths([str(folder / "*.jpg")]) == [(p, None) for p in in_folder[:2]]
+    assert expand_paths([in_folder[2], str(corrupt), in_folder[0]]) == \
+        [(in_folder[2], None), (str(corrupt), None), (in_folder[0], None)]
+    # A pattern that gives nothing is one entry with its reason (tests/test_hostile_serving.py has more).
+    assert expand_paths([str(folder / "nothing-here*.jpg")]) == \
+        [(str(folder / "nothing-here*.jpg"), "no file matches this pattern")]
 
 
 def _check_captions(result, num_results):
@@ -186,7 +188,7 @@ def test_caption_files_reports_a_corrupt_image_and_captions_the_others(trained_r
     good = [str(folder / "a.jpg"), str(folder / "c.png")]
     results = caption_files(trained_run.run_dir, [good[0], str(corrupt), good[1]], num_results=1, beam_size=3)
     assert [r["image"] for r in results] == [good[0], str(corrupt), good[1]]
-    assert "captions" not in results[1] and "cannot read image" in results[1]["error"]
+    assert "captions" not in results[1] and "a damaged" in results[1]["error"]
     _check_captions(results[0], 1)
     _check_captions(results[2], 1)
 
