@@ -115,7 +115,7 @@ def _embed_model(model):
         else "image_embedding"
     image = model.get_layer("image").output
     return (keras.Model(image, model.get_layer(last).output),
-            keras.Model(image, model.get_layer("backbone").output))
+            keras.Sequential([model.get_layer("preprocess"), model.get_layer("backbone")]))
 
 
 def probe(run_dir: str) -> None:

@@ -33,6 +33,7 @@ class Model:
     init_scale: float = 0.08  # uniform initializer range of the decoder
     embedding_norm: bool = False  # batch-normalize the image embedding (keeps LSTM gates out of saturation)
     use_cudnn: bool = False  # cuDNN LSTM makes Keras drop XLA silently; keep False with jit_compile
+    image_every_step: bool = False  # also feed the image embedding with every word (state [h, c, image])
 
 
 @dataclasses.dataclass(frozen=True)
