@@ -34,7 +34,6 @@ class Model:
     embedding_norm: bool = False  # batch-normalize the image embedding (keeps LSTM gates out of saturation)
     use_cudnn: bool = False  # cuDNN LSTM makes Keras drop XLA silently; keep False with jit_compile
     image_every_step: bool = False  # also feed the image embedding with every word (state [h, c, image])
-    word_dropout: float = 0.0  # training: this fraction of input words (after <start>) becomes <unk>
 
 
 @dataclasses.dataclass(frozen=True)

@@ -127,19 +127,3 @@ def test_export_serves_the_image_state(shapes_data, tmp_path):
     assert len(decode) == 1 and sorted(decode[0]) == sorted(["input_ids"] + names)
     outputs = saved_model_ops.run_in_session(path, requests)
     assert all(np.isfinite(o["log_probs"]).all() for o, (name, _) in zip(outputs, requests) if name == "decode_step")
-
-
-def test_word_dropout_replaces_words_after_start_in_training_only():
-    from caption_app.data.vocabulary import UNK_ID
-
-    keras.utils.set_random_seed(4)
-    decoder = CaptionDecoder(V, E, H, word_dropout=1.0, image_every_step=True)
-    image = tf.constant(np.random.default_rng(0).normal(size=(2, E)).astype(np.float32))
-    ids = np.array([[[START_ID, 7, 4, 11]], [[START_ID, 19, 5, 6]]], np.int32)  # [B, C, T]
-    unknown = ids.copy()
-    unknown[..., 1:] = UNK_ID
-    dropped = decoder(image, tf.constant(ids), training=True)
-    np.testing.assert_allclose(dropped, decoder(image, tf.constant(unknown), training=False), rtol=1e-5, atol=1e-8)
-    kept = decoder(image, tf.constant(ids), training=False)
-    assert np.abs(np.asarray(kept) - np.asarray(dropped))[..., 1:, :].max() > 1e-3 * np.abs(np.asarray(kept)).max()
-    assert CaptionDecoder.from_config(decoder.get_config()).word_dropout == 1.0

@@ -22,7 +22,7 @@ from keras import ops
 
 from caption_app.beam_search import BeamSearchResult, beam_search
 from caption_app.config import Config
-from caption_app.data.vocabulary import END_ID, START_ID, UNK_ID
+from caption_app.data.vocabulary import END_ID, START_ID
 from caption_app.model import backbones
 
 BACKBONE_LAYER = "backbone"
@@ -42,14 +42,10 @@ class CaptionDecoder(keras.layers.Layer):
       image_every_step: also feed the image embedding with every word (the
         LSTM's input is [word; image], E wide each); the decoding state then
         carries the image: [h, c, image].
-      word_dropout: in training, the fraction of input words (after
-        `<start>`) replaced by `<unk>`, so that the next word is learned from
-        the image more than from the words before it.
     """
 
     def __init__(self, vocab_size: int, embedding_size: int, lstm_units: int, dropout: float = 0.0,
-                 init_scale: float = 0.08, use_cudnn: bool = False, image_every_step: bool = False, word_dropout: float = 0.0,
-                 **kwargs):
+                 init_scale: float = 0.08, use_cudnn: bool = False, image_every_step: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.embedding_size = embedding_size
@@ -58,8 +54,6 @@ class CaptionDecoder(keras.layers.Layer):
         self.init_scale = init_scale
         self.use_cudnn = use_cudnn
         self.image_every_step = image_every_step
-        self.word_dropout = word_dropout
-        self._seed = keras.random.SeedGenerator(0)
         init = keras.initializers.RandomUniform(-init_scale, init_scale)
         self.word_embedding = keras.layers.Embedding(vocab_size, embedding_size, embeddings_initializer=init,
                                                      name="word_embedding")
@@ -80,10 +74,6 @@ class CaptionDecoder(keras.layers.Layer):
         batch, num_captions, length = ops.shape(input_ids)
         image = ops.broadcast_to(image_embedding[:, None, :], (batch, num_captions, self.embedding_size))
         image = ops.reshape(image, (-1, 1, self.embedding_size))  # [B*C, 1, E]
-        if training and self.word_dropout > 0:
-            drop = keras.random.uniform(ops.shape(input_ids), seed=self._seed) < self.word_dropout
-            drop = ops.logical_and(drop, ops.arange(length)[None, None, :] > 0)  # <start> stays
-            input_ids = ops.where(drop, ops.cast(UNK_ID, input_ids.dtype), input_ids)
         words = self.word_embedding(ops.reshape(input_ids, (-1, length)))  # [B*C, T, E]
         sequence = ops.concatenate([image, words], axis=1)  # [B*C, T+1, E]
         if self.image_every_step:
@@ -122,8 +112,7 @@ class CaptionDecoder(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "embedding_size": self.embedding_size,
                 "lstm_units": self.lstm_units, "dropout": self.dropout, "init_scale": self.init_scale,
-                "use_cudnn": self.use_cudnn, "image_every_step": self.image_every_step,
-                "word_dropout": self.word_dropout}
+                "use_cudnn": self.use_cudnn, "image_every_step": self.image_every_step}
 
 
 @contextlib.contextmanager
@@ -181,8 +170,7 @@ def _build_model(config: Config, vocab_size: int, backbone_weights: str | None) 
     if m.embedding_norm:
         image_embedding = keras.layers.BatchNormalization(momentum=0.9, name="image_embedding_norm")(image_embedding)
     decoder = CaptionDecoder(vocab_size, m.embedding_size, m.lstm_units, m.lstm_dropout, m.init_scale,
-                             m.use_cudnn, image_every_step=m.image_every_step, word_dropout=m.word_dropout,
-                             name="decoder")
+                             m.use_cudnn, image_every_step=m.image_every_step, name="decoder")
     logits = decoder(image_embedding, input_ids)
     return keras.Model({"image": image, "input_ids": input_ids}, logits, name="show_and_tell")
 
