@@ -1,4 +1,5 @@
-# make demo: set up .venv, generate the shapes dataset, convert, train, evaluate, caption.
+# make demo: set up .venv, generate the shapes dataset, convert, train, evaluate, score against the
+# generator's ground truth (tfrecords_tools/shapes_report.py), caption.
 # make test: the test suite (what .ci/run runs).
 PYTHON ?= python3
 VENV ?= .venv
@@ -34,6 +35,7 @@ demo: setup
 	$(PY) -m tfrecords_tools shapes --out $(DEMO)/data
 	$(PY) -m caption_app train --config shapes --data $(DEMO)/data --run-dir $(DEMO)/run
 	$(PY) -m caption_app evaluate --run-dir $(DEMO)/run --split test
+	$(PY) -m tfrecords_tools.shapes_report $(DEMO)/run --objects $(DEMO)/data/raw/objects.json
 	$(PY) -m caption_app caption --run-dir $(DEMO)/run \
 	  $$(head -n 4 $(DEMO)/data/raw/Flickr_8k.testImages.txt | sed 's|^|$(DEMO)/data/raw/images/|')
 	@echo "data: $(DEMO)/data  run dir: $(DEMO)/run  metrics: $(DEMO)/run/metrics.json  TensorBoard: $(DEMO)/run/logs"

@@ -35,6 +35,7 @@ class Model:
     init_scale: float = 0.08  # uniform initializer range of the decoder
     embedding_norm: bool = False  # batch-normalize the image embedding (keeps LSTM gates out of saturation)
     use_cudnn: bool = False  # cuDNN LSTM makes Keras drop XLA silently; keep False with jit_compile
+    image_every_step: bool = False  # also feed the image embedding with every word (state [h, c, image])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,16 +149,18 @@ def shapes() -> Config:
 
     The embedded synthetic "shapes" dataset (and other small simple-scene sets
     in the Flickr8k layout): a small CNN trained from scratch at 64x64 together
-    with the decoder, Adam with a cosine schedule. The batch-normalized image
-    embedding is what makes a from-scratch CNN learn colours and shapes here
-    (without it, their words stayed at chance-level loss for 12 epochs). No
-    LSTM dropout: under XLA on CPU it costs 6x the decoder's step time.
+    with the decoder, Adam with a cosine schedule. The decoder reads the
+    batch-normalized image embedding with every word (`image_every_step`): fed
+    only as the first LSTM input, as Show and Tell does, the colour and shape
+    words got too little gradient to the CNN, whose features stayed nearly
+    colour-blind (bench/RESULTS.md, "Learning quality"). No LSTM dropout:
+    under XLA on CPU it costs 6x the decoder's step time.
     """
     return Config(
         name="shapes",
         data=Data(image_size=64, max_caption_length=32, augment=(), shuffle_buffer=4096, cache=True),
-        model=Model(backbone="small_cnn", backbone_weights="none", embedding_size=256,
-                    lstm_units=256, lstm_dropout=0.0, embedding_norm=True),
+        model=Model(backbone="small_cnn", backbone_weights="none", embedding_size=128,
+                    lstm_units=256, lstm_dropout=0.0, embedding_norm=True, image_every_step=True),
         train=Train(epochs=20, batch_size=32, optimizer="adam", learning_rate=2e-3,
                     lr_schedule="cosine", warmup_epochs=0.5, clip_gradient_norm=5.0,
                     freeze_backbone=False, fine_tune_epochs=0),

@@ -123,6 +123,8 @@ def fingerprint(config: Config, vocab: Vocabulary, sizes: TensorSizes) -> dict:
         "lstm_units": config.model.lstm_units,
         "vocab_size": vocab.size,
         "vocab_sha1": vocab_hash,
+        # Only when on, so that the run dirs of before the option keep their fingerprint.
+        **({"image_every_step": True} if config.model.image_every_step else {}),
     }
 
 

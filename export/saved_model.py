@@ -14,6 +14,7 @@ Signatures (B images, K captions, N decoder rows, H LSTM units, V ids):
     encode_image     images float32 [B, h, w, 3] -> state_h, state_c float32 [B, H]
     decode_step      input_ids int32 [N], state_h, state_c [N, H]
                      -> log_probs float32 [N, V], state_h, state_c [N, H]
+                     (a model with `image_every_step` also has state_image [., E] in both)
     ids_to_text      ids int32 [N, T] -> text string [N]
 
 Everything is the training code's own: `Captioner.encode` / `decode_step`,
@@ -91,10 +92,10 @@ class CaptionModule(tf.Module):
         self._max_image_pixels = max_image_pixels
         self.vocab_file = tf.saved_model.Asset(vocab_file)
         self.config_file = tf.saved_model.Asset(config_file)
-        units = captioner.decoder.lstm_units
+        self._state_names = list(captioner.decoder.state_sizes())
         images = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
-        state = [tf.TensorSpec([None, units], tf.float32, name="state_h"),
-                 tf.TensorSpec([None, units], tf.float32, name="state_c")]
+        state = [tf.TensorSpec([None, width], tf.float32, name=name)
+                 for name, width in captioner.decoder.state_sizes().items()]
 
         def function(fn, *specs):
             return tf.function(fn, input_signature=list(specs), autograph=False, jit_compile=False)
@@ -145,12 +146,12 @@ class CaptionModule(tf.Module):
         return {"captions": captions, "log_probs": log_probs, "scores": scores}
 
     def _encode_image(self, images):
-        h, c = _on_nonempty_batch(self._captioner.encode, resize_image(images, self._image_size))
-        return {"state_h": h, "state_c": c}
+        state = _on_nonempty_batch(self._captioner.encode, resize_image(images, self._image_size))
+        return dict(zip(self._state_names, state))
 
-    def _decode_step(self, input_ids, state_h, state_c):
-        log_probs, (h, c) = self._captioner.decode_step(input_ids, [state_h, state_c])
-        return {"log_probs": log_probs, "state_h": h, "state_c": c}
+    def _decode_step(self, input_ids, *state):
+        log_probs, new_state = self._captioner.decode_step(input_ids, list(state))
+        return {"log_probs": log_probs, **dict(zip(self._state_names, new_state))}
 
     def _ids_to_text(self, ids):
         return {"text": self._vocab.ids_to_text(ids)}
@@ -265,7 +266,7 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
         saved = os.path.join(staging, "saved_model")
         tf.saved_model.save(module, saved, signatures=module.signatures())
         if warmup:
-            warmup_lib.write(saved, warmup_lib.requests(name, units))
+            warmup_lib.write(saved, warmup_lib.requests(name, units, captioner.decoder.state_sizes()))
         _make_readable(saved)
         final = os.path.join(model_dir, str(version))
         _check_version(model_dir, version)  # another export may have taken it meanwhile

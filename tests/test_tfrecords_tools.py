@@ -62,11 +62,11 @@ def test_shapes_deterministic_by_seed(tmp_path):
     shapes.generate_shapes(tmp_path / "b", seed=0, **kwargs)
     shapes.generate_shapes(tmp_path / "c", seed=1, **kwargs)
     a, b, c = (_files(tmp_path / d) for d in "abc")
-    assert len(a) == 20 + 4  # images + token file + 3 split lists
+    assert len(a) == 20 + 5  # images + token file + 3 split lists + ground truth
     assert a == b
     assert a.keys() == c.keys()
     different = [k for k in a if a[k] != c[k]]
-    assert flickr8k.TOKEN_FILE in different
+    assert flickr8k.TOKEN_FILE in different and shapes.OBJECTS_FILE in different
     assert sum(k.endswith(".jpg") for k in different) >= 18
 
 

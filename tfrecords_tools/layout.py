@@ -83,9 +83,9 @@ def _is_own_entry(folder: str, name: str) -> bool:
 
 
 def _is_shapes_raw(path: str) -> bool:
-    """The shapes generator's raw dir: its text files and images/shapes_*.jpg only."""
+    """The shapes generator's raw dir: its text files, ground truth and images/shapes_*.jpg only."""
     text = {"Flickr8k.token.txt", "Flickr_8k.trainImages.txt", "Flickr_8k.devImages.txt",
-            "Flickr_8k.testImages.txt"}
+            "Flickr_8k.testImages.txt", "objects.json"}
     names = set(os.listdir(path))
     if not names <= text | {"images"}:
         return False

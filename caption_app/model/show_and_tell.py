@@ -4,6 +4,10 @@
       -> image_embedding (linear) -> [B, E], fed as the first LSTM input
     input_ids [B, C, T] (C captions per image) -> word embedding -> LSTM -> logits [B, C, T, V]
 
+With `model.image_every_step` the image embedding is also fed next to every
+word (the LSTM reads [word; image]), so a word's prediction can look at the
+image directly instead of through the LSTM's memory of its first step.
+
 The backbone runs once per image; its embedding is repeated for the image's C
 captions. The model's two parts are attributes: `model.image_encoder` (an
 `ImageEncoder`: image -> embedding, and its pieces: the backbone's feature
@@ -46,10 +50,13 @@ class CaptionDecoder(keras.layers.Layer):
       dropout: on the LSTM's inputs and outputs (im2txt: keep 0.7 -> 0.3).
       init_scale: uniform initializer range.
       use_cudnn: passed to keras.layers.LSTM (False keeps XLA on GPU).
+      image_every_step: also feed the image embedding with every word (the
+        LSTM's input is [word; image], E wide each); the decoding state then
+        carries the image: [h, c, image].
     """
 
     def __init__(self, vocab_size: int, embedding_size: int, lstm_units: int, dropout: float = 0.0,
-                 init_scale: float = 0.08, use_cudnn: bool = False, **kwargs):
+                 init_scale: float = 0.08, use_cudnn: bool = False, image_every_step: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.embedding_size = embedding_size
@@ -57,6 +64,7 @@ class CaptionDecoder(keras.layers.Layer):
         self.dropout = dropout
         self.init_scale = init_scale
         self.use_cudnn = use_cudnn
+        self.image_every_step = image_every_step
         init = keras.initializers.RandomUniform(-init_scale, init_scale)
         self.word_embedding = keras.layers.Embedding(vocab_size, embedding_size, embeddings_initializer=init,
                                                      name="word_embedding")
@@ -69,7 +77,7 @@ class CaptionDecoder(keras.layers.Layer):
 
     def build(self, image_embedding_shape, input_ids_shape=None):
         self.word_embedding.build((None, None))
-        self.lstm.build((None, None, self.embedding_size))
+        self.lstm.build((None, None, self.embedding_size * (2 if self.image_every_step else 1)))
         self.logits.build((None, None, self.lstm_units))
 
     def call(self, image_embedding, input_ids, training=None):
@@ -79,6 +87,8 @@ class CaptionDecoder(keras.layers.Layer):
         image = ops.reshape(image, (-1, 1, self.embedding_size))  # [B*C, 1, E]
         words = self.word_embedding(ops.reshape(input_ids, (-1, length)))  # [B*C, T, E]
         sequence = ops.concatenate([image, words], axis=1)  # [B*C, T+1, E]
+        if self.image_every_step:
+            sequence = ops.concatenate([sequence, ops.broadcast_to(image, ops.shape(sequence))], axis=-1)  # 2E
         sequence = self.input_dropout(sequence, training=training)
         outputs = self.lstm(sequence, training=training)[:, 1:]  # the image step predicts nothing
         outputs = self.output_dropout(outputs, training=training)
@@ -86,21 +96,34 @@ class CaptionDecoder(keras.layers.Layer):
         return ops.reshape(logits, (batch, num_captions, length, self.vocab_size))
 
     def initial_state(self, image_embedding):
-        """image_embedding [N, E] -> LSTM state [h, c], each [N, H], after the image step."""
+        """image_embedding [N, E] -> the state after the image step: LSTM [h, c], each [N, H]
+        (and the image embedding [N, E] with `image_every_step`)."""
         zeros = ops.zeros((ops.shape(image_embedding)[0], self.lstm_units), dtype=image_embedding.dtype)
-        _, state = self.lstm.cell(image_embedding, [zeros, zeros], training=False)
-        return list(state)
+        first = image_embedding
+        if self.image_every_step:
+            first = ops.concatenate([image_embedding, image_embedding], axis=-1)
+        _, state = self.lstm.cell(first, [zeros, zeros], training=False)
+        return list(state) + ([image_embedding] if self.image_every_step else [])
+
+    def state_sizes(self) -> dict[str, int]:
+        """The decoding state's tensors, by the names the export gives them, and their widths."""
+        sizes = {"state_h": self.lstm_units, "state_c": self.lstm_units}
+        if self.image_every_step:
+            sizes["state_image"] = self.embedding_size
+        return sizes
 
     def step(self, ids, state):
-        """ids [N] int, state [h, c] -> (logits [N, V], new state)."""
+        """ids [N] int, state (see `initial_state`) -> (logits [N, V], new state)."""
         words = self.word_embedding(ids)  # [N, E]
-        output, new_state = self.lstm.cell(words, list(state), training=False)
-        return self.logits(output), list(new_state)
+        if self.image_every_step:
+            words = ops.concatenate([words, state[2]], axis=-1)
+        output, new_state = self.lstm.cell(words, list(state[:2]), training=False)
+        return self.logits(output), list(new_state) + list(state[2:])
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "embedding_size": self.embedding_size,
                 "lstm_units": self.lstm_units, "dropout": self.dropout, "init_scale": self.init_scale,
-                "use_cudnn": self.use_cudnn}
+                "use_cudnn": self.use_cudnn, "image_every_step": self.image_every_step}
 
 
 @contextlib.contextmanager
@@ -261,7 +284,7 @@ def _build_model(config: Config, vocab_size: int, backbone_weights: str | None) 
     image_encoder, image_embedding = build_image_encoder(config, image, backbone_weights)
     input_ids = keras.Input((None, None), dtype="int32", name="input_ids")
     decoder = CaptionDecoder(vocab_size, m.embedding_size, m.lstm_units, m.lstm_dropout, m.init_scale,
-                             m.use_cudnn, name="decoder")
+                             m.use_cudnn, image_every_step=m.image_every_step, name="decoder")
     logits = decoder(image_embedding, input_ids)
     return ShowAndTell({"image": image, "input_ids": input_ids}, logits, name="show_and_tell",
                        parts={"image_encoder": image_encoder, "decoder": decoder})
@@ -285,11 +308,11 @@ class Captioner:
         self.image_size = self.image_encoder.image_size
 
     def encode(self, images):
-        """images [B, S, S, 3] float32 0-255 -> initial LSTM state [h, c], each [B, H]."""
+        """images [B, S, S, 3] float32 0-255 -> initial state [h, c], each [B, H] (+ image [B, E])."""
         return self.decoder.initial_state(self.image_encoder(images, training=False))
 
     def decode_step(self, ids, state):
-        """ids [N] int32, state [h, c] -> (log_probs [N, V], new state)."""
+        """ids [N] int32, state (see `encode`) -> (log_probs [N, V], new state)."""
         logits, new_state = self.decoder.step(ids, state)
         return ops.log_softmax(ops.cast(logits, "float32"), axis=-1), new_state
 

@@ -1,0 +1,206 @@
+"""Learning quality on generated shapes sets: train, evaluate, score against the ground truth.
+
+    python bench/shapes_quality.py data OUT [--scenes night] [--image-size 96]
+    python bench/shapes_quality.py run DATA RUN [--set train.epochs=6 ...] [--seed 1]
+    python bench/shapes_quality.py words RUN          per-word-class validation loss at every kept checkpoint
+    python bench/shapes_quality.py probe RUN          colour probe on the image embedding + single-colour patches
+
+`run` trains the `shapes` preset (plus overrides) on DATA, evaluates the test
+split and prints `tfrecords_tools.shapes_report`'s report plus one JSON line
+(BLEU-4, the report's headline numbers, training seconds, load average) to
+collect into bench/RESULTS.md ("Learning quality"). `words` and `probe` are
+the evidence for why a recipe learns colour or not: the validation loss of
+colour, shape and size words against all other words, checkpoint by
+checkpoint; and whether the image embedding carries each object's colour
+(a linear probe on single-object images) and what it gives for plain colour
+patches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from tfrecords_tools import shapes as shapes_lib  # noqa: E402
+from tfrecords_tools import shapes_report  # noqa: E402
+
+SCENES = {"shapes": shapes_lib.SHAPES_SCENES, "night": shapes_lib.NIGHT_SCENES}
+
+
+def make_data(out: str, scenes: str, image_size: int, seed: int) -> None:
+    shapes_lib.convert_shapes(out, scenes=SCENES[scenes], image_size=image_size, seed=seed, progress=False,
+                              verbose=False)
+    print(f"data: {out}")
+
+
+def objects_file(data_dir: str) -> str:
+    with open(os.path.join(data_dir, "manifest.json")) as f:
+        info = json.load(f)["source_info"]
+    return info.get("objects_file") or os.path.join(info["raw_dir"], shapes_lib.OBJECTS_FILE)
+
+
+def run(data_dir: str, run_dir: str, assignments: list[str], config_name: str) -> dict:
+    from caption_app import config as config_lib
+    from caption_app.evaluate import evaluate
+    from caption_app.train import train
+
+    config = config_lib.override(config_lib.get_preset(config_name), assignments)
+    load_before = os.getloadavg()
+    history = train(config, data_dir, run_dir, verbose=2)
+    began = time.time()
+    metrics = evaluate(run_dir, "test", verbose=False)
+    eval_seconds = time.time() - began
+    report = shapes_report.score(shapes_report.load_captions(shapes_report.captions_file(run_dir)),
+                                 shapes_lib.load_objects(objects_file(data_dir)))
+    print(shapes_report.format_report(report))
+    result = {"run_dir": run_dir, "set": assignments, "BLEU-4": metrics["BLEU-4"], "CIDEr": metrics["CIDEr"],
+              **{k: round(v, 4) for k, v in report.summary().items()},
+              "train_seconds": round(history["seconds"], 1), "eval_seconds": round(eval_seconds, 1),
+              "load_before": [round(x, 1) for x in load_before],
+              "load_after": [round(x, 1) for x in os.getloadavg()]}
+    print("RESULT " + json.dumps(result), flush=True)
+    return result
+
+
+def _word_classes(vocab, scenes: dict) -> np.ndarray:
+    """id -> 0 other, 1 colour, 2 shape, 3 size."""
+    classes = np.zeros(vocab.size, np.int32)
+    for k, words in enumerate((scenes["colours"], scenes["shapes"], scenes["sizes"]), start=1):
+        for w in words:
+            i = vocab.word_to_id(w) if hasattr(vocab, "word_to_id") else vocab.tokens.index(w)
+            classes[i] = k
+    return classes
+
+
+def words(run_dir: str) -> None:
+    """Mean validation cross-entropy of colour / shape / size / other target words per checkpoint."""
+    import tensorflow as tf
+
+    from caption_app import run_dir as run_dir_lib
+    from caption_app.data.pipeline import make_dataset
+    from caption_app.model.loss import token_nll
+
+    manifest = run_dir_lib.load_manifest(run_dir)
+    truth = shapes_lib.load_objects(objects_file(manifest.data_dir))
+    state = tf.train.get_checkpoint_state(run_dir_lib.checkpoint_dir(run_dir))
+    print("checkpoint   colour   shape    size   other   (mean nll per target word, val)")
+    for path in state.all_model_checkpoint_paths:
+        model, config, vocab, tensor_sizes, _ = run_dir_lib.load_model(run_dir, path)
+        classes = tf.constant(_word_classes(vocab, truth["scenes"]))
+        sums, counts = np.zeros(4), np.zeros(4)
+        for inputs, targets in make_dataset(config, manifest, vocab, "val", training=False, shapes=tensor_sizes,
+                                            batch_size=64):
+            nll, mask = token_nll(targets, model(inputs, training=False))
+            cls = tf.gather(classes, targets)
+            for k in range(4):
+                m = mask * tf.cast(tf.equal(cls, k), tf.float32)
+                sums[k] += float(tf.reduce_sum(nll * m))
+                counts[k] += float(tf.reduce_sum(m))
+        mean = sums / np.maximum(counts, 1)
+        print(f"{os.path.basename(path):<10} {mean[1]:7.3f} {mean[2]:7.3f} {mean[3]:7.3f} {mean[0]:7.3f}", flush=True)
+
+
+def _embed_model(model):
+    import keras
+
+    last = "image_embedding_norm" if any(l.name == "image_embedding_norm" for l in model.layers) \
+        else "image_embedding"
+    image = model.get_layer("image").output
+    return (keras.Model(image, model.get_layer(last).output),
+            keras.Sequential([model.get_layer("preprocess"), model.get_layer("backbone")]))
+
+
+def probe(run_dir: str) -> None:
+    """Does the trained image embedding carry colour? A softmax probe on single-object images
+    (train images to fit, test images to score), and the embeddings of plain colour patches."""
+    import keras
+    import tensorflow as tf
+
+    from caption_app import run_dir as run_dir_lib
+    from caption_app.data import records
+    from caption_app.data.pipeline import decode_image
+
+    model, config, vocab, tensor_sizes, _ = run_dir_lib.load_model(run_dir)
+    manifest = run_dir_lib.load_manifest(run_dir)
+    truth = shapes_lib.load_objects(objects_file(manifest.data_dir))
+    colours = list(truth["scenes"]["colours"])
+    embed, backbone = _embed_model(model)
+    size = tensor_sizes.image_size
+
+    def single_objects(split):
+        images, labels = [], []
+        for r in tf.data.TFRecordDataset(manifest.files(split)).map(records.parse_example):
+            objects = truth["images"][r["image_id"].numpy().decode()]["objects"]
+            if len(objects) == 1:
+                images.append(decode_image(r["encoded"], size).numpy())
+                labels.append(colours.index(objects[0][1]))
+        return np.stack(images), np.array(labels)
+
+    train_x, train_y = single_objects("train")
+    test_x, test_y = single_objects("test")
+    for name, net in (("image embedding", embed), ("backbone features", backbone)):
+        f_train = net.predict(train_x, batch_size=64, verbose=0)
+        f_test = net.predict(test_x, batch_size=64, verbose=0)
+        mean, std = f_train.mean(0), f_train.std(0) + 1e-6
+        keras.utils.set_random_seed(0)
+        clf = keras.Sequential([keras.Input((f_train.shape[1],)), keras.layers.Dense(len(colours))])
+        clf.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    metrics=["accuracy"])
+        clf.fit((f_train - mean) / std, train_y, epochs=100, batch_size=128, verbose=0)
+        acc = clf.evaluate((f_test - mean) / std, test_y, verbose=0)[1]
+        print(f"linear colour probe on the {name} ({f_train.shape[1]} wide): {100 * acc:.1f}% of "
+              f"{len(test_y)} single-object test images (fit on {len(train_y)} train images)")
+
+    # Plain patches: a large square of each colour in the middle of a pale grey image.
+    scenes = SCENES["night" if "white" in colours else "shapes"]
+    background = np.array(scenes.backgrounds[1], np.float32)
+    patches = np.tile(background, (len(colours), size, size, 1))
+    lo, hi = size // 4, size - size // 4
+    for i, c in enumerate(colours):
+        patches[i, lo:hi, lo:hi] = truth["scenes"]["colours"][c]
+    e = embed.predict(patches, verbose=0)
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    cos = e @ e.T
+    print("cosine similarity of the image embeddings of plain colour squares:")
+    print("        " + " ".join(f"{c[:6]:>6}" for c in colours))
+    for i, c in enumerate(colours):
+        print(f"{c[:7]:<7} " + " ".join(f"{v:6.2f}" for v in cos[i]))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("data")
+    d.add_argument("out")
+    d.add_argument("--scenes", default="shapes", choices=sorted(SCENES))
+    d.add_argument("--image-size", type=int, default=64)
+    d.add_argument("--seed", type=int, default=0)
+    r = sub.add_parser("run")
+    r.add_argument("data")
+    r.add_argument("run_dir")
+    r.add_argument("--config", default="shapes")
+    r.add_argument("--set", action="append", default=[])
+    for name in ("words", "probe"):
+        sub.add_parser(name).add_argument("run_dir")
+    args = p.parse_args(argv)
+    if args.command == "data":
+        make_data(args.out, args.scenes, args.image_size, args.seed)
+    elif args.command == "run":
+        run(args.data, args.run_dir, args.set, args.config)
+    elif args.command == "words":
+        words(args.run_dir)
+    else:
+        probe(args.run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

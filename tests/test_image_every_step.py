@@ -1,0 +1,129 @@
+"""model.image_every_step: the decoder also reads the image embedding with every word (state [h, c, image])."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from caption_app.data.vocabulary import START_ID
+from caption_app.model.show_and_tell import Captioner, CaptionDecoder, build_model
+from tests.conftest import tiny_config
+
+V, E, H = 20, 8, 12
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(2)
+    config = tiny_config(f"model.embedding_size={E}", f"model.lstm_units={H}", "model.image_every_step=true",
+                         "model.embedding_norm=true")
+    return build_model(config, V)
+
+
+def _images(n, seed=0):
+    return np.random.default_rng(seed).uniform(0, 255, (n, 32, 32, 3)).astype(np.float32)
+
+
+def test_parameter_counts(model):
+    decoder = model.get_layer("decoder")
+    # LSTM input [word; image], 2E wide: 4*((2E + H) * H + H) = 4*((16 + 12) * 12 + 12) = 1392
+    assert decoder.lstm.count_params() == 1392
+    # embedding V*E + LSTM + logits H*V + V = 160 + 1392 + 260
+    assert decoder.count_params() == 160 + 1392 + 260
+
+
+def test_state_carries_the_image_embedding(model):
+    captioner = Captioner(model)
+    images = _images(3)
+    state = captioner.encode(images)
+    assert [tuple(s.shape) for s in state] == [(3, H), (3, H), (3, E)]
+    embedding = keras.Model(model.get_layer("image").output, model.get_layer("image_embedding_norm").output)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(state[2]),
+                               keras.ops.convert_to_numpy(embedding(images, training=False)), atol=1e-5)
+    _, new_state = captioner.decode_step(tf.constant([START_ID] * 3, tf.int32), state)
+    assert len(new_state) == 3
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(new_state[2]), keras.ops.convert_to_numpy(state[2]))
+
+
+def test_step_by_step_decoding_equals_teacher_forced_logits(model):
+    captioner = Captioner(model)
+    images = _images(2, seed=3)
+    caption = np.array([[START_ID, 7, 4, 11, 9, 2], [START_ID, 19, 19, 3, 6, 8]], np.int32)
+    full = keras.ops.convert_to_numpy(
+        model({"image": images, "input_ids": caption[:, None, :]}, training=False))[:, 0]  # [B, T, V]
+    state = captioner.encode(images)
+    for t in range(caption.shape[1]):
+        logits, state = model.get_layer("decoder").step(tf.constant(caption[:, t]), state)
+        # The logits of an untrained tiny decoder are ~1e-4: compare them relatively.
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(logits), full[:, t], rtol=1e-3, atol=1e-8)
+    # The image read at each step matters: another image's embedding gives other logits from step 2 on.
+    state = captioner.encode(images)
+    other = captioner.encode(_images(2, seed=9))
+    _, after_start = model.get_layer("decoder").step(tf.constant(caption[:, 0]), state)
+    swapped = after_start[:2] + [other[2]]
+    logits, _ = model.get_layer("decoder").step(tf.constant(caption[:, 1]), swapped)
+    assert np.abs(keras.ops.convert_to_numpy(logits) - full[:, 1]).max() > 1e-2 * np.abs(full[:, 1]).max()
+
+
+def test_beam_search_in_graph(model):
+    captioner = Captioner(model)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32)])
+    def generate(images):
+        return captioner.generate(images, beam_size=3, max_length=6).ids
+
+    in_graph = generate(tf.constant(_images(2))).numpy()
+    eager = captioner.generate(_images(2), beam_size=3, max_length=6).ids.numpy()
+    assert in_graph.shape == (2, 3, 6)
+    np.testing.assert_array_equal(in_graph, eager)
+
+
+def test_config_round_trip():
+    layer = CaptionDecoder(V, E, H, image_every_step=True, name="decoder")
+    config = layer.get_config()
+    assert config["image_every_step"] is True
+    assert CaptionDecoder.from_config(config).get_config() == config
+    assert CaptionDecoder(V, E, H).get_config()["image_every_step"] is False
+
+
+@pytest.mark.slow
+def test_export_serves_the_image_state(shapes_data, tmp_path):
+    """encode_image / decode_step carry state_image; captions and warmup requests work as for Show and Tell."""
+    from caption_app import run_dir as run_dir_lib
+    from caption_app.train import train
+    from export import saved_model
+    from tests import saved_model_ops
+
+    run = str(tmp_path / "run")
+    train(tiny_config("train.epochs=1", "train.learning_rate=0.02", "model.image_every_step=true"), shapes_data,
+          run, verbose=0)
+    path = saved_model.export(run, str(tmp_path / "models"))
+    signatures = tf.saved_model.load(path).signatures
+    model, config, vocab, _, _ = run_dir_lib.load_model(run)
+    captioner = Captioner(model)
+    images = tf.constant(_images(2, seed=5))
+
+    state = signatures["encode_image"](images=images)
+    names = ["state_h", "state_c", "state_image"]
+    assert sorted(state) == sorted(names)
+    py_state = captioner.encode(images)
+    for name, expected in zip(names, py_state):
+        np.testing.assert_allclose(state[name].numpy(), keras.ops.convert_to_numpy(expected), atol=1e-5)
+    ids = tf.constant([START_ID, START_ID], tf.int32)
+    step = signatures["decode_step"](input_ids=ids, **state)
+    py_log_probs, py_new_state = captioner.decode_step(ids, py_state)
+    np.testing.assert_allclose(step["log_probs"].numpy(), keras.ops.convert_to_numpy(py_log_probs), atol=1e-5)
+    np.testing.assert_allclose(step["state_image"].numpy(), state["state_image"].numpy())
+
+    e = config.eval
+    result = captioner.generate(images, beam_size=e.beam_size, max_length=e.max_length, num_results=e.beam_size)
+    out = signatures["caption_images"](images=images)
+    assert out["captions"].numpy().tolist() == vocab.ids_to_text(result.ids).numpy().tolist()
+    # The warmup requests (decode_step with all three state inputs) run in a TF1 Session, as in TF Serving.
+    requests = saved_model_ops.warmup_requests(path)
+    decode = [inputs for name, inputs in requests if name == "decode_step"]
+    assert len(decode) == 1 and sorted(decode[0]) == sorted(["input_ids"] + names)
+    outputs = saved_model_ops.run_in_session(path, requests)
+    assert all(np.isfinite(o["log_probs"]).all() for o, (name, _) in zip(outputs, requests) if name == "decode_step")

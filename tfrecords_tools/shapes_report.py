@@ -1,0 +1,216 @@
+"""How right a captioner is about a generated shapes set, from the generator's ground truth.
+
+    python -m tfrecords_tools.shapes_report RUN_DIR_OR_CAPTIONS_JSON --objects DATA/raw/objects.json
+
+reads an evaluation's captions file (`caption_app evaluate` writes
+RUN/eval/<split>-<checkpoint>.json; given a run dir, the newest one is read)
+and the objects each image really holds (`shapes.OBJECTS_FILE`, written by the
+generator), and prints:
+
+* per number of objects, the fraction of images whose caption names exactly
+  the right objects, left to right (colour and shape of each; its size too
+  when the caption names sizes, as all templates but the plain one do);
+  images showing a held-out (colour, shape) pair are counted apart;
+* per attribute (size, colour, shape) the accuracy over all objects and the
+  most frequent confusions (true -> said; "-" when the caption names no
+  object there, or no such attribute);
+* the held-out pairs: how often such an object is named right;
+* distinct generated captions against distinct true object sets (collapse).
+
+Only the generated side is read from text: a caption's attribute words,
+in order, are grouped into objects by the set's attribute order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import glob
+import json
+import os
+import sys
+from typing import Sequence
+
+from tfrecords_tools import shapes as shapes_lib
+
+ATTRIBUTES = ("size", "colour", "shape")
+MISSING = "-"
+
+
+def parse_objects(caption: str, scenes: dict) -> list[dict[str, str]]:
+    """The objects a caption names, left to right: [{"size"?, "colour"?, "shape"?}, ...].
+
+    Attribute words are read in order; a word starts a new object when its
+    attribute is not later in `scenes["attribute_order"]` than every attribute
+    the current object already has ("a large red circle and a small blue
+    square" -> 2 objects; "a red and a blue square" -> {red}, {blue, square}).
+    """
+    kinds = {}
+    for attribute, words in (("size", scenes["sizes"]), ("colour", scenes["colours"]),
+                             ("shape", scenes["shapes"])):
+        kinds.update({w: attribute for w in words})
+    order = {a: i for i, a in enumerate(scenes["attribute_order"])}
+    objects: list[dict[str, str]] = []
+    for word in caption.split():
+        attribute = kinds.get(word)
+        if attribute is None:
+            continue
+        current = objects[-1] if objects else None
+        if current is None or any(order[a] >= order[attribute] for a in current):
+            objects.append({})
+        objects[-1][attribute] = word
+    return objects
+
+
+def object_right(said: dict[str, str] | None, true: Sequence[str]) -> bool:
+    """Colour and shape named and right; size right or not named."""
+    if said is None:
+        return False
+    size, colour, shape = true
+    return said.get("colour") == colour and said.get("shape") == shape and said.get("size", size) == size
+
+
+def caption_right(said: list[dict[str, str]], true: Sequence[Sequence[str]]) -> bool:
+    return len(said) == len(true) and all(object_right(s, t) for s, t in zip(said, true))
+
+
+@dataclasses.dataclass
+class Report:
+    """Counts of one evaluation against the ground truth (see `score`)."""
+
+    # number of objects -> [images exactly right, images]; `held_out` for images with a held-out pair
+    seen: dict[int, list[int]] = dataclasses.field(default_factory=dict)
+    held_out: dict[int, list[int]] = dataclasses.field(default_factory=dict)
+    # attribute -> [right, objects]; sizes only over objects whose caption names a size
+    attribute: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    confusions: dict[str, collections.Counter] = dataclasses.field(default_factory=dict)
+    held_out_objects: list[int] = dataclasses.field(default_factory=lambda: [0, 0])  # [named right, objects]
+    distinct_captions: int = 0
+    distinct_object_sets: int = 0
+    images: int = 0
+    missing: int = 0  # images of the captions file absent from the ground truth
+
+    def fraction(self, counts: Sequence[int]) -> float:
+        return counts[0] / counts[1] if counts[1] else float("nan")
+
+    def all_right(self) -> list[int]:
+        right = sum(v[0] for d in (self.seen, self.held_out) for v in d.values())
+        return [right, sum(v[1] for d in (self.seen, self.held_out) for v in d.values())]
+
+    def summary(self) -> dict:
+        """The headline numbers (fractions), as the issue's targets name them."""
+        return {
+            "single_seen_right": self.fraction(self.seen.get(1, [0, 0])),
+            "all_right": self.fraction(self.all_right()),
+            "held_out_named_right": self.fraction(self.held_out_objects),
+            **{f"{a}_accuracy": self.fraction(self.attribute.get(a, [0, 0])) for a in ATTRIBUTES},
+            "distinct_ratio": (self.distinct_captions / self.distinct_object_sets
+                               if self.distinct_object_sets else float("nan")),
+        }
+
+
+def score(captions: dict[str, str], truth: dict) -> Report:
+    """Scores generated captions {image file name: caption} against `shapes.load_objects(...)`."""
+    scenes = truth["scenes"]
+    held_out = {tuple(p) for p in scenes["held_out_pairs"]}
+    report = Report(attribute={a: [0, 0] for a in ATTRIBUTES},
+                    confusions={a: collections.Counter() for a in ATTRIBUTES})
+    object_sets = set()
+    for name, caption in captions.items():
+        entry = truth["images"].get(os.path.basename(name))
+        if entry is None:
+            report.missing += 1
+            continue
+        true = entry["objects"]
+        said = parse_objects(caption, scenes)
+        report.images += 1
+        object_sets.add(tuple(tuple(o) for o in true))
+        has_held_out = any((c, s) in held_out for _, c, s in true)
+        counts = (report.held_out if has_held_out else report.seen).setdefault(len(true), [0, 0])
+        counts[0] += caption_right(said, true)
+        counts[1] += 1
+        for i, obj in enumerate(true):
+            got = said[i] if i < len(said) else {}
+            for attribute, value in zip(ATTRIBUTES, obj):
+                named = got.get(attribute, MISSING)
+                if attribute == "size" and got and named == MISSING:
+                    continue  # a caption without sizes (the plain template) says nothing wrong about them
+                report.attribute[attribute][0] += named == value
+                report.attribute[attribute][1] += 1
+                if named != value:
+                    report.confusions[attribute][(value, named)] += 1
+            if (obj[1], obj[2]) in held_out:
+                report.held_out_objects[0] += object_right(said[i] if i < len(said) else None, obj)
+                report.held_out_objects[1] += 1
+    report.distinct_captions = len({c for n, c in captions.items()
+                                    if os.path.basename(n) in truth["images"]})
+    report.distinct_object_sets = len(object_sets)
+    return report
+
+
+def format_report(report: Report, top: int = 4) -> str:
+    lines = []
+    lines.append(f"{report.images} images; exactly right, by number of objects (seen pairs | with a held-out pair):")
+    for n in sorted(set(report.seen) | set(report.held_out)):
+        def cell(counts):
+            return f"{counts[0]:4d}/{counts[1]:<4d} {100 * report.fraction(counts):5.1f}%" if counts else " " * 16
+        lines.append(f"  {n} object{'s' if n > 1 else ' '}  {cell(report.seen.get(n))} | "
+                     f"{cell(report.held_out.get(n))}")
+    right = report.all_right()
+    lines.append(f"  all       {right[0]:4d}/{right[1]:<4d} {100 * report.fraction(right):5.1f}%")
+    lines.append("attribute accuracy over objects (top confusions, true -> said):")
+    for a in ATTRIBUTES:
+        counts = report.attribute[a]
+        worst = ", ".join(f"{t}->{s} {k}" for (t, s), k in report.confusions[a].most_common(top))
+        lines.append(f"  {a:<7} {counts[0]:4d}/{counts[1]:<4d} {100 * report.fraction(counts):5.1f}%"
+                     f"{'  ' + worst if worst else ''}")
+    h = report.held_out_objects
+    lines.append(f"held-out pairs named right: {h[0]}/{h[1]} ({100 * report.fraction(h):.1f}%)")
+    lines.append(f"distinct captions: {report.distinct_captions} for {report.distinct_object_sets} distinct "
+                 f"object sets ({100 * report.summary()['distinct_ratio']:.1f}%)")
+    if report.missing:
+        lines.append(f"note: {report.missing} captioned images are not in the ground truth (another data set?)")
+    return "\n".join(lines)
+
+
+def captions_file(path: str, split: str = "test") -> str:
+    """`path` itself, or a run dir's newest RUN/eval/<split>-*.json."""
+    if os.path.isfile(path):
+        return path
+    found = glob.glob(os.path.join(glob.escape(path), "eval", f"{split}-*.json"))
+    if not found:
+        raise FileNotFoundError(f"no evaluation of split {split!r} in {path}/eval: run "
+                                f"`python -m caption_app evaluate --run-dir {path} --split {split}` first")
+    return max(found, key=os.path.getmtime)
+
+
+def load_captions(path: str) -> dict[str, str]:
+    """{image id: generated caption} of an evaluation's captions file."""
+    with open(path, encoding="utf-8") as f:
+        details = json.load(f)
+    return {k: v["generated"] for k, v in details["captions"].items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tfrecords_tools.shapes_report", description=__doc__.split("\n")[0])
+    p.add_argument("captions", help="a run dir (its newest eval/<split>-*.json) or an evaluation's captions file")
+    p.add_argument("--objects", required=True, help=f"the generator's ground truth ({shapes_lib.OBJECTS_FILE})")
+    p.add_argument("--split", default="test", help="with a run dir: the evaluated split (default test)")
+    p.add_argument("--json", action="store_true", help="print the headline numbers as JSON instead")
+    args = p.parse_args(argv)
+    try:
+        path = captions_file(args.captions, args.split)
+        report = score(load_captions(path), shapes_lib.load_objects(args.objects))
+    except (OSError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.summary()))
+    else:
+        print(f"captions: {path}\n{format_report(report)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
