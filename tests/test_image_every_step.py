@@ -8,10 +8,12 @@ import pytest
 import tensorflow as tf
 
 from caption_app.data.vocabulary import START_ID
+from caption_app.decoding import DecodeSettings
 from caption_app.model.show_and_tell import Captioner, CaptionDecoder, build_model
 from tests.conftest import tiny_config
 
 V, E, H = 20, 8, 12
+SETTINGS = DecodeSettings(beam_size=3, max_length=6)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def _images(n, seed=0):
 
 
 def test_parameter_counts(model):
-    decoder = model.get_layer("decoder")
+    decoder = model.decoder
     # LSTM input [word; image], 2E wide: 4*((2E + H) * H + H) = 4*((16 + 12) * 12 + 12) = 1392
     assert decoder.lstm.count_params() == 1392
     # embedding V*E + LSTM + logits H*V + V = 160 + 1392 + 260
@@ -39,9 +41,8 @@ def test_state_carries_the_image_embedding(model):
     images = _images(3)
     state = captioner.encode(images)
     assert [tuple(s.shape) for s in state] == [(3, H), (3, H), (3, E)]
-    embedding = keras.Model(model.get_layer("image").output, model.get_layer("image_embedding_norm").output)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(state[2]),
-                               keras.ops.convert_to_numpy(embedding(images, training=False)), atol=1e-5)
+                               keras.ops.convert_to_numpy(model.image_encoder(images, training=False)), atol=1e-5)
     _, new_state = captioner.decode_step(tf.constant([START_ID] * 3, tf.int32), state)
     assert len(new_state) == 3
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(new_state[2]), keras.ops.convert_to_numpy(state[2]))
@@ -55,15 +56,15 @@ def test_step_by_step_decoding_equals_teacher_forced_logits(model):
         model({"image": images, "input_ids": caption[:, None, :]}, training=False))[:, 0]  # [B, T, V]
     state = captioner.encode(images)
     for t in range(caption.shape[1]):
-        logits, state = model.get_layer("decoder").step(tf.constant(caption[:, t]), state)
+        logits, state = model.decoder.step(tf.constant(caption[:, t]), state)
         # The logits of an untrained tiny decoder are ~1e-4: compare them relatively.
         np.testing.assert_allclose(keras.ops.convert_to_numpy(logits), full[:, t], rtol=1e-3, atol=1e-8)
     # The image read at each step matters: another image's embedding gives other logits from step 2 on.
     state = captioner.encode(images)
     other = captioner.encode(_images(2, seed=9))
-    _, after_start = model.get_layer("decoder").step(tf.constant(caption[:, 0]), state)
+    _, after_start = model.decoder.step(tf.constant(caption[:, 0]), state)
     swapped = after_start[:2] + [other[2]]
-    logits, _ = model.get_layer("decoder").step(tf.constant(caption[:, 1]), swapped)
+    logits, _ = model.decoder.step(tf.constant(caption[:, 1]), swapped)
     assert np.abs(keras.ops.convert_to_numpy(logits) - full[:, 1]).max() > 1e-2 * np.abs(full[:, 1]).max()
 
 
@@ -72,10 +73,10 @@ def test_beam_search_in_graph(model):
 
     @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32)])
     def generate(images):
-        return captioner.generate(images, beam_size=3, max_length=6).ids
+        return captioner.generate(images, SETTINGS).ids
 
     in_graph = generate(tf.constant(_images(2))).numpy()
-    eager = captioner.generate(_images(2), beam_size=3, max_length=6).ids.numpy()
+    eager = captioner.generate(_images(2), SETTINGS).ids.numpy()
     assert in_graph.shape == (2, 3, 6)
     np.testing.assert_array_equal(in_graph, eager)
 
@@ -117,8 +118,7 @@ def test_export_serves_the_image_state(shapes_data, tmp_path):
     np.testing.assert_allclose(step["log_probs"].numpy(), keras.ops.convert_to_numpy(py_log_probs), atol=1e-5)
     np.testing.assert_allclose(step["state_image"].numpy(), state["state_image"].numpy())
 
-    e = config.eval
-    result = captioner.generate(images, beam_size=e.beam_size, max_length=e.max_length, num_results=e.beam_size)
+    result = captioner.generate(images, config.decode)
     out = signatures["caption_images"](images=images)
     assert out["captions"].numpy().tolist() == vocab.ids_to_text(result.ids).numpy().tolist()
     # The warmup requests (decode_step with all three state inputs) run in a TF1 Session, as in TF Serving.
