@@ -38,7 +38,7 @@ from caption_app.data.pipeline import make_dataset  # noqa: E402
 from caption_app.model import show_and_tell  # noqa: E402
 from caption_app.model.loss import MaskedCrossEntropy  # noqa: E402
 from caption_app.optimizers import make_optimizer  # noqa: E402
-from caption_app.train import steps_per_epoch  # noqa: E402
+from caption_app.budget import budget_for  # noqa: E402
 from tfrecords_tools import flickr8k  # noqa: E402
 
 
@@ -83,7 +83,7 @@ def main() -> None:
         ctx = run_dir_lib.RunContext.create(config, data_dir, os.path.join(tmp, "run"))
         manifest, vocab, sizes, model = ctx.manifest, ctx.vocab, ctx.sizes, ctx.model
         t = config.train
-        epoch_steps = steps_per_epoch(manifest.split("train").num_images, t.batch_size)
+        epoch_steps = budget_for(config, manifest).steps_per_epoch
         steps = args.steps or epoch_steps
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
               f"{config.model.backbone} at {sizes.image_size}px, batch {t.batch_size} images x "

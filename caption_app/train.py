@@ -41,14 +41,6 @@ from caption_app.model import show_and_tell
 from caption_app.optimizers import learning_rate_schedule, make_optimizer
 
 
-def steps_per_epoch(num_images: int, batch_size: int) -> int:
-    """Full batches per epoch (the last partial batch is dropped for static XLA shapes)."""
-    steps = num_images // batch_size
-    if steps == 0:
-        raise ValueError(f"the train split has {num_images} images, fewer than train.batch_size={batch_size}")
-    return steps
-
-
 class DataError(ValueError):
     """A shard of the data dir turned out damaged while training (the message names it)."""
 

@@ -27,7 +27,7 @@ from caption_app.model.loss import DatasetNLL, MaskedCrossEntropy
 from caption_app.model.show_and_tell import build_model
 from caption_app.callbacks import PerplexityCallback
 from caption_app.optimizers import learning_rate_schedule, make_optimizer
-from caption_app.train import steps_per_epoch, train
+from caption_app.train import train
 from tests.conftest import convert_tiny_shapes, restore_checkpoint, set_args, tiny_config
 
 
@@ -121,9 +121,16 @@ def test_steps_per_epoch_come_from_the_manifest(trained_run):
     expected = manifest.split("train").num_images // batch
     assert manifest.split("train").num_images % batch  # a remainder, dropped
     assert trained_run.history["steps_per_epoch"] == expected
-    assert steps_per_epoch(41, 6) == 6 and steps_per_epoch(42, 6) == 7
+    assert _steps_per_epoch(41, 6) == 6 and _steps_per_epoch(42, 6) == 7
     with pytest.raises(ValueError, match="train.batch_size=6"):
-        steps_per_epoch(5, 6)
+        _steps_per_epoch(5, 6)
+
+
+def _steps_per_epoch(num_images: int, batch_size: int) -> int:
+    """The budget's steps per epoch for one caption per image."""
+    config = tiny_config(f"train.batch_size={batch_size}")
+    return resolve_budget(config, num_images=num_images, num_captions=num_images,
+                          max_captions_per_image=1).steps_per_epoch
 
 
 @pytest.mark.slow
