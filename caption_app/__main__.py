@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from caption_app import decoding
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m caption_app", description="Show-and-Tell image captioning.")
@@ -32,10 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, help="data dir (default: the one the run trained on)")
     e.add_argument("--json", default=None, help="metrics file (default RUN/metrics.json)")
     e.add_argument("--checkpoint", default=None, help="checkpoint path (default: the latest)")
-    e.add_argument("--beam-size", type=int, default=None, help="default (or 0): the run's decode.beam_size")
-    e.add_argument("--max-length", type=int, default=None, help="default (or 0): the run's decode.max_length")
-    e.add_argument("--length-normalization", type=float, default=None,
-                   help="default: the run's decode.length_normalization")
+    decoding.add_arguments(e, num_captions=False)
     e.add_argument("--watch", action="store_true",
                    help="re-evaluate new checkpoints until training has finished")
     e.add_argument("--poll-seconds", type=float, default=30.0)
@@ -45,12 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("caption", help="caption image files, folders or globs")
     c.add_argument("--run-dir", required=True)
     c.add_argument("images", nargs="+")
-    c.add_argument("--beam-size", type=int, default=None, help="default (or 0): the run's decode.beam_size")
-    c.add_argument("--max-length", type=int, default=None, help="default (or 0): the run's decode.max_length")
-    c.add_argument("--length-normalization", type=float, default=None,
-                   help="default: the run's decode.length_normalization")
-    c.add_argument("--num-captions", type=int, default=None,
-                   help="captions per image, at most the beam size (default or 0: the beam size)")
+    decoding.add_arguments(c)
     c.add_argument("--max-image-pixels", type=int, default=None,
                    help="images whose header declares more pixels (width x height) are reported, not decoded "
                         "(default 40000000)")

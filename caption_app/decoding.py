@@ -16,6 +16,7 @@ checked by the one `check` and filled from the run's config by the one
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 
@@ -73,3 +74,18 @@ class DecodeSettings:
             length_normalization=self.length_normalization if length_normalization is None else length_normalization,
             num_captions=num_captions or self.num_captions or beam_size)
         return settings.check()
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, num_captions: bool = True) -> None:
+    """The decode-settings flags of `caption`, `evaluate` and `export`, spelled once.
+
+    Each defaults to None (or 0): the run's `decode.*` value, filled in by `resolve`.
+    """
+    parser.add_argument("--beam-size", type=int, default=None, help="default (or 0): the run's decode.beam_size")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="words, <end> included (default or 0: the run's decode.max_length)")
+    parser.add_argument("--length-normalization", type=float, default=None,
+                        help="alpha in score = log p / length**alpha (default: the run's decode.length_normalization)")
+    if num_captions:
+        parser.add_argument("--num-captions", type=int, default=None,
+                            help="captions per image, at most the beam size (default or 0: the beam size)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from caption_app import decoding
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -15,13 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="caption", help="model name (default: caption)")
     p.add_argument("--version", type=int, default=None,
                    help="version number (default: the next free one); an existing version is never overwritten")
-    p.add_argument("--beam-size", type=int, default=None, help="default (or 0): the run's decode.beam_size")
-    p.add_argument("--max-length", type=int, default=None,
-                   help="words, <end> included (default or 0: decode.max_length)")
-    p.add_argument("--num-captions", type=int, default=None,
-                   help="captions per image K, at most the beam size (default or 0: the beam size)")
-    p.add_argument("--length-normalization", type=float, default=None,
-                   help="alpha in score = log p / length**alpha (default: decode.length_normalization)")
+    decoding.add_arguments(p)
     p.add_argument("--checkpoint", default=None, help="checkpoint path (default: the run's latest)")
     p.add_argument("--max-image-pixels", type=int, default=None,
                    help="serving_default answers valid=false, without decoding, for images whose header "
