@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEMO ?= demo_out
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup java gxx demo test bench bench-parts bench-export bench-bombs clean
+.PHONY: setup java gxx chromium demo test bench bench-parts bench-export bench-bombs clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,13 @@ gxx:
 	  { (apt-get update -qq && apt-get install -y -qq g++ >/dev/null) || \
 	    echo "g++ could not be installed: the C++ loader test will be skipped"; }
 
-setup: $(VENV)/.installed java gxx
+# The browser test of the HTML reports (tests/test_html_report.py) runs headless Chromium; without it it is skipped.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+	    echo "chromium could not be installed: the browser test of the HTML reports will be skipped"; }
+
+setup: $(VENV)/.installed java gxx chromium
 
 demo: setup
 	rm -rf $(DEMO)

@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default=None, help="metrics file (default RUN/metrics.json)")
     e.add_argument("--checkpoint", default=None, help="checkpoint path (default: the latest)")
     decoding.add_arguments(e, num_captions=False)
+    e.add_argument("--report-images", type=int, default=None,
+                   help="thumbnails in the HTML report, worst images first (default: the run's eval.report_images)")
     e.add_argument("--watch", action="store_true",
                    help="re-evaluate new checkpoints until training has finished")
     e.add_argument("--poll-seconds", type=float, default=30.0)
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             from caption_app import evaluate as evaluate_lib
 
             kwargs = dict(data_dir=args.data, json_path=args.json, beam_size=args.beam_size,
-                          max_length=args.max_length, length_normalization=args.length_normalization)
+                          max_length=args.max_length, length_normalization=args.length_normalization,
+                          report_images=args.report_images)
             if args.watch:
                 evaluate_lib.watch(args.run_dir, args.split, poll_seconds=args.poll_seconds,
                                    idle_timeout=args.idle_timeout, **kwargs)

@@ -1,8 +1,16 @@
-"""The training callbacks: validation perplexity, epoch checkpoints, mid-epoch backups, NaN/Inf stop.
+"""The training callbacks: validation perplexity, epoch checkpoints, mid-epoch backups, NaN/Inf stop,
+TensorBoard.
 
 Listed in this order by `train`: StopOnNonFiniteLoss first (so a NaN step
 raises before the backup of the same step), then PerplexityCallback,
-BackupCallback, CheckpointCallback and TensorBoard.
+BackupCallback, CheckpointCallback, SampleCaptions and EpochSummaries.
+
+TensorBoard (RUN/logs) counts in epochs finished: the scalars of epoch 1 are
+at step 1, beside checkpoint ckpt-1 and the metrics `evaluate` writes for it
+(RUN/logs/eval_<split>). Tags: train/loss, train/perplexity,
+train/learning_rate, validation/loss, validation/perplexity (the same names
+under train/ and validation/, so TensorBoard overlays them), and
+samples/captions (text) and samples/images of a few fixed validation images.
 """
 
 from __future__ import annotations
@@ -15,16 +23,20 @@ import tensorflow as tf
 
 from caption_app import metrics as metrics_lib
 from caption_app import run_dir as run_dir_lib
+from caption_app.data import records
+from caption_app.data.pipeline import decode_image
 from caption_app.model.loss import DatasetNLL
+from caption_app.model.show_and_tell import Captioner
 
 
 class PerplexityCallback(keras.callbacks.Callback):
-    """Validation perplexity each epoch: exp(mean cross-entropy over all val tokens)."""
+    """Validation loss and perplexity each epoch, into the epoch's logs as `val_loss` (mean
+    cross-entropy over all val tokens, the training loss' measure) and `val_perplexity`
+    (exp of it); EpochSummaries writes them to TensorBoard."""
 
-    def __init__(self, dataset: tf.data.Dataset, log_dir: str):
+    def __init__(self, dataset: tf.data.Dataset):
         super().__init__()
         self.dataset = dataset
-        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "validation"))
         self._nll = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -33,11 +45,112 @@ class PerplexityCallback(keras.callbacks.Callback):
         total_nll, tokens = self._nll(self.dataset)
         perplexity = metrics_lib.perplexity(total_nll, tokens)
         if logs is not None:
+            logs["val_loss"] = total_nll / tokens
             logs["val_perplexity"] = perplexity
         print(f"epoch {epoch + 1}: val_perplexity {perplexity:.3f} ({tokens} tokens)", flush=True)
-        with self.writer.as_default():
-            tf.summary.scalar("perplexity", perplexity, step=epoch + 1)
-        self.writer.flush()
+
+
+class EpochSummaries(keras.callbacks.Callback):
+    """Each epoch's logs to TensorBoard at step epoch + 1 (epochs finished): `val_X` as
+    validation/X, the others as train/X, plus train/perplexity (exp of the mean batch loss)
+    and train/learning_rate. Replaces keras.callbacks.TensorBoard, whose epoch scalars sit
+    one step before the checkpoint of the same epoch."""
+
+    def __init__(self, log_dir: str):
+        super().__init__()
+        self.log_dir, self._writers = log_dir, {}
+
+    def _writer(self, name: str):
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(os.path.join(self.log_dir, name))
+        return self._writers[name]
+
+    def on_epoch_end(self, epoch, logs=None):
+        scalars = {"train": {}, "validation": {}}
+        for key, value in (logs or {}).items():
+            if key.startswith("val_"):
+                scalars["validation"][key[4:]] = value
+            else:
+                scalars["train"][key] = value
+        train = scalars["train"]
+        if "loss" in train and "perplexity" not in train:
+            train["perplexity"] = math.exp(min(float(train["loss"]), 700.0))
+        optimizer = getattr(self.model, "optimizer", None)
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's
+        if optimizer is not None and "learning_rate" not in train:
+            train["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        for name, values in scalars.items():
+            if values:
+                with self._writer(name).as_default():
+                    for key, value in values.items():
+                        tf.summary.scalar(key, float(value), step=epoch + 1)
+                self._writer(name).flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+
+
+class SampleCaptions(keras.callbacks.Callback):
+    """A few fixed validation images captioned after each epoch into TensorBoard (RUN/logs/samples):
+    `samples/captions`, a text table (image, generated caption, first reference) at step epoch + 1,
+    and `samples/images`, the images once per training process.
+
+    Args:
+      model: the full captioning model (also when a feature-cache head is what fits).
+      samples: from `fixed_samples`.
+      vocab: the run's vocabulary.
+      settings: decode settings (a small beam keeps this cheap).
+      log_dir: RUN/logs.
+    """
+
+    def __init__(self, model: keras.Model, samples: dict, vocab, settings, log_dir: str):
+        super().__init__()
+        self.samples, self.log_dir, self._writer, self._images_written = samples, log_dir, None, False
+        captioner = Captioner(model)
+        self._caption = tf.function(lambda images: vocab.ids_to_text(captioner.generate(images, settings).ids[:, 0]))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "samples"))
+        texts = [t.decode("utf-8") for t in self._caption(self.samples["images"]).numpy()]
+        rows = ["| image | generated | reference |", "|---|---|---|"]
+        for image_id, text, reference in zip(self.samples["image_ids"], texts, self.samples["references"]):
+            rows.append("| " + " | ".join(_markdown_cell(c) for c in (image_id, text or "(empty)", reference)) + " |")
+        with self._writer.as_default():
+            tf.summary.text("samples/captions", "\n".join(rows), step=epoch + 1)
+            if not self._images_written:
+                tf.summary.image("samples/images", self.samples["images"] / 255.0, step=epoch + 1,
+                                 max_outputs=len(texts))
+                self._images_written = True
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _markdown_cell(text: str) -> str:
+    # TensorBoard renders text summaries as markdown: a '|' would split the cell.
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def fixed_samples(files: list[str], count: int, image_size: int) -> dict | None:
+    """The first `count` records of `files` (a split's shards, in order): {"images" [N, S, S, 3]
+    float32 0-255, "image_ids" [N] str, "references" [N] str (each image's first caption)};
+    None when there are none."""
+    if count <= 0 or not files:
+        return None
+    images, image_ids, references = [], [], []
+    for record in tf.data.TFRecordDataset(files).map(records.parse_example).take(count):
+        images.append(decode_image(record["encoded"], image_size))
+        image_ids.append(record["image_id"].numpy().decode("utf-8"))
+        references.append(next((c.decode("utf-8") for c in record["captions"].numpy() if c), ""))
+    if not images:
+        return None
+    return {"images": tf.stack(images), "image_ids": image_ids, "references": references}
 
 
 class NonFiniteLossError(RuntimeError):

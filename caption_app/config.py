@@ -69,6 +69,9 @@ class Train:
 @dataclasses.dataclass(frozen=True)
 class Eval:
     batch_size: int = 32  # images per evaluation batch (the decode settings are `Config.decode`)
+    report_images: int = 500  # thumbnails in evaluate's HTML report (its worst rows); the rest are text only
+    sample_images: int = 4  # fixed val images captioned into TensorBoard after each epoch; 0 = off
+    sample_beam_size: int = 1  # their beam size (1: greedy, cheap)
 
 
 class ConfigError(ValueError):
@@ -119,6 +122,9 @@ class Config:
             ("model.lstm_units", m.lstm_units, m.lstm_units >= 1, ">= 1"),
             ("model.lstm_dropout", m.lstm_dropout, 0 <= m.lstm_dropout < 1, "in [0, 1)"),
             ("eval.batch_size", e.batch_size, e.batch_size >= 1, ">= 1"),
+            ("eval.report_images", e.report_images, e.report_images >= 0, ">= 0"),
+            ("eval.sample_images", e.sample_images, e.sample_images >= 0, ">= 0 (0: off)"),
+            ("eval.sample_beam_size", e.sample_beam_size, e.sample_beam_size >= 1, ">= 1"),
         ]
         for key, value, ok, rule in checks:
             if isinstance(value, bool) or not ok:  # NaN fails every comparison

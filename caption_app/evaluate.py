@@ -3,6 +3,12 @@
 The old evaluator looped forever; this one evaluates one checkpoint (the
 latest by default) and returns. `watch` re-evaluates new checkpoints and
 returns once training has finished (or nothing new came for a while).
+
+Each evaluation writes RUN/metrics.json, the captions as
+RUN/eval/<split>-<checkpoint>.json, the HTML report beside it
+(caption_app/eval_report.py), and the metrics to TensorBoard
+(RUN/logs/eval_<split>, tags `metrics/<name>`) at the checkpoint's epoch,
+the step the training scalars use.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ import time
 
 import tensorflow as tf
 
+from caption_app import eval_report
 from caption_app import metrics as metrics_lib
 from caption_app import run_dir as run_dir_lib
+from caption_app.data.image_bytes import DEFAULT_MAX_IMAGE_PIXELS
 from caption_app.io_utils import write_json_atomic as write_json
 from caption_app.data.pipeline import make_dataset
 from caption_app.model.loss import batch_nll_sums
@@ -26,7 +34,8 @@ METRICS_FILE = "metrics.json"
 
 def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, json_path: str | None = None,
              checkpoint: str | None = None, beam_size: int | None = None, max_length: int | None = None,
-             length_normalization: float | None = None, verbose: bool = True) -> dict:
+             length_normalization: float | None = None, report_images: int | None = None,
+             verbose: bool = True) -> dict:
     """Evaluates one checkpoint of a run on one split, once.
 
     Args:
@@ -37,12 +46,18 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
       checkpoint: a checkpoint path (default: the latest).
       beam_size, max_length, length_normalization: override the run's `decode`
         config (caption_app/decoding.py: None or 0 keeps the run's value).
+      report_images: thumbnails in the HTML report (default: the run's
+        `eval.report_images`).
     Returns:
       {"perplexity", "BLEU-1".."BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "num_images"};
-      METEOR is None when java is missing. Also written to `json_path`, and the
-      generated captions with notes to RUN/eval/<split>-<checkpoint>.json.
+      METEOR is None when java is missing. Also written to `json_path`, the
+      generated captions with notes and per-image CIDEr to
+      RUN/eval/<split>-<checkpoint>.json, the report to the same name with
+      .html, and TensorBoard scalars to RUN/logs/eval_<split>.
     """
     # Checked before the slow model load.
+    if report_images is not None and report_images < 0:
+        raise ValueError(f"report_images (--report-images) must be >= 0, got {report_images}")
     settings = run_dir_lib.load_config(run_dir).decode.resolve(
         beam_size=beam_size, max_length=max_length, length_normalization=length_normalization, num_captions=1)
     model, config, vocab, sizes, checkpoint = run_dir_lib.load_model(run_dir, checkpoint)
@@ -75,8 +90,9 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
             scores[key] = float(score)
     if not references:
         raise ValueError(f"split {split!r} has no images to evaluate")
-    scores_by_metric, notes = metrics_lib.caption_metrics(references, candidates)
-    result = {"perplexity": metrics_lib.perplexity(total_nll, total_tokens), **scores_by_metric,
+    caption_scores = metrics_lib.score_captions(references, candidates)
+    notes = caption_scores.notes
+    result = {"perplexity": metrics_lib.perplexity(total_nll, total_tokens), **caption_scores.metrics,
               "num_images": len(references)}
     result = {k: result[k] for k in RESULT_KEYS}
 
@@ -85,12 +101,18 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
     details_dir = os.path.join(run_dir, "eval")
     os.makedirs(details_dir, exist_ok=True)
     details = os.path.join(details_dir, f"{split}-{os.path.basename(checkpoint)}.json")
-    write_json(details, {"checkpoint": checkpoint, "split": split, "metrics": result, "notes": notes,
-                          "beam_size": settings.beam_size, "max_length": settings.max_length,
-                          "length_normalization": settings.length_normalization,
-                          "seconds": time.time() - began,
-                          "captions": {k: {"generated": candidates[k], "score": scores[k],
-                                           "references": references[k]} for k in sorted(candidates)}})
+    cider = caption_scores.per_image_cider
+    content = {"checkpoint": checkpoint, "split": split, "metrics": result, "notes": notes,
+               "beam_size": settings.beam_size, "max_length": settings.max_length,
+               "length_normalization": settings.length_normalization,
+               "seconds": time.time() - began,
+               "captions": {k: {"generated": candidates[k], "score": scores[k], "cider": cider[k],
+                                "references": references[k]} for k in sorted(candidates)}}
+    write_json(details, content)
+    report = os.path.splitext(details)[0] + ".html"
+    eval_report.write_report(report, content, manifest.files(split), max_pixels=DEFAULT_MAX_IMAGE_PIXELS,
+                             report_images=config.eval.report_images if report_images is None else report_images)
+    _write_summaries(run_dir, split, checkpoint, result)
     if verbose:
         print(f"evaluated {checkpoint} on {split} ({len(references)} images, {total_tokens} tokens, "
               f"{time.time() - began:.1f}s)")
@@ -99,8 +121,29 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
             print(f"  {k:<10} {v:.4f}" if isinstance(v, float) else f"  {k:<10} {v}")
         for note in notes:
             print(f"  note: {note}")
-        print(f"metrics: {json_path}\ncaptions: {details}", flush=True)
+        print(f"metrics: {json_path}\ncaptions: {details}\nreport: {report}", flush=True)
     return result
+
+
+def checkpoint_epoch(checkpoint: str) -> int:
+    """The epochs a checkpoint had finished (its `epoch` variable): the TensorBoard step of its
+    metrics, the step the training and validation scalars of that epoch use."""
+    try:
+        return int(tf.train.load_variable(checkpoint, "epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    except (tf.errors.NotFoundError, ValueError):  # no such variable: the number of ckpt-N, an epoch too
+        number = checkpoint.rsplit("-", 1)[-1]
+        return int(number) if number.isdigit() else 0
+
+
+def _write_summaries(run_dir: str, split: str, checkpoint: str, result: dict) -> None:
+    """RUN/logs/eval_<split>: `metrics/<name>` for each computed metric, at the checkpoint's epoch."""
+    writer = tf.summary.create_file_writer(os.path.join(run_dir, run_dir_lib.LOGS, f"eval_{split}"))
+    step = checkpoint_epoch(checkpoint)
+    with writer.as_default():
+        for key, value in result.items():
+            if key != "num_images" and value is not None:
+                tf.summary.scalar(f"metrics/{key}", value, step=step)
+    writer.close()
 
 
 def watch(run_dir: str, split: str = "val", *, poll_seconds: float = 30.0, idle_timeout: float = 3600.0,

@@ -11,6 +11,7 @@ exactly, the official ones.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import re
@@ -27,8 +28,23 @@ NO_JAVA_NOTE = ("METEOR skipped: java not found on PATH "
 _PUNCTUATION = re.compile(r"[^\w\s']|_")
 
 
+@dataclasses.dataclass(frozen=True)
+class CaptionScores:
+    """What `score_captions` returns: the corpus metrics, the notes, and each image's CIDEr."""
+    metrics: dict  # every name in METRIC_KEYS -> a float, or None when it could not be computed
+    notes: list  # sentences saying what was skipped or substituted, and why
+    per_image_cider: dict  # image id -> its CIDEr (the corpus CIDEr is their mean)
+
+
 def caption_metrics(references: Mapping[str, Sequence[str]], candidates: Mapping[str, str], *,
                     use_java: bool | None = None) -> tuple[dict, list[str]]:
+    """`(metrics, notes)` of `score_captions` (see there)."""
+    scores = score_captions(references, candidates, use_java=use_java)
+    return scores.metrics, scores.notes
+
+
+def score_captions(references: Mapping[str, Sequence[str]], candidates: Mapping[str, str], *,
+                   use_java: bool | None = None) -> CaptionScores:
     """Scores one candidate caption per image against its reference captions.
 
     Args:
@@ -40,9 +56,11 @@ def caption_metrics(references: Mapping[str, Sequence[str]], candidates: Mapping
         default) picks True when `java` is on PATH.
 
     Returns:
-      `(metrics, notes)`: metrics maps every name in `METRIC_KEYS` to a corpus
+      CaptionScores: metrics maps every name in `METRIC_KEYS` to a corpus
       score (a float) or None when it could not be computed; notes are
-      sentences saying what was skipped or substituted, and why.
+      sentences saying what was skipped or substituted, and why;
+      per_image_cider maps each image id to its own CIDEr (one tokenization
+      serves all of them).
 
     Raises:
       ValueError: the inputs are empty, malformed, or cover different images.
@@ -79,7 +97,7 @@ def caption_metrics(references: Mapping[str, Sequence[str]], candidates: Mapping
     with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap prints progress
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
         rouge, _ = Rouge().compute_score(gts, res)
-        cider, _ = Cider().compute_score(gts, res)
+        cider, cider_per_image = Cider().compute_score(gts, res)
     for n, value in enumerate(bleu, 1):
         metrics[f"BLEU-{n}"] = float(value)
     metrics["ROUGE-L"] = float(rouge)
@@ -88,7 +106,9 @@ def caption_metrics(references: Mapping[str, Sequence[str]], candidates: Mapping
         metrics["METEOR"] = _meteor(gts, res, notes)
     else:
         notes.append(NO_JAVA_NOTE)
-    return metrics, notes
+    # Cider scores the images in the order of gts' keys.
+    per_image = {k: float(v) for k, v in zip(gts, cider_per_image)}
+    return CaptionScores(metrics, notes, per_image)
 
 
 def perplexity(total_nll: float, total_tokens: int) -> float:

@@ -27,14 +27,14 @@ import shutil
 import tempfile
 import time
 
-import keras
 import tensorflow as tf
 
 from caption_app import budget as budget_lib
 from caption_app import distribute
 from caption_app import feature_cache
 from caption_app import run_dir as run_dir_lib
-from caption_app.callbacks import BackupCallback, CheckpointCallback, PerplexityCallback, StopOnNonFiniteLoss
+from caption_app.callbacks import (BackupCallback, CheckpointCallback, EpochSummaries, PerplexityCallback,
+                                   SampleCaptions, StopOnNonFiniteLoss, fixed_samples)
 from caption_app.config import Config
 from caption_app.data.pipeline import make_dataset
 from caption_app.model import show_and_tell
@@ -152,6 +152,9 @@ class _Trainer:
         self.val_batch_size = max(t.batch_size, 32) if manifest.split("val").num_images else None
         self.val_ds = make_dataset(ctx.config, manifest, ctx.vocab, "val", training=False, sizes=ctx.sizes,
                                    batch_size=self.val_batch_size) if self.val_batch_size else None
+        # A few fixed val images captioned into TensorBoard each epoch (on the chief only).
+        self.samples = fixed_samples(manifest.files("val"), ctx.config.eval.sample_images,
+                                     ctx.sizes.image_size) if chief and self.val_batch_size else None
 
     def epoch_steps(self, epoch: int) -> int:
         """Steps of (0-based) `epoch`: a phase of fractional passes ends with a shorter epoch."""
@@ -195,15 +198,17 @@ class _Trainer:
             logs = os.path.join(checkpoints.write_dir, run_dir_lib.LOGS)
             out = [StopOnNonFiniteLoss(ctx.run_dir, phase.learning_rate)]
             if fit_val_ds is not None:
-                out.append(PerplexityCallback(fit_val_ds, logs))
+                out.append(PerplexityCallback(fit_val_ds))
             if t.backup_every_steps > 0:
                 out.append(BackupCallback(checkpoints.backup_manager(phase.name, optimizer), checkpoints.epoch,
                                           checkpoints.step, t.backup_every_steps, self.steps, model, optimizer,
                                           first_step))
             out += [CheckpointCallback(manager, checkpoints.epoch, ctx.run_dir, self.total_epochs, model, optimizer,
-                                       chief=self.chief),
-                    keras.callbacks.TensorBoard(logs, update_freq="epoch")]
-            return out
+                                       chief=self.chief)]
+            if self.samples is not None:
+                settings = ctx.config.decode.resolve(beam_size=ctx.config.eval.sample_beam_size, num_captions=1)
+                out.append(SampleCaptions(model, self.samples, ctx.vocab, settings, logs))
+            return out + [EpochSummaries(logs)]
 
         fits = []  # (epochs, initial_epoch, steps, first_step) of each fit call
         if start_step and begin == start_epoch:

@@ -126,3 +126,13 @@ def test_perplexity():
     assert perplexity(1e6, 1) == math.inf
     with pytest.raises(ValueError, match="at least one token"):
         perplexity(1.0, 0)
+
+
+def test_per_image_cider_ranks_the_wrong_caption_last():
+    mixed = {**RIGHT, "2": WRONG["2"]}
+    scores = metrics.score_captions(REFERENCES, mixed, use_java=False)
+    per_image = scores.per_image_cider
+    assert list(per_image) == list(REFERENCES)
+    assert sum(per_image.values()) / len(per_image) == pytest.approx(scores.metrics["CIDEr"])
+    assert per_image["2"] == min(per_image.values()) and per_image["1"] > 0
+    assert (scores.metrics, scores.notes) == caption_metrics(REFERENCES, mixed, use_java=False)

@@ -250,14 +250,14 @@ def test_dataset_nll_equals_a_hand_computation():
     assert loss == pytest.approx(expected_nll / expected_tokens, rel=1e-5)
 
 
-def test_perplexity_callback_logs_val_perplexity(tmp_path):
+def test_perplexity_callback_logs_val_loss_and_perplexity():
     model, dataset, expected_nll, expected_tokens = _nll_fixture()
-    callback = PerplexityCallback(dataset, str(tmp_path / "logs"))
+    callback = PerplexityCallback(dataset)
     callback.set_model(model)
     logs: dict = {}
     callback.on_epoch_end(0, logs)
+    assert logs["val_loss"] == pytest.approx(expected_nll / expected_tokens, rel=1e-5)
     assert logs["val_perplexity"] == pytest.approx(math.exp(expected_nll / expected_tokens), rel=1e-5)
-    assert os.listdir(tmp_path / "logs" / "validation")
 
 
 # ----------------------------------------------------------------------------- learning-rate schedules

@@ -5,16 +5,15 @@ the images and captions, a caption-length histogram (words, as the pipeline's
 tokenizer splits them) and the vocabulary coverage (the fraction of caption
 words that are in the vocabulary, i.e. not `<unk>`: for train it shows what
 `min_word_count` dropped, for val/test how well the train vocabulary carries
-over). It also writes an HTML page with random examples (each image embedded
-as a base64 data URI with its captions) that a person can open in a browser
-(`OUT/inspect.html` by default, written atomically).
+over). It also writes a self-contained HTML page that a person can open from
+disk (`OUT/inspect.html` by default, written atomically): the counts, the
+caption-length histograms (inline SVG), and random examples as thumbnails
+(longest side 224 px, base64 JPEG) with their captions and a filter box.
 """
 
 from __future__ import annotations
 
-import base64
 import collections
-import html
 import os
 import random
 
@@ -27,18 +26,6 @@ from caption_app.data import vocabulary as vocab_lib
 
 HTML_FILE = "inspect.html"
 BIN_WIDTH, LAST_BIN = 5, 40  # histogram bins of 5 words; one bin for LAST_BIN words and more
-
-
-def _mime(encoded: bytes) -> str:
-    if encoded.startswith(b"\xff\xd8"):
-        return "image/jpeg"
-    if encoded.startswith(b"\x89PNG"):
-        return "image/png"
-    if encoded.startswith(b"GIF8"):
-        return "image/gif"
-    if encoded.startswith(b"BM"):
-        return "image/bmp"
-    return "application/octet-stream"
 
 
 def length_bin(words: int) -> str:
@@ -134,25 +121,26 @@ def _percent(fraction: float | None) -> str:
 
 
 def _write_html(path: str, manifest: manifest_lib.Manifest, report: dict, sample) -> None:
+    """The page: the counts, a caption-length histogram per split (inline SVG), then the random
+    examples as thumbnails with their captions and a filter box (caption_app/html_report.py)."""
+    from caption_app import html_report
+    from caption_app.data.image_bytes import DEFAULT_MAX_IMAGE_PIXELS
+
+    e = html_report.escape
     rows = []
     for split, image_id, encoded, captions in sample:
-        uri = f"data:{_mime(encoded)};base64,{base64.b64encode(encoded).decode('ascii')}"
-        items = "".join(f"<li>{html.escape(c)}</li>" for c in captions)
-        rows.append(f'<div class="ex"><img src="{uri}" alt="{html.escape(image_id)}">'
-                    f"<p><b>{html.escape(split)}</b> {html.escape(image_id)}</p><ol>{items}</ol></div>")
-    counts = "".join(
-        f"<tr><td>{html.escape(s)}</td><td>{i['num_images']}</td><td>{i['num_captions']}</td>"
-        f"<td>{_percent(i['vocab_coverage'])}</td></tr>"
-        for s, i in report["splits"].items())
-    page = f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>{html.escape(manifest.data_dir)}</title>
-<style>body{{font-family:sans-serif}} .ex{{display:inline-block;vertical-align:top;width:320px;margin:8px}}
-.ex img{{max-width:300px;max-height:300px}} td,th{{padding:2px 8px}}</style></head><body>
-<h1>{html.escape(manifest.raw.get('source', ''))}: {html.escape(manifest.data_dir)}</h1>
-<table><tr><th>split</th><th>images</th><th>captions</th><th>vocabulary coverage</th></tr>{counts}</table>
-<h2>{len(sample)} random examples</h2>
-{''.join(rows)}
-</body></html>
-"""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    io_utils.write_text_atomic(path, page)
+        image = html_report.image_tag(html_report.thumbnail_uri(encoded, max_pixels=DEFAULT_MAX_IMAGE_PIXELS),
+                                      image_id)
+        items = "".join(f"<li>{e(c)}</li>" for c in captions)
+        rows.append(f'<div class="ex row">{image}<p><b>{e(split)}</b> {e(image_id)}</p><ol>{items}</ol></div>')
+    counts = html_report.table(["split", "images", "captions", "vocabulary coverage"],
+                               [(s, i["num_images"], i["num_captions"], _percent(i["vocab_coverage"]))
+                                for s, i in report["splits"].items()])
+    histograms = "".join(
+        html_report.svg_histogram(list(i["length_histogram"].items()),
+                                  title=f"{s}: captions by length in words")
+        for s, i in report["splits"].items() if i["length_histogram"])
+    title = f"{manifest.raw.get('source', '')}: {manifest.data_dir}"
+    body = (f"<h1>{e(title)}</h1>{counts}<h2>Caption lengths</h2><div>{histograms}</div>"
+            f"<h2>{len(sample)} random examples</h2>{html_report.filter_box()}<div>{''.join(rows)}</div>")
+    io_utils.write_text_atomic(path, html_report.page(title, body))
