@@ -36,7 +36,7 @@ def evaluated(trained_run):
 
 def _copy_run(trained_run, tmp_path) -> str:
     run = str(tmp_path / "run")
-    shutil.copytree(trained_run.run_dir, run, ignore=shutil.ignore_patterns("metrics.json", "eval"))
+    shutil.copytree(trained_run.run_dir, run, ignore=shutil.ignore_patterns("metrics.json", "eval", "eval_*"))
     return run
 
 
@@ -117,6 +117,12 @@ def test_evaluate_watch_ends_on_a_finished_run(trained_run, tmp_path):
     assert "training has finished; watch ends" in proc.stdout
     assert proc.stdout.count("evaluated ") == 1  # the latest checkpoint, once
     assert os.path.isfile(os.path.join(run, "eval", "val-ckpt-2.json"))
+    assert os.path.isfile(os.path.join(run, "eval", "val-ckpt-2.html"))
+    # The metrics in TensorBoard, at the checkpoint's epoch (tests/test_html_report.py checks every tag).
+    events = [e for f in tf.io.gfile.glob(os.path.join(run, "logs", "eval_val", "events.*"))
+              for e in tf.compat.v1.train.summary_iterator(f)]
+    assert [(e.step, v.tag) for e in events for v in e.summary.value if v.tag == "metrics/CIDEr"] == \
+        [(2, "metrics/CIDEr")]
     with open(os.path.join(run, "metrics.json")) as f:
         assert json.load(f)["num_images"] == manifest_lib.load(trained_run.data_dir).split("val").num_images
 
