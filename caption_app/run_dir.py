@@ -125,6 +125,8 @@ def fingerprint(config: Config, vocab: Vocabulary, sizes: TensorSizes) -> dict:
         "vocab_sha1": vocab_hash,
         # Only when on, so that the run dirs of before the option keep their fingerprint.
         **({"image_every_step": True} if config.model.image_every_step else {}),
+        # The pixels the model learnt on (not a variable shape, but resuming with others is a mistake).
+        **({"preprocess": config.data.preprocess} if config.data.preprocess != "default" else {}),
     }
 
 
