@@ -404,8 +404,8 @@ def test_caption_and_the_exported_serving_default_agree_on_the_reference_jpeg(im
 
 
 @pytest.mark.slow
-def test_train_refuses_another_vocabulary_and_resumes_from_the_import_with_the_runs(im2txt_run, tmp_path,
-                                                                                     shapes_data):
+def test_train_refuses_other_vocabularies_resumes_with_the_runs_and_evaluate_reads_it(im2txt_run, tmp_path,
+                                                                                      shapes_data):
     from caption_app.train import train
 
     run, _, _ = im2txt_run
@@ -424,3 +424,10 @@ def test_train_refuses_another_vocabulary_and_resumes_from_the_import_with_the_r
     assert ctx.resume.path.endswith("ckpt-0") and ctx.resume.epoch == 0
     reference = run_dir_lib.load_model(str(run))[0]
     np.testing.assert_array_equal(ctx.model.decoder.logits.kernel.numpy(), reference.decoder.logits.kernel.numpy())
+    # evaluate reads the imported run as any other (its data named: it was not trained on one).
+    from caption_app.evaluate import evaluate
+
+    with pytest.raises(FileNotFoundError, match="pass the data dir with --data"):
+        evaluate(str(run), "test", verbose=False)
+    metrics = evaluate(str(run), "test", data_dir=str(data), json_path=str(tmp_path / "metrics.json"), verbose=False)
+    assert metrics["num_images"] == 1 and np.isfinite(metrics["perplexity"])
