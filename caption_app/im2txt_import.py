@@ -292,7 +292,11 @@ def import_config(embedding_size: int, lstm_units: int) -> config_lib.Config:
 
 
 def _resolve_prefix(path: str) -> str:
-    """A checkpoint directory -> its latest checkpoint's prefix; a prefix stays as is."""
+    """A checkpoint directory -> its latest checkpoint's prefix; one of a V2 checkpoint's files
+    (`.index`, `.data-00000-of-00001`) -> its prefix; a prefix stays as is."""
+    file_of = re.match(r"^(.*)\.(index|data-\d+-of-\d+)$", path)
+    if file_of and tf.io.gfile.exists(file_of.group(1) + ".index"):
+        return file_of.group(1)
     if tf.io.gfile.isdir(path):
         latest = tf.train.latest_checkpoint(path)
         if latest is None:
@@ -312,7 +316,7 @@ def import_im2txt(checkpoint: str, word_counts: str, run_dir: str) -> dict:
     Returns:
       What `im2txt_import.json` records (ids, names, what was ignored).
     Raises:
-      Im2txtImportError, run_dir.NotARunDir: nothing was written.
+      Im2txtImportError: nothing was written (the message says why, in one line).
     """
     if os.path.exists(run_dir) and (not os.path.isdir(run_dir) or os.listdir(run_dir)):
         raise Im2txtImportError(f"--run-dir {run_dir} exists and is not an empty directory; import into a new one "

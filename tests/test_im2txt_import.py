@@ -163,7 +163,7 @@ def test_more_words_than_checkpoint_rows_is_refused(tmp_path):
     words = write_lines(tmp_path / "w.txt", ["</S> 3", "<S> 3", "a 2", "b 1"])  # + <UNK>: 5 ids
     run = tmp_path / "run"
     with pytest.raises(Im2txtImportError, match="has 5 ids .* only 3 rows: they are not from the same"):
-        im2txt_import.import_im2txt(ckpt, words, str(run))
+        im2txt_import.import_im2txt(ckpt + ".index", words, str(run))  # a V2 file's name stands for its prefix
     assert_nothing_written(tmp_path, run)
 
 
