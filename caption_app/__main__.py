@@ -1,4 +1,4 @@
-"""python -m caption_app train | evaluate | caption | cache-features — argument parsing only."""
+"""python -m caption_app train | evaluate | caption | cache-features | import-im2txt — argument parsing only."""
 
 from __future__ import annotations
 
@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="images whose header declares more pixels (width x height) are reported, not decoded "
                         "(default 40000000)")
     c.add_argument("--json", action="store_true", help="print JSON")
+
+    i = sub.add_parser("import-im2txt", help="an im2txt checkpoint + word_counts.txt -> a run dir (docs/im2txt.md)")
+    i.add_argument("--checkpoint", required=True, help="im2txt checkpoint prefix (e.g. model.ckpt-2000000) or dir")
+    i.add_argument("--word-counts", required=True, help="its word_counts.txt")
+    i.add_argument("--run-dir", required=True, help="the run dir to write (new or empty)")
     return p
 
 
@@ -107,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{failed} of {len(results)} failed"
                       + ("; nothing was captioned" if not captioned else f"; {captioned} captioned"), file=sys.stderr)
                 return 1
+        elif args.command == "import-im2txt":
+            from caption_app import im2txt_import
+
+            record = im2txt_import.import_im2txt(args.checkpoint, args.word_counts, args.run_dir)
+            print(im2txt_import.describe(record, args.run_dir))
     except (ValueError, OSError, RuntimeError) as err:  # incl. FileNotFoundError, FileExistsError
         print(f"error: {err}", file=sys.stderr)
         return 2

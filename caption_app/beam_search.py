@@ -20,7 +20,10 @@ brute-force enumeration and a plain-Python reference):
 * A hypothesis is finished when it emits `end_id`, or when it reaches
   `max_length` words without emitting it (a truncated caption, so there is
   always an answer).
-* Each step expands every alive hypothesis with every word. Of these
+* Each step expands every alive hypothesis with every word (or, with
+  `words_per_beam` w > 0, with only its w most probable next words, as
+  im2txt's CaptionGenerator does with w = beam size: a hypothesis can then
+  end only when the end token is among its w best words). Of these
   candidates, the `beam_size` best by log-probability that do not end in
   `end_id` stay alive (equal lengths, so this is also the order by score); the
   ones that end in `end_id` (and, at step `max_length`, the alive ones too)
@@ -71,7 +74,7 @@ class BeamSearchResult(NamedTuple):
 
 def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: int,
                 beam_size: int = 3, max_length: int = 20, length_normalization: float = 0.0,
-                num_results: int | None = None) -> BeamSearchResult:
+                num_results: int | None = None, words_per_beam: int = 0) -> BeamSearchResult:
     """Decodes the best captions for a batch of images with beam search.
 
     Args:
@@ -93,6 +96,8 @@ def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: i
         the mean per word).
       num_results: how many hypotheses to return per image; defaults to
         `beam_size`, at most `beam_size`.
+      words_per_beam: > 0: each alive hypothesis is continued with only its
+        this many most probable words (ties: the lower id); 0: every word.
 
     These are a `DecodeSettings`' values (caption_app/decoding.py, whose
     `check` validates them here); `Captioner.generate` takes the object itself.
@@ -105,7 +110,7 @@ def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: i
     """
     if num_results is None:
         num_results = beam_size
-    _check_arguments(beam_size, max_length, length_normalization, num_results)
+    _check_arguments(beam_size, max_length, length_normalization, num_results, words_per_beam)
     leaves = tf.nest.flatten(initial_state)
     if not leaves:
         raise ValueError("initial_state has no tensors, so the batch size is unknown; "
@@ -142,6 +147,8 @@ def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: i
         with tf.control_dependencies([tf.debugging.assert_less(
                 end_id, vocab, message="beam_search: end_id is not below the vocabulary "
                 "size of step_fn's log_probs")]):
+            if words_per_beam:
+                log_probs = _only_top_words(log_probs, words_per_beam)
             log_probs = tf.reshape(log_probs, [batch, k, vocab])  # [batch, beam, vocab]
         # -inf + finite stays -inf, so beams that are not alive stay dead
         # without producing NaN.
@@ -199,9 +206,17 @@ def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: i
         lengths=tf.where(valid, length, 0))
 
 
-def _check_arguments(beam_size, max_length, length_normalization, num_results):
+def _check_arguments(beam_size, max_length, length_normalization, num_results, words_per_beam):
     DecodeSettings(beam_size=beam_size, max_length=max_length, length_normalization=length_normalization,
-                   num_captions=num_results).check()
+                   num_captions=num_results, words_per_beam=words_per_beam).check()
+
+
+def _only_top_words(log_probs, w):
+    """[n, vocab] -> the same with all but each row's w largest set to -inf (top_k: ties keep the lower id)."""
+    vocab = tf.shape(log_probs)[-1]
+    _, keep = tf.math.top_k(log_probs, k=tf.minimum(w, vocab))  # [n, w]
+    kept = tf.reduce_max(tf.one_hot(keep, vocab, dtype=tf.int32), axis=1) > 0  # [n, vocab]
+    return tf.where(kept, log_probs, _NEG_INF)
 
 
 def _is_done(alive_logp, fin_score, max_length, alpha):

@@ -121,7 +121,7 @@ def caption_files(run_dir: str, patterns: list[str], *, beam_size: int | None = 
     settings = run_dir_lib.load_config(run_dir).decode.resolve(
         beam_size=beam_size, max_length=max_length, length_normalization=length_normalization,
         num_captions=num_results)
-    model, _, vocab, sizes, _ = run_dir_lib.load_model(run_dir)
+    model, config, vocab, sizes, _ = run_dir_lib.load_model(run_dir)
     captioner = Captioner(model)
 
     @tf.function(input_signature=[tf.TensorSpec([None, sizes.image_size, sizes.image_size, 3], tf.float32)])
@@ -136,7 +136,8 @@ def caption_files(run_dir: str, patterns: list[str], *, beam_size: int | None = 
         if not batch:
             return
         data = [d for _, d in batch]
-        images, index = image_bytes.decode_images(tf.constant(data), sizes.image_size, max_image_pixels)
+        images, index = image_bytes.decode_images(tf.constant(data), sizes.image_size, max_image_pixels,
+                                                   config.data.preprocess)
         decoded = set(index.numpy().tolist())
         for i, (row, d) in enumerate(batch):
             if i not in decoded:

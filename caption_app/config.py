@@ -15,6 +15,11 @@ from typing import Any, Callable
 from caption_app.decoding import DecodeSettings
 
 
+# data.preprocess: "default" resizes with antialiasing; "im2txt" as im2txt's inference does (TF1
+# bilinear resize to 346/299 of the size, aspect ratio not kept, central crop), for imported im2txt models.
+PREPROCESS = ("default", "im2txt")
+
+
 @dataclasses.dataclass(frozen=True)
 class Data:
     image_size: int = 0  # pixels (square); 0 = the backbone's default size
@@ -23,6 +28,7 @@ class Data:
     augment: tuple[str, ...] = ()  # train-only keras-cv augmentations: flip, color, crop
     shuffle_buffer: int = 2048  # images
     cache: bool = False  # keep decoded train images in memory after the first epoch
+    preprocess: str = "default"  # one of PREPROCESS: how images become S x S pixels (data/pipeline.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +124,7 @@ class Config:
              ">= 1, or 0 for the manifest's maximum"),
             ("data.image_size", d.image_size, d.image_size >= 0, ">= 1, or 0 for the backbone's default"),
             ("data.shuffle_buffer", d.shuffle_buffer, d.shuffle_buffer >= 1, ">= 1"),
+            ("data.preprocess", d.preprocess, d.preprocess in PREPROCESS, " or ".join(PREPROCESS)),
             ("model.embedding_size", m.embedding_size, m.embedding_size >= 1, ">= 1"),
             ("model.lstm_units", m.lstm_units, m.lstm_units >= 1, ">= 1"),
             ("model.lstm_dropout", m.lstm_dropout, 0 <= m.lstm_dropout < 1, "in [0, 1)"),

@@ -34,12 +34,16 @@ class DecodeSettings:
       length_normalization: alpha; score = log_prob / length ** alpha.
       num_captions: K, captions returned per image, <= beam_size; 0 in a
         config means "beam_size" (what `resolve` fills in).
+      words_per_beam: > 0: each hypothesis continues with only its this many
+        most probable words (im2txt's CaptionGenerator: the beam size; an
+        imported im2txt run sets it); 0: with every word.
     """
 
     beam_size: int = 3
     max_length: int = 20  # words, <end> included
     length_normalization: float = 0.0  # score = log_prob / length ** alpha
     num_captions: int = 0  # K, captions per image; 0 = beam_size
+    words_per_beam: int = 0  # continue each hypothesis with its this many best words; 0 = every word
 
     def check(self) -> "DecodeSettings":
         """Returns self when every value is in range (num_captions resolved); raises DecodeSettingsError."""
@@ -53,6 +57,10 @@ class DecodeSettings:
                 f"--num-captions {self.num_captions} exceeds --beam-size {self.beam_size} (num_captions="
                 f"{self.num_captions} exceeds beam_size={self.beam_size}): beam search keeps beam_size finished "
                 "captions; raise --beam-size or lower --num-captions")
+        if not isinstance(self.words_per_beam, int) or isinstance(self.words_per_beam, bool) \
+                or self.words_per_beam < 0:
+            raise DecodeSettingsError(f"words_per_beam must be an integer >= 0 (0: every word), got "
+                                      f"{self.words_per_beam!r} (--set decode.words_per_beam=...)")
         if not self.length_normalization >= 0:  # also rejects NaN
             raise DecodeSettingsError("length_normalization must be >= 0 (the beam search's early stop assumes it), "
                                       f"got {self.length_normalization!r} (--length-normalization)")
@@ -72,7 +80,8 @@ class DecodeSettings:
             beam_size=beam_size,
             max_length=max_length or self.max_length,
             length_normalization=self.length_normalization if length_normalization is None else length_normalization,
-            num_captions=num_captions or self.num_captions or beam_size)
+            num_captions=num_captions or self.num_captions or beam_size,
+            words_per_beam=self.words_per_beam)
         return settings.check()
 
 

@@ -100,6 +100,8 @@ def cache_key(ctx: run_dir_lib.RunContext) -> dict:
         "image_size": sizes.image_size,
         "backbone_weights_sha1": weights.hexdigest(),
         "data_sha1": data.hexdigest(),
+        # Only when not the default, so that the caches of before the option keep their key.
+        **({"preprocess": config.data.preprocess} if config.data.preprocess != "default" else {}),
     }
 
 

@@ -125,6 +125,8 @@ def fingerprint(config: Config, vocab: Vocabulary, sizes: TensorSizes) -> dict:
         "vocab_sha1": vocab_hash,
         # Only when on, so that the run dirs of before the option keep their fingerprint.
         **({"image_every_step": True} if config.model.image_every_step else {}),
+        # The pixels the model learnt on (not a variable shape, but resuming with others is a mistake).
+        **({"preprocess": config.data.preprocess} if config.data.preprocess != "default" else {}),
     }
 
 
@@ -161,7 +163,9 @@ def checkpoint_paths(directory: str) -> list[str]:
     paths: list[str] = []
     if state is not None:
         listed = list(state.all_model_checkpoint_paths) + [state.model_checkpoint_path]
-        paths = [p if os.path.isabs(p) else os.path.join(directory, p) for p in listed if p]
+        # get_checkpoint_state has joined relative entries to `directory` already (joining again broke
+        # relative run dirs: runs/x/checkpoints/runs/x/checkpoints/ckpt-1).
+        paths = [p for p in listed if p]
     if not paths and os.path.isdir(directory):
         for name in os.listdir(directory):
             match = re.match(r"^(.*-\d+)\.(index|data-\d+-of-\d+)$", name)
@@ -234,12 +238,16 @@ def check_compatible(run_dir: str, new: dict) -> None:
             old = json.load(f)
         if old != new:
             diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+            vocab_hint = ""
+            if "vocab_sha1" in diff or "vocab_size" in diff:  # e.g. an imported im2txt run and new data
+                vocab_hint = (f" The data's vocabulary is not the run's: to train this run on that data, convert "
+                              f"it with `python -m tfrecords_tools ... --vocab {os.path.join(run_dir, VOCAB)}`.")
             raise ArchitectureMismatch(
                 f"run dir {run_dir} holds checkpoints of another architecture "
                 f"(differs in {', '.join(diff)}).\n"
                 f"  run dir:  {_describe(old)}\n"
                 f"  this run: {_describe(new)}\n"
-                "Nothing was changed. Train into a new --run-dir, or use the run dir's own settings.")
+                "Nothing was changed. Train into a new --run-dir, or use the run dir's own settings." + vocab_hint)
     elif has_checkpoint(run_dir) or has_backup(run_dir):
         raise ArchitectureMismatch(
             f"run dir {run_dir} has checkpoints but no {FINGERPRINT}, so their architecture is unknown; "
@@ -296,7 +304,11 @@ def load_tensor_sizes(run_dir: str) -> TensorSizes:
 def load_manifest(run_dir: str, data_dir: str | None = None) -> manifest_lib.Manifest:
     """The manifest of the data the run trained on (or of `data_dir`)."""
     if data_dir is None:
-        with open(os.path.join(run_dir, manifest_lib.MANIFEST)) as f:
+        path = os.path.join(run_dir, manifest_lib.MANIFEST)
+        if not os.path.exists(path):  # an imported run (caption_app/im2txt_import.py) was trained elsewhere
+            raise FileNotFoundError(f"{run_dir} has no {manifest_lib.MANIFEST} (it was not trained here); "
+                                    "pass the data dir with --data")
+        with open(path) as f:
             data_dir = json.load(f)["data_dir"]
     return manifest_lib.load(data_dir)
 

@@ -80,16 +80,18 @@ class CaptionModule(tf.Module):
       settings: beam search settings baked into the captioning signatures (resolved).
       vocab_file, config_file: files that become `assets/` of the SavedModel.
       max_image_pixels: `serving_default` decodes no image whose header declares more pixels.
+      preprocess: the run's `data.preprocess` (how every signature resizes images).
     """
 
     def __init__(self, captioner: Captioner, vocab: Vocabulary, settings: DecodeSettings, vocab_file: str,
-                 config_file: str, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+                 config_file: str, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, preprocess: str = "default"):
         super().__init__(name="caption")
         self._captioner = captioner  # not trackable: only its variables below are saved
         self._vocab = vocab
         self._image_size = captioner.image_size
         self._settings = settings
         self._max_image_pixels = max_image_pixels
+        self._preprocess = preprocess
         self.vocab_file = tf.saved_model.Asset(vocab_file)
         self.config_file = tf.saved_model.Asset(config_file)
         self._state_names = list(captioner.decoder.state_sizes())
@@ -129,7 +131,8 @@ class CaptionModule(tf.Module):
     def _caption_bytes(self, image_bytes):
         n = tf.shape(image_bytes)[0]
         # [M, S, S, 3], [M]: the images that decoded within the pixel limit, and their rows
-        images, index = decode_images(image_bytes, self._image_size, self._max_image_pixels)
+        images, index = decode_images(image_bytes, self._image_size, self._max_image_pixels,
+                                      self._preprocess)
         captions, log_probs, scores = self._generate(images)  # each [M, K]
         k = self._settings.num_captions
         where = index[:, None]  # [M, 1]
@@ -142,11 +145,11 @@ class CaptionModule(tf.Module):
                 "scores": scatter(scores, _NEG_INF), "valid": valid}
 
     def _caption_images(self, images):
-        captions, log_probs, scores = self._generate(resize_image(images, self._image_size))
+        captions, log_probs, scores = self._generate(resize_image(images, self._image_size, self._preprocess))
         return {"captions": captions, "log_probs": log_probs, "scores": scores}
 
     def _encode_image(self, images):
-        state = _on_nonempty_batch(self._captioner.encode, resize_image(images, self._image_size))
+        state = _on_nonempty_batch(self._captioner.encode, resize_image(images, self._image_size, self._preprocess))
         return dict(zip(self._state_names, state))
 
     def _decode_step(self, input_ids, *state):
@@ -262,7 +265,8 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
         write_json(config_file, export_config(config, sizes, vocab, settings, run_dir=run_dir, checkpoint=checkpoint,
                                               units=units, max_image_pixels=max_image_pixels), sort_keys=True)
 
-        module = CaptionModule(captioner, vocab, settings, vocab_file, config_file, max_image_pixels)
+        module = CaptionModule(captioner, vocab, settings, vocab_file, config_file, max_image_pixels,
+                               config.data.preprocess)
         saved = os.path.join(staging, "saved_model")
         tf.saved_model.save(module, saved, signatures=module.signatures())
         if warmup:

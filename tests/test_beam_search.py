@@ -103,8 +103,10 @@ def brute_force(table, *, start_id, end_id, max_length, alpha):
 
 
 def reference_beam_search(step_py, state, *, start_id, end_id, beam_size, max_length, alpha,
-                          num_results):
-    """The documented semantics for one image, in plain Python, without early stop."""
+                          num_results, words_per_beam=0):
+    """The documented semantics for one image, in plain Python, without early stop
+    (`words_per_beam` > 0: each hypothesis continues with its w most probable words only,
+    ties to the lower id, as im2txt's CaptionGenerator sorts them)."""
     alive = [((), 0.0, state)]  # (words, log_prob, state)
     finished = []  # (words, score, log_prob)
     for t in range(max_length):
@@ -112,7 +114,10 @@ def reference_beam_search(step_py, state, *, start_id, end_id, beam_size, max_le
         open_cands, ended = [], []
         for words, logp, st in alive:
             log_probs, new_st = step_py(words[-1] if words else start_id, st)
+            allowed = set(np.argsort(-log_probs, kind="stable")[:words_per_beam or len(log_probs)])
             for w, lp in enumerate(log_probs):
+                if w not in allowed:
+                    continue
                 total = logp + lp
                 if total == NEG_INF:
                     continue
@@ -328,6 +333,40 @@ def test_matches_python_reference_with_pruning(seed, beam, max_length, alpha):
     assert_matches(result, 0, expected, beam, max_length)
 
 
+@pytest.mark.parametrize("seed", [20, 21, 22])
+@pytest.mark.parametrize("beam,words,max_length", [(1, 1, 6), (2, 2, 6), (3, 3, 8), (3, 2, 8), (4, 5, 6)])
+def test_words_per_beam_matches_python_reference(seed, beam, words, max_length):
+    table = random_log_table(seed, 7)
+    expected = reference_beam_search(markov_step_py(table), None, start_id=1, end_id=2, beam_size=beam,
+                                     max_length=max_length, alpha=0.0, num_results=beam, words_per_beam=words)
+    result = beam_search(markov_step(table), tf.zeros([1, 1]), start_id=1, end_id=2, beam_size=beam,
+                         max_length=max_length, words_per_beam=words)
+    assert_matches(result, 0, expected, beam, max_length)
+
+
+def test_words_per_beam_ends_only_where_the_end_is_among_the_best_words():
+    # After <start> (1): 3 or 4 (p .5 each). After 3: 5 (.4), 4 (.35), <end> (.25); after 4 and 5: 0 (.9),
+    # <end> (.1); after 0: 0 (.7), <end> (.3). Every word: "3 <end>" (.125) is second best. With 2 words
+    # per hypothesis <end> is not among 3's best two: "3 <end>" is never seen, "4 0 0 <end>" (.0945) is second.
+    start, end = 1, 2
+    rows = np.zeros((6, 6))
+    rows[start, [3, 4]] = 0.5
+    rows[3, [5, 4, end]] = [0.4, 0.35, 0.25]
+    rows[[4, 5], 0] = 0.9
+    rows[[4, 5], end] = 0.1
+    rows[0, [0, end]] = [0.7, 0.3]
+    rows[2, end] = 1.0
+    table = log_table(rows)
+
+    def captions(**kwargs):
+        result = beam_search(markov_step(table), tf.zeros([1, 1]), start_id=start, end_id=end, beam_size=2,
+                             max_length=8, **kwargs)
+        return [tuple(r[:n].tolist()) for r, n in zip(result.ids[0].numpy(), result.lengths[0].numpy())]
+
+    assert captions() == [(4, 0, 2), (3, 2)]
+    assert captions(words_per_beam=2) == [(4, 0, 2), (4, 0, 0, 2)]
+
+
 def test_num_results_below_beam_size_is_the_best_prefix():
     table = random_log_table(13, 6)
     expected = reference_beam_search(markov_step_py(table), None, start_id=1, end_id=2,
@@ -401,6 +440,7 @@ def test_tf_function_with_unknown_batch_matches_eager():
     (dict(beam_size=0), "beam_size must be a positive int"),
     (dict(max_length=0), "max_length must be a positive int"),
     (dict(length_normalization=-0.5), "length_normalization must be >= 0"),
+    (dict(words_per_beam=-1), "words_per_beam must be an integer >= 0"),
 ])
 def test_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -96,7 +96,8 @@ def test_layout_and_assets(exported, trained_run):
     config = json.loads((version_dir / "assets" / "config.json").read_text())
     assert config["image_size"] == exported.image_size
     assert config["decode"] == {"beam_size": exported.beam_size, "max_length": exported.max_length,
-                                "length_normalization": 0.0, "num_captions": exported.num_captions}
+                                "length_normalization": 0.0, "num_captions": exported.num_captions,
+                                "words_per_beam": 0}
     assert config["special_ids"] == {"pad": 0, "start": START_ID, "end": END_ID, "unk": 3}
     assert config["vocab_size"] == exported.vocab.size
     assert config["config"]["model"]["backbone"] == "small_cnn"

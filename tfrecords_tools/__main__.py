@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, help="data dir to write")
         p.add_argument("--min-word-count", type=int, default=source_api.DEFAULT_MIN_WORD_COUNT,
                        help="train words seen fewer times become <unk> (default %(default)s)")
+        p.add_argument("--vocab", default=None, metavar="FILE",
+                       help="use this vocab.txt (e.g. RUN/vocab.txt of an imported im2txt run) instead of building "
+                            "one: its word ids are kept, other words become <unk>")
         p.add_argument("--num-workers", type=int, default=None,
                        help="threads reading and checking images (default: Python's default)")
         p.add_argument("--images-per-shard", type=int, default=source_api.DEFAULT_IMAGES_PER_SHARD,
@@ -187,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 kw["max_pixels"] = args.max_pixels
             if part is not None:
                 kw["part"] = part
+            if args.vocab is not None:
+                kw["vocab_from"] = args.vocab
             _convert(args, kw)
     except (source_api.ConversionError, OSError) as e:  # bad input or an unwritable --out
         print(f"error: {e}", file=sys.stderr)

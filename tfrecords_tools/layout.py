@@ -232,9 +232,17 @@ def link_or_copy(src: str, dst: str) -> None:
 def write_vocab_and_manifest(out_dir: str, converted: Mapping, *, source: str,
                              settings: vocab_lib.TokenizerSettings, min_word_count: int,
                              images_per_shard: int, source_info: dict,
-                             merged_parts: int | None = None) -> dict:
-    """Writes `vocab.txt` and, last, `manifest.json` for shards already in `out_dir`."""
-    vocab = vocab_lib.Vocabulary.build(converted["train_counts"], min_word_count)
+                             merged_parts: int | None = None, vocab_from: str | None = None) -> dict:
+    """Writes `vocab.txt` and, last, `manifest.json` for shards already in `out_dir`.
+
+    The vocabulary is built from the train word counts (`min_word_count`), or
+    is the file `vocab_from` (`--vocab`, e.g. an imported run's vocab.txt): its
+    ids are kept and words not in it map to `<unk>` when the data is read.
+    """
+    if vocab_from is not None:
+        vocab = load_given_vocab(vocab_from)
+    else:
+        vocab = vocab_lib.Vocabulary.build(converted["train_counts"], min_word_count)
     vocab_file = os.path.basename(vocab_lib.vocab_path(out_dir))
     vocab.save(os.path.join(out_dir, vocab_file))
     manifest = manifest_lib.write(
@@ -243,5 +251,15 @@ def write_vocab_and_manifest(out_dir: str, converted: Mapping, *, source: str,
         max_caption_words=converted["max_caption_words"],
         max_captions_per_image=converted["max_captions_per_image"], images_per_shard=images_per_shard,
         skipped=converted["skipped"].to_dict(), reencoded=converted["reencoded"].to_dict(),
-        source_info=source_info, merged_parts=merged_parts, caption_cap=converted["caption_cap"].to_dict())
+        source_info=source_info, merged_parts=merged_parts, caption_cap=converted["caption_cap"].to_dict(),
+        vocab_from=vocab_from)
     return manifest
+
+
+def load_given_vocab(path: str) -> vocab_lib.Vocabulary:
+    """The vocabulary file given with `--vocab`; ConversionError naming it when it does not load."""
+    try:
+        return vocab_lib.Vocabulary.load(path)
+    except (OSError, ValueError) as err:
+        raise ConversionError(f"--vocab {path}: {err} (give a vocab.txt written by this project: a data "
+                              "dir's or a run dir's)") from None

@@ -27,7 +27,7 @@ from tfrecords_tools.source_api import ConversionError
 
 def write_part(target: str, part: tuple[int, int], converted: Mapping, *, source: str,
                settings: vocab_lib.TokenizerSettings, min_word_count: int, images_per_shard: int,
-               source_info: dict) -> dict:
+               source_info: dict, vocab_from: str | None = None) -> dict:
     """Writes `target/part.json`: what `merge_parts` needs of one converted part.
 
     Args:
@@ -36,8 +36,8 @@ def write_part(target: str, part: tuple[int, int], converted: Mapping, *, source
       converted: the writer's counts: "splits" (name -> manifest.SplitInfo),
         "train_counts", "max_caption_words", "max_captions_per_image",
         "skipped" and "reencoded" (`report.Counted`).
-      source, settings, min_word_count, images_per_shard, source_info: as given
-        to `write_dataset` (every part must agree on them).
+      source, settings, min_word_count, images_per_shard, source_info, vocab_from:
+        as given to `write_dataset` (every part must agree on them).
 
     Returns:
       The dict written.
@@ -57,6 +57,7 @@ def write_part(target: str, part: tuple[int, int], converted: Mapping, *, source
         "caption_cap": converted["caption_cap"].to_dict(),
         "source_info": source_info,
         "train_word_counts": dict(sorted(converted["train_counts"].items())),
+        **({"vocab_from": vocab_from} if vocab_from is not None else {}),
     }
     io_utils.write_json_atomic(os.path.join(target, layout.PART_FILE), info)
     return info
@@ -99,7 +100,7 @@ def merge_parts(out_dir: str | os.PathLike, *, keep_parts: bool = False, verbose
     parts = [_read_part(out_dir, index, count) for index in range(count)]
     first = parts[0]
     for key in ("format_version", "source", "tokenizer", "min_word_count", "images_per_shard",
-                "caption_limit"):
+                "caption_limit", "vocab_from"):
         differing = [p["part"][0] for p in parts if p[key] != first[key]]
         if differing:
             raise ConversionError(f"parts {differing} were converted with another {key} than part 0 "
@@ -143,7 +144,7 @@ def merge_parts(out_dir: str | os.PathLike, *, keep_parts: bool = False, verbose
             stage, converted, source=first["source"],
             settings=vocab_lib.TokenizerSettings.from_dict(first["tokenizer"]),
             min_word_count=first["min_word_count"], images_per_shard=first["images_per_shard"],
-            source_info=first["source_info"], merged_parts=count)
+            source_info=first["source_info"], merged_parts=count, vocab_from=first["vocab_from"])
         layout.swap_in(stage, out_dir, split_names)
     if verbose:
         print(report.format_summary(manifest, out_dir))
@@ -174,6 +175,7 @@ def _read_part(out_dir: str, index: int, count: int) -> dict:
             if key not in part:
                 raise ValueError(f"no {key!r}")
         part["caption_limit"] = (part.get("caption_cap") or {}).get("limit")
+        part["vocab_from"] = part.get("vocab_from")
         if not isinstance(part.get("splits"), dict):
             raise ValueError("no 'splits'")
         real_folder = os.path.realpath(folder)

@@ -94,9 +94,10 @@ def format_summary(manifest: Mapping, out_dir: str | os.PathLike) -> str:
     for split, info in manifest["splits"].items():
         lines.append(f"  {split:5s}: {info['num_images']:7d} images {info['num_captions']:8d} "
                      f"captions {info['num_shards']:4d} shards")
-    lines.append(f"  vocabulary: {manifest['vocab_size']} ids (special tokens included, words seen "
-                 f">= {manifest['min_word_count']} times in train); longest train caption "
-                 f"{manifest['max_caption_words']} words")
+    built = (f"from --vocab {manifest['vocab_from']}" if manifest.get("vocab_from")
+             else f"words seen >= {manifest['min_word_count']} times in train")
+    lines.append(f"  vocabulary: {manifest['vocab_size']} ids (special tokens included, {built}); longest train "
+                 f"caption {manifest['max_caption_words']} words")
     cap = manifest.get("caption_cap")
     if cap:
         if cap["images_capped"]:

@@ -66,6 +66,7 @@ def write_dataset(
     follow_symlinks: bool = False,
     max_captions_per_image: int = source_api.DEFAULT_MAX_CAPTIONS_PER_IMAGE,
     part: tuple[int, int] | None = None,
+    vocab_from: str | None = None,
     progress: bool = True,
     verbose: bool = True,
 ) -> dict:
@@ -94,6 +95,10 @@ def write_dataset(
       part: (index, count): convert only the images whose id hashes to `index`
         into `layout.part_dir(out_dir, index, count)` and write its `part.json`
         instead of the vocabulary and manifest (see `merge.merge_parts`).
+      vocab_from: a vocab.txt to use instead of building one (`--vocab`, e.g.
+        an imported run's, so the data gets that model's word ids); words not
+        in it map to `<unk>`; `min_word_count` is then not used. Recorded in
+        the manifest.
       progress: show tqdm progress bars (stderr).
       verbose: print the summary (stdout) at the end.
 
@@ -123,6 +128,9 @@ def write_dataset(
         raise ConversionError(f"max_captions_per_image must be >= 1, got {max_captions_per_image}")
     if part is not None:
         check_part(*part)
+    if vocab_from is not None:
+        vocab_from = os.path.abspath(os.fspath(vocab_from))
+        layout.load_given_vocab(vocab_from)  # a bad file stops before anything is converted
     split_names = list(items_by_split) + [s for s in records.SPLITS if s not in items_by_split]
     for split in split_names:
         if not split or not all(c.isalnum() or c == "_" for c in split):
@@ -147,7 +155,7 @@ def write_dataset(
                           for split, items in items_by_split.items()}
 
     common = dict(source=source, settings=settings, min_word_count=min_word_count,
-                  images_per_shard=images_per_shard, source_info=dict(source_info or {}))
+                  images_per_shard=images_per_shard, source_info=dict(source_info or {}), vocab_from=vocab_from)
     if part is not None:
         with layout.staging(os.path.dirname(target), os.path.basename(target)) as stage:
             converted = _convert(stage, split_names, items_by_split, skipped, workers=workers,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from caption_app.config import PREPROCESS
 from caption_app.data.pipeline import decode_image
 
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
@@ -181,7 +182,7 @@ def first_gif_frame(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     return cut, tf.where(found, height, minus_one), tf.where(found, width, minus_one)
 
 
-def decode_bounded(data: tf.Tensor, image_size: int, max_pixels: int) -> tf.Tensor:
+def decode_bounded(data: tf.Tensor, image_size: int, max_pixels: int, preprocess: str = PREPROCESS[0]) -> tf.Tensor:
     """One image's bytes -> [S, S, 3] float32 0-255, as `pipeline.decode_image`, or an error.
 
     Fails (InvalidArgumentError, before anything is decoded) when the format is
@@ -200,11 +201,11 @@ def decode_bounded(data: tf.Tensor, image_size: int, max_pixels: int) -> tf.Tens
                                                                "or larger than the pixel limit"])
     with tf.control_dependencies([check]):
         data = tf.identity(data)
-    return decode_image(data, image_size)
+    return decode_image(data, image_size, preprocess)
 
 
-def decode_images(image_bytes: tf.Tensor, image_size: int,
-                  max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[tf.Tensor, tf.Tensor]:
+def decode_images(image_bytes: tf.Tensor, image_size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                  preprocess: str = PREPROCESS[0]) -> tuple[tf.Tensor, tf.Tensor]:
     """Decodes what decodes within the limit, and reports which did.
 
     One bad image does not fail its batch: a decode op that fails aborts the
@@ -217,13 +218,14 @@ def decode_images(image_bytes: tf.Tensor, image_size: int,
       image_bytes: [B] string, encoded JPEG/PNG/GIF/BMP.
       image_size: S.
       max_pixels: images whose header declares more pixels are not decoded.
+      preprocess: the run's `data.preprocess` (how images are resized to S x S).
     Returns:
       (images [M, S, S, 3] float32 0-255, index [M] int32): the M images that
       decoded, with their positions in `image_bytes`, ascending.
     """
     n = tf.shape(image_bytes)[0]
     ds = tf.data.Dataset.from_tensor_slices((tf.range(n), image_bytes))
-    ds = ds.map(lambda i, data: (i, decode_bounded(data, image_size, max_pixels)),
+    ds = ds.map(lambda i, data: (i, decode_bounded(data, image_size, max_pixels, preprocess)),
                 num_parallel_calls=DECODE_PARALLELISM, deterministic=True)
     ds = ds.ignore_errors()
     # Skip the graph rewrites and the autotuner, which cost ~5 ms per call and tune nothing in a

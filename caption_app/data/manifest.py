@@ -185,7 +185,8 @@ def load(data_dir: str, *, check_shards: bool = True) -> Manifest:
 def write(data_dir: str, *, source: str, splits: Mapping[str, SplitInfo], tokenizer: TokenizerSettings,
           vocab_size: int, vocab_file: str, min_word_count: int, max_caption_words: int,
           max_captions_per_image: int, images_per_shard: int, skipped: Mapping, reencoded: Mapping,
-          source_info: Mapping, merged_parts: int | None = None, caption_cap: Mapping | None = None) -> dict:
+          source_info: Mapping, merged_parts: int | None = None, caption_cap: Mapping | None = None,
+          vocab_from: str | None = None) -> dict:
     """Writes `DATA_DIR/manifest.json` atomically; the converter calls it last.
 
     Args:
@@ -204,6 +205,8 @@ def write(data_dir: str, *, source: str, splits: Mapping[str, SplitInfo], tokeni
       merged_parts: how many parts `tfrecords_tools merge` combined (None: one run).
       caption_cap: the converter's cap on captions per image: {"limit",
         "images_capped", "captions_dropped", "examples"} (None: not recorded).
+      vocab_from: the vocabulary file given with `--vocab` (None: built from
+        the train words, `min_word_count`).
 
     Returns:
       The dict written.
@@ -227,6 +230,8 @@ def write(data_dir: str, *, source: str, splits: Mapping[str, SplitInfo], tokeni
         manifest["caption_cap"] = dict(caption_cap)
     if merged_parts is not None:
         manifest["merged_parts"] = merged_parts
+    if vocab_from is not None:
+        manifest["vocab_from"] = vocab_from
     manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     io_utils.write_json_atomic(os.path.join(data_dir, MANIFEST), manifest)
     return manifest

@@ -16,7 +16,7 @@ import sys
 
 import tensorflow as tf
 
-from caption_app.config import Config
+from caption_app.config import PREPROCESS, Config
 from caption_app.data import records
 from caption_app.data.manifest import Manifest
 from caption_app.data.vocabulary import END_ID, PAD_ID, START_ID, TokenizerSettings, Vocabulary, tokenize
@@ -41,28 +41,50 @@ def resolve_tensor_sizes(config: Config, manifest: Manifest) -> TensorSizes:
     return TensorSizes(size, max(1, num_captions), max(3, length))
 
 
-def decode_image(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Encoded JPEG/PNG/GIF/BMP bytes -> [S, S, 3] float32 in 0-255.
+def decode_image(encoded: tf.Tensor, image_size: int, preprocess: str = PREPROCESS[0]) -> tf.Tensor:
+    """Encoded JPEG/PNG/GIF/BMP bytes -> [S, S, 3] float32 in 0-255 (`resize_image` with `preprocess`).
 
     Grayscale and RGBA images become 3 channels; GIFs give their first frame.
+    JPEGs decode with TensorFlow's default DCT method (im2txt's decoder too).
     """
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)  # [h, w, 3] uint8
     image.set_shape([None, None, 3])
-    return resize_image(tf.cast(image, tf.float32), image_size)
+    return resize_image(tf.cast(image, tf.float32), image_size, preprocess)
 
 
-def resize_image(image: tf.Tensor, image_size: int) -> tf.Tensor:
-    """[..., h, w, 3] float32 0-255 (any size) -> [..., S, S, 3] float32 in 0-255 (antialiased).
+def resize_image(image: tf.Tensor, image_size: int, preprocess: str = PREPROCESS[0]) -> tf.Tensor:
+    """[..., h, w, 3] float32 0-255 (any size) -> [..., S, S, 3] float32 in 0-255.
 
-    An image already S x S passes unchanged (what the resize gives it too, bit for bit, without
-    the ~2 ms per 299 px image the antialiased resize costs on CPU).
+    "default": an antialiased resize; an image already S x S passes unchanged
+    (what the resize gives it too, bit for bit, without the ~2 ms per 299 px
+    image the antialiased resize costs on CPU). "im2txt": `im2txt_resize`.
     """
+    if preprocess == "im2txt":
+        return im2txt_resize(image, image_size)
+    if preprocess != PREPROCESS[0]:
+        raise ValueError(f"unknown data.preprocess {preprocess!r}; choose one of: {', '.join(PREPROCESS)}")
     shape = tf.shape(image)
     same = tf.logical_and(tf.equal(shape[-3], image_size), tf.equal(shape[-2], image_size))
     resized = tf.cond(same, lambda: image,
                       lambda: tf.image.resize(image, [image_size, image_size], antialias=True))
     resized = tf.ensure_shape(resized, image.shape[:-3].concatenate([image_size, image_size, image.shape[-1]]))
     return tf.clip_by_value(resized, 0.0, 255.0)
+
+
+def im2txt_resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """im2txt's inference preprocessing (ops/image_processing.py, is_training=False), in 0-255.
+
+    [..., h, w, 3] -> TF1's bilinear resize (align_corners=False, half_pixel_centers=False) to R x R,
+    aspect ratio not kept, R = round(S * 346 / 299) (346 for im2txt's 299) -> the central S x S crop
+    (rows and columns 23..321 at 299). im2txt then scales to [-1, 1], which the inception
+    backbones' own preprocessing does here.
+    """
+    outer = int(round(image_size * 346 / 299))
+    resized = tf.compat.v1.image.resize_images(image, [outer, outer], tf.compat.v1.image.ResizeMethod.BILINEAR,
+                                               align_corners=False)
+    offset = (outer - image_size) // 2
+    cropped = resized[..., offset:offset + image_size, offset:offset + image_size, :]
+    return tf.ensure_shape(cropped, image.shape[:-3].concatenate([image_size, image_size, image.shape[-1]]))
 
 
 def caption_ids(captions: tf.Tensor, table: tf.lookup.StaticHashTable, settings: TokenizerSettings,
@@ -177,7 +199,8 @@ def make_dataset(config: Config, manifest: Manifest, vocab: Vocabulary, split: s
                        deterministic=not training)
     ds = ds.map(records.parse_example, num_parallel_calls=AUTOTUNE)
     ds = ds.filter(lambda r: has_usable_caption(r["captions"], r["image_id"], manifest.tokenizer))
-    ds = ds.map(lambda r: {"image": decode_image(r["encoded"], sizes.image_size), "captions": r["captions"],
+    preprocess = config.data.preprocess
+    ds = ds.map(lambda r: {"image": decode_image(r["encoded"], sizes.image_size, preprocess), "captions": r["captions"],
                            "image_id": r["image_id"]}, num_parallel_calls=AUTOTUNE)
     if training and config.data.cache:
         ds = ds.cache()

@@ -8,7 +8,11 @@ hold raw captions and the converter counts words with the very same ops the
 pipeline uses.
 
 Ids: 0 `<pad>`, 1 `<start>`, 2 `<end>`, 3 `<unk>`, then the words of
-`vocab.txt` in file order.
+`vocab.txt` in file order. A word `<unused_N>` is a placeholder: an id the
+model has a row for but no word (an imported im2txt model's ids beyond its
+word list, caption_app/im2txt_import.py); it decodes as `<unk>`, as im2txt's
+`id_to_word` does, and no caption word maps to it (the tokenizer splits `<`,
+`_` and `>` off).
 """
 
 from __future__ import annotations
@@ -24,6 +28,12 @@ import tensorflow_text as tf_text
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNK)
 PAD_ID, START_ID, END_ID, UNK_ID = 0, 1, 2, 3
+PLACEHOLDER = "<unused_{}>"  # an id with a model row but no word; decodes as UNK
+
+
+def is_placeholder(token: str) -> bool:
+    return token.startswith("<unused_") and token.endswith(">")
+
 
 # Everything that is not a letter, digit or apostrophe splits words.
 _PUNCTUATION = r"[^\p{L}\p{N}'\s]"
@@ -113,6 +123,7 @@ class Vocabulary:
         self.counts = list(counts) if counts is not None else [0] * len(words)
         self.tokens = list(SPECIAL_TOKENS) + words  # id -> token
         self._ids = {t: i for i, t in enumerate(self.tokens)}
+        self._texts = [UNK if is_placeholder(t) else t for t in self.tokens]  # id -> what it decodes as
 
     @classmethod
     def build(cls, counts: collections.Counter, min_word_count: int = 4) -> "Vocabulary":
@@ -159,7 +170,7 @@ class Vocabulary:
         return self._ids.get(word, UNK_ID)
 
     def id_to_word(self, i: int) -> str:
-        return self.tokens[i]
+        return self._texts[i]
 
     def encode(self, caption: str, settings: TokenizerSettings = TokenizerSettings()) -> list[int]:
         """`<start> words <end>` ids of one raw caption (eager helper)."""
@@ -175,7 +186,7 @@ class Vocabulary:
                 break
             if i in (PAD_ID, START_ID):
                 continue
-            out.append(self.tokens[i])
+            out.append(self._texts[i])
         return " ".join(out)
 
     def lookup_table(self) -> tf.lookup.StaticHashTable:
@@ -192,7 +203,7 @@ class Vocabulary:
         is_end = tf.cast(tf.equal(ids, END_ID), tf.int32)
         before_end = tf.equal(tf.cumsum(is_end, axis=-1), 0)
         keep = tf.logical_and(before_end, ids >= UNK_ID)
-        words = tf.gather(tf.constant(self.tokens), ids)
+        words = tf.gather(tf.constant(self._texts), ids)
         words = tf.where(keep, words, "")
         text = tf.strings.reduce_join(words, axis=-1, separator=" ")
         # Collapse the separators left by dropped tokens.

@@ -323,4 +323,5 @@ class Captioner:
         return beam_search(self.decode_step, self.encode(images), start_id=START_ID, end_id=END_ID,
                            beam_size=settings.beam_size, max_length=settings.max_length,
                            length_normalization=settings.length_normalization,
-                           num_results=settings.num_captions or settings.beam_size)
+                           num_results=settings.num_captions or settings.beam_size,
+                           words_per_beam=settings.words_per_beam)

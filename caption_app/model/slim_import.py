@@ -68,7 +68,7 @@ def inception_v4_variable_map(model: keras.Model) -> dict[str, keras.Variable]:
     return out
 
 
-def _v3_scopes() -> list[str]:
+def v3_scopes() -> list[str]:
     """The 94 convolution scopes of slim's inception_v3_base, in the order slim creates them."""
     scopes = ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3"]
     branches: dict[str, list[list[str]]] = {}
@@ -101,13 +101,13 @@ def inception_v3_variable_map(model: keras.Model) -> dict[str, keras.Variable]:
 
     Both networks create their 94 convolutions in the same order (block by
     block, branch by branch, as in the paper), so the i-th convolution Keras
-    creates is the i-th scope of `_v3_scopes()`. Keras numbers its unnamed
+    creates is the i-th scope of `v3_scopes()`. Keras numbers its unnamed
     layers in creation order (conv2d_N), which gives that order; each conv's
     batch norm is the layer it feeds. Every kernel shape is checked against
     the checkpoint by the import, and the reference test checks the numbers.
     """
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
-    scopes = _v3_scopes()
+    scopes = v3_scopes()
     if len(convs) != len(scopes):
         raise SlimImportError(f"{model.name} has {len(convs)} convolutions; slim's Inception-v3 has {len(scopes)} "
                               "(is it keras.applications.InceptionV3?)")
