@@ -7,8 +7,7 @@ FROM tensorflow/tensorflow:2.21.0-gpu
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_BREAK_SYSTEM_PACKAGES=1 \
-    TF_CPP_MIN_LOG_LEVEL=2
+    PIP_BREAK_SYSTEM_PACKAGES=1
 
 # The pinned requirements, minus tensorflow itself (the base image's build is the GPU one).
 COPY requirements.txt /tmp/requirements.txt

@@ -5,7 +5,6 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO ?= demo_out
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: setup java gxx demo test bench bench-parts bench-export bench-bombs clean
 

@@ -21,9 +21,10 @@ from caption_app.model.loss import DatasetNLL
 class PerplexityCallback(keras.callbacks.Callback):
     """Validation perplexity each epoch: exp(mean cross-entropy over all val tokens)."""
 
-    def __init__(self, dataset: tf.data.Dataset, log_dir: str):
+    def __init__(self, dataset: tf.data.Dataset, log_dir: str, *, announce: bool = True):
         super().__init__()
         self.dataset = dataset
+        self.announce = announce  # False under Keras' progress bar, which shows logs["val_perplexity"]
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "validation"))
         self._nll = None
 
@@ -34,7 +35,8 @@ class PerplexityCallback(keras.callbacks.Callback):
         perplexity = metrics_lib.perplexity(total_nll, tokens)
         if logs is not None:
             logs["val_perplexity"] = perplexity
-        print(f"epoch {epoch + 1}: val_perplexity {perplexity:.3f} ({tokens} tokens)", flush=True)
+        if self.announce:
+            print(f"epoch {epoch + 1}: val_perplexity {perplexity:.3f} ({tokens} tokens)", flush=True)
         with self.writer.as_default():
             tf.summary.scalar("perplexity", perplexity, step=epoch + 1)
         self.writer.flush()
@@ -141,3 +143,16 @@ class BackupCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.offset = 0  # only the resumed epoch starts part-way
+
+
+class CompileNotice(keras.callbacks.Callback):
+    """Prints `text` once, as the first step begins (when XLA compiles it, which takes a while)."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text, self.shown = text, False
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if not self.shown:
+            self.shown = True
+            print(self.text, flush=True)
