@@ -8,7 +8,7 @@ DEMO ?= demo_out
 
 .PHONY: setup java gxx demo test bench bench-parts bench-export bench-bombs clean
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt

@@ -117,3 +117,14 @@ def test_an_export_captions_as_its_run_dir(captioner, trained_run, tmp_path):
     assert exported.caption(images[1], num_captions=1).captions == expected[1].captions[:1]
     with pytest.raises(DecodeSettingsError, match="was exported with beam_size"):
         exported.caption(images[1], beam_size=trained_run.config.decode.beam_size + 1)
+
+
+def test_a_relative_run_dir_finds_its_checkpoints(trained_run, monkeypatch):
+    """get_checkpoint_state joins relative entries to the directory already (they were joined twice)."""
+    from caption_app import run_dir as run_dir_lib
+
+    parent, name = os.path.split(trained_run.run_dir)
+    monkeypatch.chdir(parent)
+    paths = run_dir_lib.checkpoint_paths(run_dir_lib.checkpoint_dir(name))
+    assert paths == [os.path.join(name, "checkpoints", "ckpt-2"), os.path.join(name, "checkpoints", "ckpt-1")]
+    assert run_dir_lib.load_model(name)[4] == paths[0]
