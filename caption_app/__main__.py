@@ -4,33 +4,47 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from caption_app import decoding
+from caption_app import cli, decoding, quiet
+
+PRESET_NAMES = ("shapes", "im2txt", "tiny")  # config.PRESETS' keys (config.py is not imported for --help)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m caption_app", description="Show-and-Tell image captioning.")
+    p = argparse.ArgumentParser(prog="python -m caption_app", description="Show-and-Tell image captioning.",
+                                formatter_class=cli.HelpFormatter)
+    cli.add_common_arguments(p, version=True)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train (or resume) a captioner")
-    t.add_argument("--config", default="shapes", help="preset name: shapes, im2txt, tiny")
-    t.add_argument("--data", required=True, help="converted data dir (manifest.json, vocab.txt, shards)")
-    t.add_argument("--run-dir", required=True)
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.epochs=3 (repeatable)")
-    t.add_argument("--quiet", action="store_true", help="no per-epoch Keras lines")
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        parser = sub.add_parser(name, formatter_class=cli.HelpFormatter, **kwargs)
+        cli.add_common_arguments(parser)
+        return parser
 
-    f = sub.add_parser("cache-features", help="compute the frozen backbone's features once (train.feature_cache)")
-    f.add_argument("--config", default="shapes", help="preset name: shapes, im2txt, tiny")
-    f.add_argument("--data", required=True, help="converted data dir")
+    def training(parser: argparse.ArgumentParser, set_help: str) -> None:
+        parser.add_argument("--config", default=None,
+                            help=f"a preset ({', '.join(PRESET_NAMES)}), a JSON config file such as an earlier "
+                                 "run's RUN/config.json, or a run dir. Default: the run dir's own config when "
+                                 "--run-dir already holds a run; a new run needs it")
+        parser.add_argument("--data", required=True, help="converted data dir (manifest.json, vocab.txt, shards)")
+        parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+
+    t = command("train", help="train (or resume) a captioner")
+    training(t, "override a config value, e.g. --set train.epochs=3 (repeatable)")
+    t.add_argument("--run-dir", required=True, help="where checkpoints, logs and config.json go; an existing "
+                                                    "run dir resumes where it stopped")
+    t.add_argument("--quiet", action="store_true",
+                   help="no Keras progress (default: a progress bar on a terminal, one line per epoch otherwise)")
+
+    f = command("cache-features", help="compute the frozen backbone's features once (train.feature_cache)")
+    training(f, "the same overrides as for train (train.feature_cache=true is needed)")
     f.add_argument("--run-dir", required=True, help="the run dir training will use (the cache goes inside)")
-    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="the same overrides as for train (train.feature_cache=true is needed)")
 
-    e = sub.add_parser("evaluate", help="perplexity + BLEU/METEOR/ROUGE-L/CIDEr, once")
-    e.add_argument("--run-dir", required=True)
-    e.add_argument("--split", default="test")
+    e = command("evaluate", help="perplexity + BLEU/METEOR/ROUGE-L/CIDEr, once")
+    e.add_argument("--run-dir", required=True, help="a trained run dir")
+    e.add_argument("--split", default="test", help="the data split to score: train, val or test")
     e.add_argument("--data", default=None, help="data dir (default: the one the run trained on)")
     e.add_argument("--json", default=None, help="metrics file (default RUN/metrics.json)")
     e.add_argument("--checkpoint", default=None, help="checkpoint path (default: the latest)")
@@ -39,13 +53,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="thumbnails in the HTML report, worst images first (default: the run's eval.report_images)")
     e.add_argument("--watch", action="store_true",
                    help="re-evaluate new checkpoints until training has finished")
-    e.add_argument("--poll-seconds", type=float, default=30.0)
+    e.add_argument("--poll-seconds", type=float, default=30.0,
+                   help="with --watch: seconds between looks for a new checkpoint")
     e.add_argument("--idle-timeout", type=float, default=3600.0,
                    help="with --watch: stop after this many seconds without a new checkpoint")
 
-    c = sub.add_parser("caption", help="caption image files, folders or globs")
-    c.add_argument("--run-dir", required=True)
-    c.add_argument("images", nargs="+")
+    c = command("caption", help="caption image files, folders or globs")
+    c.add_argument("--run-dir", required=True, help="a trained run dir")
+    c.add_argument("images", nargs="+", help="image files, folders (their images) or globs")
     decoding.add_arguments(c)
     c.add_argument("--max-image-pixels", type=int, default=None,
                    help="images whose header declares more pixels (width x height) are reported, not decoded "
@@ -59,23 +74,42 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _config(args):
+    """--config (a preset, a JSON file or a run dir), else the existing run's own; then --set."""
+    from caption_app import config as config_lib
+    from caption_app import run_dir as run_dir_lib
+
+    if args.config is not None:
+        config = config_lib.from_name_or_file(args.config)
+    elif os.path.isfile(os.path.join(args.run_dir, run_dir_lib.CONFIG)):
+        config = run_dir_lib.load_config(args.run_dir)
+        print(f"config: the run's own ({os.path.join(args.run_dir, run_dir_lib.CONFIG)})", flush=True)
+    else:
+        raise ValueError(f"{args.run_dir} holds no run yet: give --config, a preset "
+                         f"({', '.join(PRESET_NAMES)}) or a JSON config file such as an earlier RUN/config.json")
+    return config_lib.override(config, args.set)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    quiet.import_tensorflow(args.verbose)
     try:
         if args.command == "train":
-            from caption_app import config as config_lib
             from caption_app.train import train
 
-            config = config_lib.override(config_lib.get_preset(args.config), args.set)
-            history = train(config, args.data, args.run_dir, verbose=0 if args.quiet else 2)
-            print(f"trained {history['epochs_done']} epochs in {history['seconds']:.0f}s; "
-                  f"val perplexity {history['val_perplexity']}; run dir: {args.run_dir}")
+            config = _config(args)
+            # Keras' progress bar (with ETA) on a terminal; one line per epoch in a log file.
+            verbose = 0 if args.quiet else 1 if sys.stdout.isatty() else 2
+            history = train(config, args.data, args.run_dir, verbose=verbose)
+            if not history.get("already_finished"):
+                perplexity = history["val_perplexity"]
+                print(f"trained {history['epochs_done']} epochs in {history['seconds']:.0f}s; "
+                      + ("no validation split" if perplexity is None else f"val perplexity {perplexity:.3f}")
+                      + f"; run dir: {args.run_dir}")
         elif args.command == "cache-features":
-            from caption_app import config as config_lib
             from caption_app.feature_cache import cache_features
 
-            config = config_lib.override(config_lib.get_preset(args.config), args.set)
-            print(f"feature cache ready: {cache_features(config, args.data, args.run_dir)}")
+            print(f"feature cache ready: {cache_features(_config(args), args.data, args.run_dir)}")
         elif args.command == "evaluate":
             from caption_app import evaluate as evaluate_lib
 

@@ -34,9 +34,10 @@ class PerplexityCallback(keras.callbacks.Callback):
     cross-entropy over all val tokens, the training loss' measure) and `val_perplexity`
     (exp of it); EpochSummaries writes them to TensorBoard."""
 
-    def __init__(self, dataset: tf.data.Dataset):
+    def __init__(self, dataset: tf.data.Dataset, *, announce: bool = True):
         super().__init__()
         self.dataset = dataset
+        self.announce = announce  # False under Keras' progress bar, which shows logs["val_perplexity"]
         self._nll = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -47,7 +48,8 @@ class PerplexityCallback(keras.callbacks.Callback):
         if logs is not None:
             logs["val_loss"] = total_nll / tokens
             logs["val_perplexity"] = perplexity
-        print(f"epoch {epoch + 1}: val_perplexity {perplexity:.3f} ({tokens} tokens)", flush=True)
+        if self.announce:
+            print(f"epoch {epoch + 1}: val_perplexity {perplexity:.3f} ({tokens} tokens)", flush=True)
 
 
 class EpochSummaries(keras.callbacks.Callback):
@@ -254,3 +256,16 @@ class BackupCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.offset = 0  # only the resumed epoch starts part-way
+
+
+class CompileNotice(keras.callbacks.Callback):
+    """Prints `text` once, as the first step begins (when XLA compiles it, which takes a while)."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text, self.shown = text, False
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if not self.shown:
+            self.shown = True
+            print(self.text, flush=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import typing
 from typing import Any, Callable
 
@@ -235,6 +236,23 @@ def get_preset(name: str) -> Config:
     if name not in PRESETS:
         raise ValueError(f"unknown config {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
     return PRESETS[name]()
+
+
+def from_name_or_file(name: str) -> Config:
+    """`--config NAME`: a preset's name, a JSON config file (such as an earlier run's
+    RUN/config.json, old keys included) or a run dir (its config.json)."""
+    if name in PRESETS:
+        return PRESETS[name]()
+    path = os.path.join(name, "config.json") if os.path.isdir(name) else name
+    if not os.path.isfile(path):
+        raise ValueError(f"--config {name!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a JSON "
+                         "config file (such as an earlier run's RUN/config.json)")
+    try:
+        return load(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"--config {path}: not a JSON config file ({err})") from None
+    except (ValueError, TypeError, AttributeError) as err:  # unknown keys, a section that is not an object
+        raise ValueError(f"--config {path}: not a config this version reads ({err})") from None
 
 
 # ---------------------------------------------------------------------------

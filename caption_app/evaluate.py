@@ -60,8 +60,12 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
         raise ValueError(f"report_images (--report-images) must be >= 0, got {report_images}")
     settings = run_dir_lib.load_config(run_dir).decode.resolve(
         beam_size=beam_size, max_length=max_length, length_normalization=length_normalization, num_captions=1)
-    model, config, vocab, sizes, checkpoint = run_dir_lib.load_model(run_dir, checkpoint)
     manifest = run_dir_lib.load_manifest(run_dir, data_dir)
+    if not manifest.split(split).num_images:  # before the slow model load
+        others = [s for s, info in manifest.splits.items() if info.num_images]
+        raise ValueError(f"the {split} split of {manifest.data_dir} has no images, so there is nothing to evaluate; "
+                         f"evaluate another split (--split {' or '.join(others)}) or re-convert with a {split} split")
+    model, config, vocab, sizes, checkpoint = run_dir_lib.load_model(run_dir, checkpoint)
     captioner = Captioner(model)
 
     @tf.function(reduce_retracing=True)

@@ -33,8 +33,8 @@ from caption_app import budget as budget_lib
 from caption_app import distribute
 from caption_app import feature_cache
 from caption_app import run_dir as run_dir_lib
-from caption_app.callbacks import (BackupCallback, CheckpointCallback, EpochSummaries, PerplexityCallback,
-                                   SampleCaptions, StopOnNonFiniteLoss, fixed_samples)
+from caption_app.callbacks import (BackupCallback, CheckpointCallback, CompileNotice, EpochSummaries,
+                                   PerplexityCallback, SampleCaptions, StopOnNonFiniteLoss, fixed_samples)
 from caption_app.config import Config
 from caption_app.data.pipeline import make_dataset
 from caption_app.model import show_and_tell
@@ -85,8 +85,8 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
       strategy: a tf.distribute strategy (default: built from
         config.train.strategy, before any other TensorFlow op).
     Returns:
-      {"epochs_done", "val_perplexity", "seconds", "steps_per_epoch",
-       "replicas", "xla", "resumed_from"}.
+      {"epochs_done", "val_perplexity" (None without val data), "seconds", "steps_per_epoch",
+       "replicas", "xla", "resumed_from", "already_finished"}.
     """
     t = config.train
     config.validate()  # before anything is written
@@ -112,15 +112,23 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
 def _train(ctx: run_dir_lib.RunContext, strategy: tf.distribute.Strategy, *, chief: bool, verbose: int,
            write_dir: str) -> dict:
     config, run_dir, replicas = ctx.config, ctx.run_dir, strategy.num_replicas_in_sync
-    trainer = _Trainer(ctx, strategy, chief=chief, verbose=verbose)
     resume = ctx.resume
+    total_epochs = budget_lib.budget_for(config, ctx.manifest).total_epochs
+    if resume.path and resume.epoch >= total_epochs and not resume.step:
+        print(f"{run_dir} has already finished training ({resume.epoch} of {total_epochs} epochs, {resume.path}); "
+              "nothing to do (--set train.epochs=N with a larger N trains on; a new --run-dir starts over)", flush=True)
+        if chief:
+            run_dir_lib.write_state(run_dir, resume.epoch, total_epochs, finished=True)
+        return {"steps_per_epoch": None, "epochs_done": resume.epoch, "val_perplexity": None, "replicas": replicas,
+                "resumed_from": resume.path, "xla": None, "seconds": 0.0, "already_finished": True}
+    trainer = _Trainer(ctx, strategy, chief=chief, verbose=verbose)
     if resume.path:
         where = f"epoch {resume.epoch} of {trainer.total_epochs}" + (
             f", step {resume.step} of {trainer.epoch_steps(resume.epoch)}" if resume.step else "")
         print(f"resuming {run_dir} from {resume.path} ({where})", flush=True)
 
     history: dict = {"steps_per_epoch": trainer.steps, "epochs_done": resume.epoch, "val_perplexity": None,
-                     "replicas": replicas, "resumed_from": resume.path, "xla": None}
+                     "replicas": replicas, "resumed_from": resume.path, "xla": None, "already_finished": False}
     began = time.time()
     for phase in trainer.budget.phases:
         if resume.epoch < phase.last_epoch:
@@ -149,7 +157,11 @@ class _Trainer:
         options.experimental_distribute.auto_shard_policy = distribute.shard_policy(strategy,
                                                                                     len(manifest.files("train")))
         self.train_ds = train_ds.with_options(options)
-        self.val_batch_size = max(t.batch_size, 32) if manifest.split("val").num_images else None
+        has_val = "val" in manifest.splits and manifest.split("val").num_images > 0
+        self.val_batch_size = max(t.batch_size, 32) if has_val else None
+        if not has_val:
+            print(f"no validation split: {manifest.data_dir} has no val images, so no val perplexity is "
+                  "computed (give the conversion a val split, e.g. --val-fraction, to get one)", flush=True)
         self.val_ds = make_dataset(ctx.config, manifest, ctx.vocab, "val", training=False, sizes=ctx.sizes,
                                    batch_size=self.val_batch_size) if self.val_batch_size else None
         # A few fixed val images captioned into TensorBoard each epoch (on the chief only).
@@ -198,7 +210,7 @@ class _Trainer:
             logs = os.path.join(checkpoints.write_dir, run_dir_lib.LOGS)
             out = [StopOnNonFiniteLoss(ctx.run_dir, phase.learning_rate)]
             if fit_val_ds is not None:
-                out.append(PerplexityCallback(fit_val_ds))
+                out.append(PerplexityCallback(fit_val_ds, announce=self.verbose != 1))
             if t.backup_every_steps > 0:
                 out.append(BackupCallback(checkpoints.backup_manager(phase.name, optimizer), checkpoints.epoch,
                                           checkpoints.step, t.backup_every_steps, self.steps, model, optimizer,
@@ -208,7 +220,11 @@ class _Trainer:
             if self.samples is not None:
                 settings = ctx.config.decode.resolve(beam_size=ctx.config.eval.sample_beam_size, num_captions=1)
                 out.append(SampleCaptions(model, self.samples, ctx.vocab, settings, logs))
-            return out + [EpochSummaries(logs)]
+            out.append(EpochSummaries(logs))
+            return out + ([compile_notice] if self.verbose and self.chief and history["xla"] != "off" else [])
+
+        compile_notice = CompileNotice(f"{phase.name}: compiling the training step with XLA "
+                                       "(the first step takes longer)")
 
         fits = []  # (epochs, initial_epoch, steps, first_step) of each fit call
         if start_step and begin == start_epoch:

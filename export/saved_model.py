@@ -234,7 +234,12 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
     Raises:
       ExportError: on bad arguments or an existing version.
     """
-    from export import warmup as warmup_lib  # tensorflow-serving-api is only needed here
+    try:
+        from export import warmup as warmup_lib  # tensorflow-serving-api (the [serving] extra) is only needed here
+    except ImportError as err:
+        if warmup:
+            raise ExportError(f"the warmup records need tensorflow-serving-api ({err}): pip install "
+                              "'show-and-tell-keras[serving]', or pass --no-warmup") from None
 
     if not name or os.sep in name or name.startswith("."):
         raise ExportError(f"--name must be a plain directory name, got {name!r}")

@@ -392,7 +392,7 @@ def test_deploy_files_agree_with_the_export():
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert f"FROM tensorflow/tensorflow:{tf.__version__}-gpu" in dockerfile
     assert re.search(r"^USER (?!root)\w+", dockerfile, re.M)
-    assert 'ENTRYPOINT ["python", "-m", "caption_app"]' in dockerfile
+    assert 'ENTRYPOINT ["caption-app"]' in dockerfile  # a console script of pyproject.toml (tests/test_packaging.py)
     compose = yaml.safe_load((REPO_ROOT / "deploy" / "docker-compose.yml").read_text())
     service = compose["services"]["serving"]
     assert service["image"] == f"tensorflow/serving:{tf.__version__}-gpu"

@@ -23,14 +23,25 @@ import sys
 from typing import Sequence
 
 # None of these loads TensorFlow (see source_api): --help and usage errors stay instant.
+from caption_app import cli, quiet
 from tfrecords_tools import coco, flickr8k, flickr30k, jsonl_csv, karpathy, shapes, source_api, tfds_source
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tfrecords_tools",
-        description="Convert a caption dataset into TFRecord shards, vocab.txt and manifest.json.")
+        description="Convert a caption dataset into TFRecord shards, vocab.txt and manifest.json.",
+        formatter_class=cli.HelpFormatter)
+    cli.add_common_arguments(parser, version=True)
     sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    add_source = sources.add_parser
+
+    def add_parser(name: str, **kwargs) -> argparse.ArgumentParser:
+        p = add_source(name, formatter_class=cli.HelpFormatter, **kwargs)
+        cli.add_common_arguments(p)
+        return p
+
+    sources.add_parser = add_parser
 
     def common(p: argparse.ArgumentParser, in_parts: bool = True) -> None:
         p.add_argument("--out", required=True, help="data dir to write")
@@ -74,10 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(shapes_parser, in_parts=False)
     shapes_parser.add_argument("--raw-dir", default=None,
                         help="where the generated Flickr8k-layout files go (default OUT/raw)")
-    shapes_parser.add_argument("--seed", type=int, default=shapes.DEFAULT_SEED)
-    shapes_parser.add_argument("--num-train", type=int, default=shapes.DEFAULT_NUM_TRAIN)
-    shapes_parser.add_argument("--num-val", type=int, default=shapes.DEFAULT_NUM_VAL)
-    shapes_parser.add_argument("--num-test", type=int, default=shapes.DEFAULT_NUM_TEST)
+    shapes_parser.add_argument("--seed", type=int, default=shapes.DEFAULT_SEED, help="the generator's seed")
+    shapes_parser.add_argument("--num-train", type=int, default=shapes.DEFAULT_NUM_TRAIN, help="train images")
+    shapes_parser.add_argument("--num-val", type=int, default=shapes.DEFAULT_NUM_VAL, help="val images")
+    shapes_parser.add_argument("--num-test", type=int, default=shapes.DEFAULT_NUM_TEST, help="test images")
     shapes_parser.add_argument("--image-size", type=int, default=shapes.DEFAULT_IMAGE_SIZE,
                                help="pixels (default %(default)s)")
 
@@ -119,31 +130,34 @@ def build_parser() -> argparse.ArgumentParser:
         common(p)
         p.add_argument("--file", required=True, help=f"the {fmt.upper()} file")
         p.add_argument("--root", default=None, help="image paths are relative to it (default: the file's folder)")
-        p.add_argument("--image-key", default=jsonl_csv.DEFAULT_IMAGE_KEY)
-        p.add_argument("--caption-key", default=jsonl_csv.DEFAULT_CAPTION_KEY)
-        p.add_argument("--split-key", default=jsonl_csv.DEFAULT_SPLIT_KEY)
+        p.add_argument("--image-key", default=jsonl_csv.DEFAULT_IMAGE_KEY, help="the field holding the image path")
+        p.add_argument("--caption-key", default=jsonl_csv.DEFAULT_CAPTION_KEY,
+                       help="the field holding a caption or a list of captions")
+        p.add_argument("--split-key", default=jsonl_csv.DEFAULT_SPLIT_KEY,
+                       help="the field naming the split (train, val, test); records without it are hash-split")
         fractions(p, jsonl_csv.DEFAULT_FRACTION)
 
     tfds = sources.add_parser("tfds", help="convert a prepared tensorflow-datasets dataset (coco_captions)")
     common(tfds)
-    tfds.add_argument("--name", default=tfds_source.DEFAULT_NAME)
+    tfds.add_argument("--name", default=tfds_source.DEFAULT_NAME, help="the TFDS dataset name")
     tfds.add_argument("--data-dir", default=None, help="TFDS data dir (default: TFDS's default)")
     tfds.add_argument("--split-map", nargs="+", default=None, metavar="TFDS_SPLIT=SPLIT",
                       help="default: " + " ".join(f"{a}={b}" for a, b in tfds_source.DEFAULT_SPLIT_MAP.items())
                            + " (validation=val if present)")
-    tfds.add_argument("--image-key", default=tfds_source.DEFAULT_IMAGE_KEY)
-    tfds.add_argument("--captions-key", default=tfds_source.DEFAULT_CAPTIONS_KEY)
-    tfds.add_argument("--id-key", default=tfds_source.DEFAULT_ID_KEY)
+    tfds.add_argument("--image-key", default=tfds_source.DEFAULT_IMAGE_KEY, help="the feature holding the image")
+    tfds.add_argument("--captions-key", default=tfds_source.DEFAULT_CAPTIONS_KEY,
+                      help="the feature holding the captions")
+    tfds.add_argument("--id-key", default=tfds_source.DEFAULT_ID_KEY, help="the feature holding the image id")
 
     merge_parser = sources.add_parser("merge", help="combine OUT/parts/* (from --num-parts runs) into OUT")
-    merge_parser.add_argument("--out", required=True)
+    merge_parser.add_argument("--out", required=True, help="the data dir the parts were converted into")
     merge_parser.add_argument("--keep-parts", action="store_true", help="do not delete OUT/parts afterwards")
 
     inspect = sources.add_parser("inspect", help="counts, caption lengths, vocabulary coverage, HTML examples")
-    inspect.add_argument("data_dir")
+    inspect.add_argument("data_dir", help="a converted data dir")
     inspect.add_argument("--html", default=None, help="the page to write (default DATA_DIR/inspect.html)")
     inspect.add_argument("--examples", type=int, default=20, help="random examples on the page (default 20)")
-    inspect.add_argument("--seed", type=int, default=0)
+    inspect.add_argument("--seed", type=int, default=0, help="picks the random examples")
     return parser
 
 
@@ -169,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parses `argv` (default sys.argv[1:]), converts, returns the exit code."""
     args = build_parser().parse_args(argv)
     part = parse_part(args)
+    quiet.import_tensorflow(args.verbose)
     # Imported here so `--help` and usage errors do not wait for TensorFlow.
     from tfrecords_tools import merge
 

@@ -15,6 +15,7 @@ import glob
 import json
 import os
 import stat
+import sys
 from typing import Mapping
 
 from caption_app import io_utils
@@ -148,6 +149,8 @@ def merge_parts(out_dir: str | os.PathLike, *, keep_parts: bool = False, verbose
         layout.swap_in(stage, out_dir, split_names)
     if verbose:
         print(report.format_summary(manifest, out_dir))
+    for warning in report.empty_split_warnings(manifest):
+        print(warning, file=sys.stderr)
     if not keep_parts:
         for index in range(count):
             layout.remove_own(layout.part_dir(out_dir, index, count))

@@ -88,6 +88,34 @@ class CaptionCap:
                 "captions_dropped": self.captions_dropped, "examples": list(self.examples)}
 
 
+def empty_split_warnings(manifest: Mapping) -> list[str]:
+    """A warning line for each of val and test that the conversion left empty, saying what
+    that means and what to change for this source."""
+    splits, info = manifest["splits"], manifest.get("source_info") or {}
+    total = sum(s["num_images"] for s in splits.values())
+    effects = {"val": "training reports no validation perplexity",
+               "test": "`evaluate --split test` has nothing to score"}
+    lines = []
+    for split, effect in effects.items():
+        if split in splits and splits[split]["num_images"]:
+            continue
+        source = manifest["source"]
+        if source in ("jsonl", "csv"):
+            key = info.get("keys", {}).get("split", "split")
+            fraction = info.get("hash_split", {}).get(split)
+            hint = (f"records without a '{key}' field go to {split} by hash with --{split}-fraction {fraction:g}, "
+                    f"which gave none of {total} images: raise --{split}-fraction (e.g. 0.2) or mark some "
+                    f"records '{key}': '{split}'")
+        elif source == "flickr30k":
+            hint = f"the hash split gave none of {total} images: raise --{split}-fraction (e.g. 0.2)"
+        elif source == "shapes":
+            hint = f"generate some with --num-{split}"
+        else:
+            hint = f"the {source} source assigned no image to {split}; check its split lists or files"
+        lines.append(f"warning: the {split} split is empty (0 of {total} images), so {effect}; {hint}")
+    return lines
+
+
 def format_summary(manifest: Mapping, out_dir: str | os.PathLike) -> str:
     """The human-readable summary of a written manifest."""
     lines = [f"Wrote {manifest['source']} to {os.fspath(out_dir)}"]

@@ -36,6 +36,7 @@ import dataclasses
 import functools
 import math
 import os
+import sys
 from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import tqdm
@@ -183,6 +184,8 @@ def write_dataset(
         layout.swap_in(stage, out_dir, split_names)
     if verbose:
         print(report.format_summary(manifest, out_dir))
+    for warning in report.empty_split_warnings(manifest):
+        print(warning, file=sys.stderr)
     return manifest
 
 
