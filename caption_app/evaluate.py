@@ -12,6 +12,7 @@ import time
 
 import tensorflow as tf
 
+from caption_app import io_utils
 from caption_app import metrics as metrics_lib
 from caption_app import run_dir as run_dir_lib
 from caption_app.io_utils import write_json_atomic as write_json
@@ -83,7 +84,7 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
     json_path = json_path or os.path.join(run_dir, METRICS_FILE)
     write_json(json_path, result)
     details_dir = os.path.join(run_dir, "eval")
-    os.makedirs(details_dir, exist_ok=True)
+    io_utils.makedirs(details_dir)
     details = os.path.join(details_dir, f"{split}-{os.path.basename(checkpoint)}.json")
     write_json(details, {"checkpoint": checkpoint, "split": split, "metrics": result, "notes": notes,
                           "beam_size": settings.beam_size, "max_length": settings.max_length,

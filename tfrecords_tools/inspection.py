@@ -154,5 +154,4 @@ def _write_html(path: str, manifest: manifest_lib.Manifest, report: dict, sample
 {''.join(rows)}
 </body></html>
 """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    io_utils.write_text_atomic(path, page)
+    io_utils.write_text_atomic(path, page)  # the folder is created if missing

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 import struct
 from typing import Mapping
@@ -84,8 +83,8 @@ def count_records(path: str) -> int:
     Raises:
       ManifestError: the file ends inside a record (truncated).
     """
-    size, count, offset = os.path.getsize(path), 0, 0
-    with open(path, "rb") as f:
+    size, count, offset = io_utils.getsize(path), 0, 0
+    with io_utils.open(path, "rb") as f:
         while offset < size:
             header = f.read(12)  # uint64 length, uint32 masked CRC of the length
             if len(header) < 12:
@@ -113,13 +112,12 @@ def load(data_dir: str, *, check_shards: bool = True) -> Manifest:
         with the shards, or a truncated shard (each says re-convert).
     """
     path = os.path.join(data_dir, MANIFEST)
-    if not os.path.exists(path):
+    if not io_utils.exists(path):
         raise FileNotFoundError(
             f"{path} does not exist: {data_dir} is not a finished conversion "
             "(convert with `python -m tfrecords_tools ... --out DIR`)")
     try:
-        with open(path) as f:
-            raw = json.load(f)
+        raw = io_utils.read_json(path)
     except ValueError as err:
         raise ManifestError(f"{path} is not valid JSON ({err}); {_RECONVERT}") from None
     if not isinstance(raw, dict):
@@ -163,7 +161,7 @@ def load(data_dir: str, *, check_shards: bool = True) -> Manifest:
         records = 0
         for f in info.files:
             shard = os.path.join(data_dir, f)
-            if not os.path.isfile(shard):
+            if not io_utils.isfile(shard):
                 raise FileNotFoundError(f"{path} lists shard {f}, which is missing; {_RECONVERT}")
             if check_shards:
                 records += count_records(shard)
