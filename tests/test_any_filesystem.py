@@ -13,10 +13,12 @@ import json
 import os
 import uuid
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
 from caption_app import io_utils
+from tests.conftest import encode_image, read_records
 
 
 def _root() -> str:
@@ -54,6 +56,38 @@ def test_atomic_writers_and_helpers_on_ram(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []  # nothing local, no folder named `ram:`
 
 
+def test_jsonl_from_ram_in_parts_merged_and_inspected_on_ram(tmp_path, monkeypatch):
+    """Inputs on a URL too (the JSONL file and its images), a two-part conversion merged there."""
+    from tfrecords_tools.__main__ import main as tfrecords_main
+
+    monkeypatch.chdir(tmp_path)
+    root = _root()
+    lines = []
+    for i in range(8):
+        pixels = np.full((8, 8, 3), 30 * i, np.uint8)
+        with tf.io.gfile.GFile(f"{root}/in/imgs/{i}.png", "wb") as f:
+            f.write(encode_image(pixels, "PNG"))
+        lines.append(json.dumps({"image": f"imgs/{i}.png", "caption": f"a grey square number {i}", "split": "train"}))
+    lines.append(json.dumps({"image": "imgs/missing.png", "caption": "gone", "split": "train"}))
+    lines.append(json.dumps({"image": "imgs", "caption": "a folder", "split": "train"}))
+    io_utils.write_text_atomic(f"{root}/in/data.jsonl", "\n".join(lines) + "\n")
+    out = f"{root}/out"
+    for index in range(2):
+        assert tfrecords_main(["jsonl", "--file", f"{root}/in/data.jsonl", "--out", out, "--min-word-count", "1",
+                               "--no-progress", "--num-parts", "2", "--part-index", str(index)]) == 0
+        assert io_utils.isfile(f"{out}/parts/part-{index:05d}-of-00002/part.json")
+    assert tfrecords_main(["merge", "--out", out]) == 0
+    assert sorted(r["image_id"] for r in read_records(out, "train")) == [f"imgs/{i}.png" for i in range(8)]
+    manifest = io_utils.read_json(f"{out}/manifest.json")
+    assert {r: v["examples"] for r, v in manifest["skipped"].items()} == {"missing": ["imgs/missing.png"],
+                                                                         "unreadable": ["imgs"]}  # a folder
+    assert manifest["source_info"]["file"] == f"{root}/in/data.jsonl"
+    assert not io_utils.exists(f"{out}/parts")  # merged parts are deleted
+    assert tfrecords_main(["inspect", out]) == 0
+    assert "<html" in io_utils.read_bytes(f"{out}/inspect.html").decode()
+    assert os.listdir(tmp_path) == []  # nothing local, no folder named `ram:`
+
+
 @pytest.mark.slow
 def test_convert_train_evaluate_caption_export_on_ram(tmp_path, monkeypatch, capsys):
     from caption_app.__main__ import main as caption_main
@@ -70,10 +104,14 @@ def test_convert_train_evaluate_caption_export_on_ram(tmp_path, monkeypatch, cap
     assert tf.io.gfile.glob(f"{data}/train-*.tfrecord")
     assert not [n for n in io_utils.listdir(data) if n.startswith(".")]  # the staging dir is gone
 
+    # The frozen-backbone phase from the feature cache, so RUN/feature_cache is on ram:// too.
     assert caption_main(["train", "--config", "tiny", "--data", data, "--run-dir", run, "--quiet",
-                         "--set", "train.epochs=1"]) == 0
+                         "--set", "train.epochs=1", "--set", "train.freeze_backbone=true",
+                         "--set", "train.feature_cache=true"]) == 0
     err = capsys.readouterr().err
     assert f"{run} is not on a local file system, so it is not locked" in err
+    [cache] = io_utils.listdir(f"{run}/feature_cache")
+    assert io_utils.read_json(f"{run}/feature_cache/{cache}/cache.json")["splits"]["train"]["num_images"] == 12
     for name in ("config.json", "fingerprint.json", "vocab.txt", "manifest.json", "tensor_sizes.json",
                  "state.json", "checkpoints", "logs"):
         assert tf.io.gfile.exists(f"{run}/{name}"), name
