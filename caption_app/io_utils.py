@@ -17,6 +17,7 @@ still complete before the final name exists).
 from __future__ import annotations
 
 import builtins
+import functools
 import glob as glob_lib
 import json
 import os
@@ -25,13 +26,36 @@ import shutil
 import tempfile
 import uuid
 
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _URL_ROOT = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/{0,2}$")  # os.path.dirname("ram://x") is "ram:"
 
 
+# Schemes TensorFlow itself does not serve (since 2.6): tensorflow-io's plugins register them on import.
+_PLUGIN_SCHEMES = frozenset({"s3", "hdfs", "viewfs", "har", "az", "http", "https"})
+
+
 def is_remote(path: str | os.PathLike) -> bool:
-    """Whether `path` is a file system URL (`gs://...`), served by tf.io.gfile, rather than a local path."""
-    return bool(_URL.match(os.fspath(path)))
+    """Whether `path` is a file system URL (`gs://...`), served by tf.io.gfile, rather than a local path.
+
+    The first s3://, hdfs://, az:// ... URL loads tensorflow-io's file system plugins.
+
+    Raises:
+      OSError: such a URL while tensorflow-io is not installed (what to install).
+    """
+    match = _URL.match(os.fspath(path))
+    if match and match.group(1).lower() in _PLUGIN_SCHEMES:
+        _load_plugins(match.group(1).lower())
+    return bool(match)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_plugins(scheme: str) -> None:
+    try:
+        import tensorflow_io  # noqa: F401 (registers s3, hdfs, az, http with TensorFlow)
+    except ImportError:
+        raise OSError(f"{scheme}:// paths need tensorflow-io's file system plugins, which are not installed: "
+                      "pip install tensorflow-io (a release built for your TensorFlow version), or use a "
+                      "local path or gs://") from None
 
 
 def _gfile():

@@ -26,9 +26,19 @@ def _root() -> str:
 
 
 def test_is_remote():
-    assert io_utils.is_remote("gs://bucket/run") and io_utils.is_remote("ram://x") and io_utils.is_remote("s3://b")
+    assert io_utils.is_remote("gs://bucket/run") and io_utils.is_remote("ram://x")
     assert not io_utils.is_remote("runs/coco") and not io_utils.is_remote("/tmp/gs:/x")
     assert io_utils.abspath("gs://bucket/run") == "gs://bucket/run"  # os.path.abspath gives CWD/gs:/bucket/run
+
+
+def test_s3_without_tensorflow_io_says_what_to_install():
+    try:
+        import tensorflow_io  # noqa: F401
+    except ImportError:
+        with pytest.raises(OSError, match=r"s3:// paths need tensorflow-io's file system plugins.*pip install"):
+            io_utils.exists("s3://bucket/data")
+    else:
+        assert io_utils.is_remote("s3://bucket/data")  # the plugins registered s3
 
 
 def test_atomic_writers_and_helpers_on_ram(tmp_path, monkeypatch):
