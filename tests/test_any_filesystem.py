@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 from caption_app import io_utils
+from caption_app.data import manifest as manifest_lib
 from tests.conftest import encode_image, read_records
 
 
@@ -95,6 +96,16 @@ def test_jsonl_from_ram_in_parts_merged_and_inspected_on_ram(tmp_path, monkeypat
     assert not io_utils.exists(f"{out}/parts")  # merged parts are deleted
     assert tfrecords_main(["inspect", out]) == 0
     assert "<html" in io_utils.read_bytes(f"{out}/inspect.html").decode()
+    # On a URL shards are checked to exist, not counted record by record (a request per record).
+    shard = manifest["splits"]["train"]["files"][0]
+    with tf.io.gfile.GFile(f"{out}/{shard}", "rb") as f:
+        data = f.read()
+    with tf.io.gfile.GFile(f"{out}/{shard}", "wb") as f:
+        f.write(data[:-5])  # truncated: found when training reads it
+    assert manifest_lib.load(out).split("train").num_images == 8
+    tf.io.gfile.remove(f"{out}/{shard}")
+    with pytest.raises(FileNotFoundError, match=f"lists shard {shard}, which is missing"):
+        manifest_lib.load(out)
     assert os.listdir(tmp_path) == []  # nothing local, no folder named `ram:`
 
 
