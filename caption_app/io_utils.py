@@ -153,7 +153,10 @@ def mkdtemp(prefix: str, dir: str) -> str:
 
 def remove(path: str | os.PathLike) -> None:
     path = os.fspath(path)
-    _gfile().remove(path) if is_remote(path) else os.remove(path)
+    if is_remote(path):
+        _gfile().remove(path)
+    else:
+        os.remove(path)
 
 
 def rmdir(path: str | os.PathLike) -> None:
