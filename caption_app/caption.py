@@ -1,6 +1,7 @@
 """caption_files(run_dir, paths): beam-search captions for image files.
 
-Accepts files, folders (their images, sorted) and globs. Every problem is
+Accepts files, folders (their images, sorted) and globs, local or on any
+TensorFlow file system (gs://...: caption_app/io_utils.py). Every problem is
 reported in plain words in its own result's "error" and does not stop the
 others: a path that does not exist, a folder without images, a pattern that
 matches nothing, a symlink loop, something that is not a regular file, an
@@ -13,12 +14,12 @@ decoded at all: caption_app/data/image_bytes.py, the decoder the export's
 from __future__ import annotations
 
 import errno
-import glob
 import os
 import stat
 
 import tensorflow as tf
 
+from caption_app import io_utils
 from caption_app import run_dir as run_dir_lib
 from caption_app.data import image_bytes
 from caption_app.model.show_and_tell import Captioner
@@ -35,19 +36,19 @@ def expand_paths(patterns: list[str]) -> list[tuple[str, str | None]]:
     """
     found: list[tuple[str, str | None]] = []
     for pattern in patterns:
-        if os.path.isdir(pattern):
+        if io_utils.isdir(pattern):
             try:
-                names = sorted(f for f in os.listdir(pattern) if f.lower().endswith(IMAGE_EXTENSIONS))
+                names = sorted(f for f in io_utils.listdir(pattern) if f.lower().endswith(IMAGE_EXTENSIONS))
             except OSError as err:
                 found.append((pattern, f"cannot list this folder: {_plain(err)}"))
                 continue
             if not names:
                 found.append((pattern, f"no images in this folder (looked for {', '.join(IMAGE_EXTENSIONS)})"))
             found += [(os.path.join(pattern, name), None) for name in names]
-        elif os.path.lexists(pattern):  # a file, or a link that may not resolve (reported when read)
+        elif io_utils.lexists(pattern):  # a file, or a link that may not resolve (reported when read)
             found.append((pattern, None))
         elif any(c in pattern for c in _GLOB_CHARS):
-            files = [m for m in sorted(glob.glob(pattern)) if not os.path.isdir(m)]
+            files = [m for m in sorted(io_utils.glob(pattern)) if not io_utils.isdir(m)]
             if not files:
                 found.append((pattern, "no file matches this pattern"))
             found += [(m, None) for m in files]
@@ -65,6 +66,13 @@ def _plain(err: OSError) -> str:
 
 def read_image_file(path: str) -> bytes:
     """The bytes of a regular file; OSError with a plain reason otherwise (never blocks on a FIFO)."""
+    if io_utils.is_remote(path):  # tf.io.gfile: no symlinks or FIFOs there
+        if io_utils.isdir(path):
+            raise OSError(errno.EISDIR, "a folder")
+        try:
+            return io_utils.read_bytes(path)
+        except tf.errors.OpError as err:
+            raise OSError(errno.EIO, (err.message or type(err).__name__).strip().splitlines()[0]) from None
     try:
         info = os.stat(path)
     except OSError as err:

@@ -13,6 +13,7 @@ import os
 import typing
 from typing import Any, Callable
 
+from caption_app import io_utils
 from caption_app.decoding import DecodeSettings
 
 
@@ -326,10 +327,8 @@ def _from_dict(cls, d: dict, where: str):
 
 
 def save(config: Config, path: str) -> None:
-    with open(path, "w") as f:
-        f.write(config.to_json() + "\n")
+    io_utils.write_text_atomic(path, config.to_json() + "\n")
 
 
 def load(path: str) -> Config:
-    with open(path) as f:
-        return Config.from_dict(json.load(f))
+    return Config.from_dict(io_utils.read_json(path))

@@ -19,6 +19,7 @@ import time
 import tensorflow as tf
 
 from caption_app import eval_report
+from caption_app import io_utils
 from caption_app import metrics as metrics_lib
 from caption_app import run_dir as run_dir_lib
 from caption_app.data.image_bytes import DEFAULT_MAX_IMAGE_PIXELS
@@ -103,7 +104,7 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
     json_path = json_path or os.path.join(run_dir, METRICS_FILE)
     write_json(json_path, result)
     details_dir = os.path.join(run_dir, "eval")
-    os.makedirs(details_dir, exist_ok=True)
+    io_utils.makedirs(details_dir)
     details = os.path.join(details_dir, f"{split}-{os.path.basename(checkpoint)}.json")
     cider = caption_scores.per_image_cider
     content = {"checkpoint": checkpoint, "split": split, "metrics": result, "notes": notes,

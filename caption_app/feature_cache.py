@@ -33,13 +33,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from caption_app import io_utils
 from caption_app import run_dir as run_dir_lib
 from caption_app.config import Config
 from caption_app.io_utils import write_json_atomic as write_json
@@ -93,7 +93,7 @@ def cache_key(ctx: run_dir_lib.RunContext) -> dict:
     data = hashlib.sha1(json.dumps(manifest.raw, sort_keys=True).encode())
     for split in SPLITS:
         for path in manifest.files(split):
-            data.update(f"{os.path.basename(path)}:{os.path.getsize(path)}".encode())
+            data.update(f"{os.path.basename(path)}:{io_utils.getsize(path)}".encode())
     return {
         "format_version": FORMAT_VERSION,
         "backbone": config.model.backbone,
@@ -119,20 +119,20 @@ def ensure_cache(ctx: run_dir_lib.RunContext, *, batch_size: int | None = None, 
     key = cache_key(ctx)
     root = os.path.join(ctx.run_dir, CACHE_DIR)
     path = os.path.join(root, _digest(key))
-    if os.path.exists(os.path.join(path, CACHE_FILE)):
+    if io_utils.exists(os.path.join(path, CACHE_FILE)):
         if verbose:
             print(f"feature cache: using {path}", flush=True)
         return path
-    if os.path.isdir(root):
-        for stale in sorted(os.listdir(root)):
+    if io_utils.isdir(root):
+        for stale in sorted(io_utils.listdir(root)):
             if verbose:
                 print(f"feature cache: removing {os.path.join(root, stale)} (other data or backbone weights, "
                       "or an unfinished build)", flush=True)
-            shutil.rmtree(os.path.join(root, stale), ignore_errors=True)
-    os.makedirs(root, exist_ok=True)
+            io_utils.rmtree(os.path.join(root, stale))
+    io_utils.makedirs(root)
     tmp = path + f".tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    io_utils.rmtree(tmp)
+    io_utils.makedirs(tmp, exist_ok=False)
     try:
         began = time.time()
         extractor = backbone_extractor(ctx.model)
@@ -167,16 +167,15 @@ def ensure_cache(ctx: run_dir_lib.RunContext, *, batch_size: int | None = None, 
                 print(f"feature cache: {split} {count} images in {time.time() - began:.1f}s", flush=True)
         info["seconds"] = time.time() - began
         write_json(os.path.join(tmp, CACHE_FILE), info)
-        os.replace(tmp, path)
+        io_utils.replace(tmp, path, last=(CACHE_FILE,))
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        io_utils.rmtree(tmp)
         raise
     return path
 
 
 def load_info(cache_dir: str) -> dict:
-    with open(os.path.join(cache_dir, CACHE_FILE)) as f:
-        return json.load(f)
+    return io_utils.read_json(os.path.join(cache_dir, CACHE_FILE))
 
 
 def make_cached_dataset(ctx: run_dir_lib.RunContext, cache_dir: str, split: str, *, training: bool,

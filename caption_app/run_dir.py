@@ -36,10 +36,8 @@ import contextlib
 import dataclasses
 import glob
 import hashlib
-import json
 import os
 import re
-import shutil
 import sys
 from typing import Callable
 
@@ -48,6 +46,7 @@ import tensorflow as tf
 
 from caption_app import budget as budget_lib
 from caption_app import config as config_lib
+from caption_app import io_utils
 from caption_app.config import Config
 from caption_app.io_utils import write_json_atomic as write_json
 from caption_app.data import manifest as manifest_lib
@@ -95,12 +94,12 @@ def check_run_dir(run_dir: str) -> None:
     Called before anything is written, so a user's folder (its config.json,
     manifest.json or vocab.txt) is never overwritten by mistake.
     """
-    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+    if io_utils.exists(run_dir) and not io_utils.isdir(run_dir):
         raise NotARunDir(f"--run-dir {run_dir} is a file, not a directory; give a new path (created) or an "
                          "existing run dir")
-    if not os.path.isdir(run_dir):
+    if not io_utils.isdir(run_dir):
         return
-    entries = sorted(os.listdir(run_dir))
+    entries = sorted(io_utils.listdir(run_dir))
     if not entries or FINGERPRINT in entries or set(entries) <= _PRE_FINGERPRINT_ENTRIES:
         return
     shown = ", ".join(entries[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "")
@@ -166,8 +165,8 @@ def checkpoint_paths(directory: str) -> list[str]:
         # get_checkpoint_state has joined relative entries to `directory` already (joining again broke
         # relative run dirs: runs/x/checkpoints/runs/x/checkpoints/ckpt-1).
         paths = [p for p in listed if p]
-    if not paths and os.path.isdir(directory):
-        for name in os.listdir(directory):
+    if not paths and io_utils.isdir(directory):
+        for name in io_utils.listdir(directory):
             match = re.match(r"^(.*-\d+)\.(index|data-\d+-of-\d+)$", name)
             if match:
                 paths.append(os.path.join(directory, match.group(1)))
@@ -183,7 +182,9 @@ def checkpoint_damage(path: str) -> str | None:
     if not tf.io.gfile.glob(glob.escape(path) + ".data-*"):
         return f"its data file {name}.data-* is missing"
     try:
-        reader = tf.train.load_checkpoint(path)
+        # The reader of this very prefix: tf.train.load_checkpoint first asks whether `path` is a folder,
+        # which some file systems (TensorFlow's ram://) answer yes for any prefix of a file name.
+        reader = tf.compat.v1.train.NewCheckpointReader(path)
         for key in reader.get_variable_to_shape_map():
             reader.get_tensor(key)
     except Exception as err:  # OpError, or e.g. IndexError "Read less bytes than requested"
@@ -233,9 +234,8 @@ def check_compatible(run_dir: str, new: dict) -> None:
     Reads only; call it before writing anything into the run dir.
     """
     path = os.path.join(run_dir, FINGERPRINT)
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
+    if io_utils.exists(path):
+        old = io_utils.read_json(path)
         if old != new:
             diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
             vocab_hint = ""
@@ -257,12 +257,12 @@ def check_compatible(run_dir: str, new: dict) -> None:
 def prepare(run_dir: str, config: Config, manifest: manifest_lib.Manifest, vocab: Vocabulary,
             sizes: TensorSizes) -> None:
     """Writes the run dir's description (after check_compatible passed)."""
-    os.makedirs(run_dir, exist_ok=True)
+    io_utils.makedirs(run_dir)
     _write_json(os.path.join(run_dir, FINGERPRINT), fingerprint(config, vocab, sizes))
     config_lib.save(config, os.path.join(run_dir, CONFIG))
-    shutil.copyfile(manifest.vocab_path, os.path.join(run_dir, VOCAB))
+    io_utils.copyfile(manifest.vocab_path, os.path.join(run_dir, VOCAB))
     _write_json(os.path.join(run_dir, manifest_lib.MANIFEST),
-                {**manifest.raw, "data_dir": os.path.abspath(manifest.data_dir)})
+                {**manifest.raw, "data_dir": io_utils.abspath(manifest.data_dir)})
     _write_json(os.path.join(run_dir, TENSOR_SIZES), {"image_size": sizes.image_size,
                                                 "num_captions": sizes.num_captions,
                                                 "caption_length": sizes.caption_length})
@@ -279,15 +279,14 @@ def write_state(run_dir: str, epochs_done: int, total_epochs: int, finished: boo
 
 def read_state(run_dir: str) -> dict:
     path = os.path.join(run_dir, STATE)
-    if not os.path.exists(path):
+    if not io_utils.exists(path):
         return {"epochs_done": 0, "total_epochs": None, "finished": False}
-    with open(path) as f:
-        return json.load(f)
+    return io_utils.read_json(path)
 
 
 def load_config(run_dir: str) -> Config:
     path = os.path.join(run_dir, CONFIG)
-    if not os.path.exists(path):
+    if not io_utils.exists(path):
         raise FileNotFoundError(f"{run_dir} is not a run dir (no {CONFIG}); train into it first")
     return config_lib.load(path)
 
@@ -295,21 +294,19 @@ def load_config(run_dir: str) -> Config:
 def load_tensor_sizes(run_dir: str) -> TensorSizes:
     """RUN/tensor_sizes.json, or RUN/shapes.json in a run dir written before the rename."""
     path = os.path.join(run_dir, TENSOR_SIZES)
-    if not os.path.exists(path) and os.path.exists(os.path.join(run_dir, OLD_TENSOR_SIZES)):
+    if not io_utils.exists(path) and io_utils.exists(os.path.join(run_dir, OLD_TENSOR_SIZES)):
         path = os.path.join(run_dir, OLD_TENSOR_SIZES)
-    with open(path) as f:
-        return TensorSizes(**json.load(f))
+    return TensorSizes(**io_utils.read_json(path))
 
 
 def load_manifest(run_dir: str, data_dir: str | None = None) -> manifest_lib.Manifest:
     """The manifest of the data the run trained on (or of `data_dir`)."""
     if data_dir is None:
         path = os.path.join(run_dir, manifest_lib.MANIFEST)
-        if not os.path.exists(path):  # an imported run (caption_app/im2txt_import.py) was trained elsewhere
+        if not io_utils.exists(path):  # an imported run (caption_app/im2txt_import.py) was trained elsewhere
             raise FileNotFoundError(f"{run_dir} has no {manifest_lib.MANIFEST} (it was not trained here); "
                                     "pass the data dir with --data")
-        with open(path) as f:
-            data_dir = json.load(f)["data_dir"]
+        data_dir = io_utils.read_json(path)["data_dir"]
     return manifest_lib.load(data_dir)
 
 
@@ -324,10 +321,9 @@ def load_vocab(run_dir: str) -> Vocabulary:
 def check_vocab(run_dir: str, vocab: Vocabulary, path: str) -> None:
     """Raises VocabularyMismatch when `vocab` (read from `path`) is not the run's trained vocabulary."""
     fp_path = os.path.join(run_dir, FINGERPRINT)
-    if not os.path.exists(fp_path):
+    if not io_utils.exists(fp_path):
         return
-    with open(fp_path) as f:
-        expected = json.load(f).get("vocab_sha1")
+    expected = io_utils.read_json(fp_path).get("vocab_sha1")
     if expected and vocab_sha1(vocab) != expected:
         raise VocabularyMismatch(
             f"{path} is not the vocabulary run dir {run_dir} was trained with (its hash {vocab_sha1(vocab)} "
@@ -566,12 +562,12 @@ class RunContext:
         check_compatible(run_dir, fingerprint(config, vocab, sizes))
         if write_description or lock:
             check_run_dir(run_dir)  # and only into run dirs (or new, empty ones)
-        if os.path.exists(os.path.join(run_dir, VOCAB)):
+        if io_utils.exists(os.path.join(run_dir, VOCAB)):
             check_vocab(run_dir, Vocabulary.load(os.path.join(run_dir, VOCAB)), os.path.join(run_dir, VOCAB))
         has_saved = has_checkpoint(run_dir) or (resume_backup and has_backup(run_dir))
         lock_held = None
         if lock:
-            os.makedirs(run_dir, exist_ok=True)
+            io_utils.makedirs(run_dir)
             lock_held = RunDirLock(run_dir, lock).acquire()
         try:
             if write_description:

@@ -43,11 +43,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shutil
-import tempfile
 
 import tensorflow as tf
 
+from caption_app import io_utils
 from caption_app import run_dir as run_dir_lib
 from caption_app.config import Config
 from caption_app.io_utils import write_json_atomic as write_json
@@ -176,10 +175,10 @@ def _on_nonempty_batch(fn, images):
 
 def existing_versions(model_dir: str) -> list[int]:
     """The integer-named version dirs under `model_dir` (what TF Serving would load), ascending."""
-    if not os.path.isdir(model_dir):
+    if not io_utils.isdir(model_dir):
         return []
-    return sorted(int(d) for d in os.listdir(model_dir)
-                  if _VERSION_DIR.match(d) and os.path.isdir(os.path.join(model_dir, d)))
+    return sorted(int(d) for d in io_utils.listdir(model_dir)
+                  if _VERSION_DIR.match(d) and io_utils.isdir(os.path.join(model_dir, d)))
 
 
 def export_config(config: Config, sizes: TensorSizes, vocab: Vocabulary, settings: DecodeSettings, *,
@@ -198,8 +197,8 @@ def export_config(config: Config, sizes: TensorSizes, vocab: Vocabulary, setting
         "decode": dataclasses.asdict(settings),
         "max_image_pixels": max_image_pixels,
         "signatures": list(SIGNATURES),
-        "run_dir": os.path.abspath(run_dir),
-        "checkpoint": os.path.abspath(checkpoint),
+        "run_dir": io_utils.abspath(run_dir),
+        "checkpoint": io_utils.abspath(checkpoint),
         "tensorflow_version": tf.__version__,
         "config": config.to_dict(),
     }
@@ -213,7 +212,9 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
 
     The SavedModel is written into a hidden temporary dir beside the version
     dirs and renamed into place last, so TF Serving (which loads any
-    integer-named dir) never sees a half-written version.
+    integer-named dir) never sees a half-written version. On an object store
+    (`gs://`, `s3://`: caption_app/io_utils.py) a rename is per file, so the
+    version dir fills up file by file with `saved_model.pb` last.
 
     Args:
       run_dir: a trained run dir.
@@ -257,15 +258,15 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
     version = _check_version(model_dir, version)
 
     model, config, vocab, sizes, checkpoint = run_dir_lib.load_model(run_dir, checkpoint)
-    os.makedirs(model_dir, exist_ok=True)
+    io_utils.makedirs(model_dir)
     captioner = Captioner(model)
     units = captioner.decoder.lstm_units
-    staging = tempfile.mkdtemp(prefix=f".export-{version}-", dir=model_dir)  # not an integer: TF Serving skips it
+    staging = io_utils.mkdtemp(prefix=f".export-{version}-", dir=model_dir)  # not an integer: TF Serving skips it
     try:
         files = os.path.join(staging, "files")
-        os.makedirs(files)
+        io_utils.makedirs(files, exist_ok=False)
         vocab_file = os.path.join(files, VOCAB_ASSET)
-        shutil.copyfile(os.path.join(run_dir, run_dir_lib.VOCAB), vocab_file)
+        io_utils.copyfile(os.path.join(run_dir, run_dir_lib.VOCAB), vocab_file)
         config_file = os.path.join(files, CONFIG_ASSET)
         write_json(config_file, export_config(config, sizes, vocab, settings, run_dir=run_dir, checkpoint=checkpoint,
                                               units=units, max_image_pixels=max_image_pixels), sort_keys=True)
@@ -279,9 +280,10 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
         _make_readable(saved)
         final = os.path.join(model_dir, str(version))
         _check_version(model_dir, version)  # another export may have taken it meanwhile
-        os.rename(saved, final)
+        # Locally one rename; on an object store file by file, saved_model.pb last.
+        io_utils.replace(saved, final, last=(tf.saved_model.SAVED_MODEL_FILENAME_PB,))
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        io_utils.rmtree(staging)
     return final
 
 
@@ -289,7 +291,7 @@ def _check_version(model_dir: str, version: int | None) -> int:
     existing = existing_versions(model_dir)
     if version is None:
         return max(existing, default=0) + 1
-    if version in existing or os.path.exists(os.path.join(model_dir, str(version))):
+    if version in existing or io_utils.exists(os.path.join(model_dir, str(version))):
         raise ExportError(f"{os.path.join(model_dir, str(version))} already exists; an export never overwrites "
                           f"a version (existing: {', '.join(map(str, existing))}). Leave out --version to get "
                           f"the next free one ({max(existing, default=0) + 1}), or pick another --out/--name.")
@@ -298,6 +300,8 @@ def _check_version(model_dir: str, version: int | None) -> int:
 
 def _make_readable(path: str) -> None:
     """mkdtemp makes 0700 dirs; TF Serving often runs as another user (e.g. in Docker)."""
+    if io_utils.is_remote(path):  # an object store's permissions are the bucket's
+        return
     for root, dirs, names in os.walk(path):
         os.chmod(root, 0o755)
         for n in names:

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+from caption_app import io_utils
 from caption_app.data.vocabulary import END_ID, START_ID
 
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -67,7 +68,7 @@ def requests(model_name: str, lstm_units: int, state_sizes: dict[str, int] | Non
 def write(saved_model_dir: str, logs: list[prediction_log_pb2.PredictionLog]) -> str:
     """Writes `saved_model_dir/assets.extra/tf_serving_warmup_requests`; returns its path."""
     extra = os.path.join(saved_model_dir, "assets.extra")
-    os.makedirs(extra, exist_ok=True)
+    io_utils.makedirs(extra)
     path = os.path.join(extra, WARMUP_FILE)
     with tf.io.TFRecordWriter(path) as writer:
         for log in logs:

@@ -18,10 +18,10 @@ Argument parsing only; the work is in one module per source, in
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Sequence
 
+from caption_app import io_utils
 # None of these loads TensorFlow (see source_api): --help and usage errors stay instant.
 from caption_app import cli, quiet
 from tfrecords_tools import coco, flickr8k, flickr30k, jsonl_csv, karpathy, shapes, source_api, tfds_source
@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if part is None:
-        print(f"Data dir ready: {os.path.abspath(args.out)} (manifest.json, vocab.txt, shards)")
+        print(f"Data dir ready: {io_utils.abspath(args.out)} (manifest.json, vocab.txt, shards)")
     return 0
 
 

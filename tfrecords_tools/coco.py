@@ -26,6 +26,7 @@ import os
 import re
 from typing import Sequence
 
+from caption_app import io_utils
 from tfrecords_tools.source_api import ConversionError, Item, image_path, read_text
 
 SCHEMES = ("file", "im2txt")
@@ -98,7 +99,7 @@ def _find(name: str, image_dirs: Sequence[str | os.PathLike]) -> tuple[str, str]
     paths = [(os.fspath(d), image_path(d, name)) for d in image_dirs]
     if paths[0][1] is None:
         return None
-    return next((p for p in paths if os.path.exists(p[1])), paths[0])
+    return next((p for p in paths if io_utils.exists(p[1])), paths[0])
 
 
 def file_split(path: str | os.PathLike) -> str:
@@ -132,7 +133,7 @@ def read_coco(annotation_files: Sequence[str | os.PathLike], image_dirs: Sequenc
     if not image_dirs:
         raise ConversionError("no --images folder given")
     for d in image_dirs:
-        if not os.path.isdir(d):
+        if not io_utils.isdir(d):
             raise ConversionError(f"image folder {d} does not exist (e.g. pass train2014 val2014)")
     if split_scheme not in SCHEMES:
         raise ConversionError(f"unknown split scheme {split_scheme!r}; choose {', '.join(SCHEMES)}")
@@ -152,8 +153,8 @@ def read_coco(annotation_files: Sequence[str | os.PathLike], image_dirs: Sequenc
             skipped[reason].extend(found)
 
     items_by_split: dict[str, list[Item]] = collections.defaultdict(list)
-    info: dict = {"annotations": [os.path.abspath(f) for f in annotation_files],
-                  "images": [os.path.abspath(d) for d in image_dirs], "split_scheme": split_scheme}
+    info: dict = {"annotations": [io_utils.abspath(f) for f in annotation_files],
+                  "images": [io_utils.abspath(d) for d in image_dirs], "split_scheme": split_scheme}
     if split_scheme == "file":
         for name, items in zip(names, read):
             items_by_split[name].extend(items)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+from caption_app import io_utils
 from tfrecords_tools import flickr8k
 from tfrecords_tools.source_api import ConversionError, Item, hash_split, image_path
 
@@ -26,10 +27,10 @@ def read_flickr30k(token_path: str | os.PathLike, images_dir: str | os.PathLike,
                    ) -> tuple[dict[str, list[Item]], dict[str, list[str]]]:
     """Reads the token file into items per split (token-file order); no image is opened."""
     token_path, images_dir = os.fspath(token_path), os.fspath(images_dir)
-    if not os.path.isfile(token_path):
+    if not io_utils.isfile(token_path):
         raise ConversionError(f"token file {token_path} does not exist; pass {TOKEN_FILE} of the "
                                      "Flickr30k release")
-    if not os.path.isdir(images_dir):
+    if not io_utils.isdir(images_dir):
         raise ConversionError(f"image folder {images_dir} does not exist (flickr30k-images)")
     captions, bad_lines = flickr8k.read_token_file(token_path)
     items: dict[str, list[Item]] = {"train": [], "val": [], "test": []}
@@ -53,7 +54,7 @@ def convert_flickr30k(token_path: str | os.PathLike, images_dir: str | os.PathLi
 
     items_by_split, skipped = read_flickr30k(token_path, images_dir, val_fraction=val_fraction,
                                              test_fraction=test_fraction)
-    info = {"token_file": os.path.abspath(token_path), "images": os.path.abspath(images_dir),
+    info = {"token_file": io_utils.abspath(token_path), "images": io_utils.abspath(images_dir),
             "split": f"sha1 hash of the file name: val {val_fraction:.5f}, test {test_fraction:.5f}"}
     return writer.write_dataset(out_dir, items_by_split, source="flickr30k", extra_skipped=skipped,
                                 source_info=info, **writer_kwargs)

@@ -14,6 +14,7 @@ import collections
 import os
 import re
 
+from caption_app import io_utils
 from tfrecords_tools.source_api import ConversionError, Item, image_path, read_text
 
 TOKEN_FILE = "Flickr8k.token.txt"
@@ -45,16 +46,16 @@ def read_flickr8k(images_dir: str | os.PathLike, text_dir: str | os.PathLike
       ConversionError: a folder or one of the text files is missing.
     """
     images_dir, text_dir = os.fspath(images_dir), os.fspath(text_dir)
-    if not os.path.isdir(images_dir):
+    if not io_utils.isdir(images_dir):
         raise ConversionError(
             f"image folder {images_dir} does not exist; pass the folder of the Flickr8k JPEGs "
             "(Flicker8k_Dataset in the release)")
-    if not os.path.isdir(text_dir):
+    if not io_utils.isdir(text_dir):
         raise ConversionError(
             f"text folder {text_dir} does not exist; pass the Flickr8k_text folder, which holds "
             f"{TOKEN_FILE} and {', '.join(SPLIT_FILES.values())}")
     needed = [TOKEN_FILE, *SPLIT_FILES.values()]
-    absent = [f for f in needed if not os.path.isfile(os.path.join(text_dir, f))]
+    absent = [f for f in needed if not io_utils.isfile(os.path.join(text_dir, f))]
     if absent:
         raise ConversionError(
             f"{text_dir} lacks {', '.join(absent)}; pass the Flickr8k_text folder of the release, "
@@ -128,7 +129,7 @@ def convert_flickr8k(images_dir: str | os.PathLike, text_dir: str | os.PathLike,
 
     items_by_split, skipped = read_flickr8k(images_dir, text_dir)
     if source_info is None:
-        source_info = {"images_dir": os.path.abspath(images_dir),
-                       "text_dir": os.path.abspath(text_dir)}
+        source_info = {"images_dir": io_utils.abspath(images_dir),
+                       "text_dir": io_utils.abspath(text_dir)}
     return writer.write_dataset(out_dir, items_by_split, source=source, extra_skipped=skipped,
                                 source_info=source_info, **writer_kwargs)

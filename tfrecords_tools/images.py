@@ -22,6 +22,7 @@ from typing import Mapping
 import numpy as np
 from PIL import Image, ImageOps
 
+from caption_app import io_utils
 from tfrecords_tools import source_api
 from tfrecords_tools.source_api import ConversionError, Item
 
@@ -66,6 +67,8 @@ def read_image_file(item: Item, limits: ReadLimits = ReadLimits()) -> tuple[str 
     in after the check cannot block) and checked again on the open descriptor.
     """
     path = item.path
+    if io_utils.is_remote(path):
+        return _read_url(path, limits)
     try:
         if item.root is not None and not limits.follow_symlinks and not _inside(path, item.root):
             return "unsafe_path", b""
@@ -103,6 +106,22 @@ def read_image_file(item: Item, limits: ReadLimits = ReadLimits()) -> tuple[str 
     if len(data) > limits.max_bytes:  # grew after the check
         return "file_too_large", b""
     return None, data
+
+
+def _read_url(path: str, limits: ReadLimits) -> tuple[str | None, bytes]:
+    """`read_image_file` for a URL (tf.io.gfile: no symlinks, FIFOs or devices there)."""
+    try:
+        if not io_utils.exists(path):
+            return "missing", b""
+        if io_utils.isdir(path):
+            return "unreadable", b""
+        if io_utils.getsize(path) > limits.max_bytes:
+            return "file_too_large", b""
+        with io_utils.open(path, "rb") as f:
+            data = f.read(limits.max_bytes + 1)
+    except Exception:  # tf.errors.OpError: permission denied, a network error
+        return "unreadable", b""
+    return ("file_too_large", b"") if len(data) > limits.max_bytes else (None, data)
 
 
 def _inside(path: str, root: str) -> bool:

@@ -32,6 +32,7 @@ import json
 import os
 from typing import Iterator
 
+from caption_app import io_utils
 from tfrecords_tools.source_api import ConversionError, Item, hash_split, image_path, read_text
 
 FORMATS = ("jsonl", "csv")
@@ -86,10 +87,10 @@ def read_records(path: str | os.PathLike, fmt: str, *, root: str | os.PathLike |
     path = os.fspath(path)
     if fmt not in FORMATS:
         raise ConversionError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
-    if not os.path.exists(path):
+    if not io_utils.exists(path):
         raise ConversionError(f"{path} does not exist")
-    root = os.fspath(root) if root is not None else os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(root):
+    root = os.fspath(root) if root is not None else os.path.dirname(io_utils.abspath(path))
+    if not io_utils.isdir(root):
         raise ConversionError(f"image root {root} does not exist (--root)")
     hash_split("", val_fraction, test_fraction)  # checks the fractions
 
@@ -142,8 +143,8 @@ def convert_records(path: str | os.PathLike, fmt: str, out_dir: str | os.PathLik
     items_by_split, skipped = read_records(path, fmt, root=root, image_key=image_key,
                                            caption_key=caption_key, split_key=split_key,
                                            val_fraction=val_fraction, test_fraction=test_fraction)
-    info = {"file": os.path.abspath(path), "format": fmt,
-            "root": os.path.abspath(root) if root else os.path.dirname(os.path.abspath(path)),
+    info = {"file": io_utils.abspath(path), "format": fmt,
+            "root": io_utils.abspath(root) if root else os.path.dirname(io_utils.abspath(path)),
             "keys": {"image": image_key, "caption": caption_key, "split": split_key},
             "hash_split": {"val": val_fraction, "test": test_fraction}}
     return writer.write_dataset(out_dir, items_by_split, source=fmt, extra_skipped=skipped,

@@ -17,6 +17,7 @@ import collections
 import json
 import os
 
+from caption_app import io_utils
 from tfrecords_tools.source_api import ConversionError, Item, image_path, read_text
 
 SPLITS = {"train": "train", "val": "val", "test": "test"}
@@ -38,7 +39,7 @@ def read_karpathy(json_path: str | os.PathLike, images_dir: str | os.PathLike, *
     json_path, images_dir = os.fspath(json_path), os.fspath(images_dir)
     if restval not in RESTVAL_CHOICES:
         raise ConversionError(f"restval must be one of {RESTVAL_CHOICES}, got {restval!r}")
-    if not os.path.isdir(images_dir):
+    if not io_utils.isdir(images_dir):
         raise ConversionError(f"image folder {images_dir} does not exist")
     try:
         data = json.loads(read_text(json_path))
@@ -82,6 +83,6 @@ def convert_karpathy(json_path: str | os.PathLike, images_dir: str | os.PathLike
     items_by_split, skipped = read_karpathy(json_path, images_dir, restval=restval)
     name = os.path.splitext(os.path.basename(os.fspath(json_path)))[0]  # dataset_coco
     source = source or f"karpathy_{name.removeprefix('dataset_')}"
-    info = {"json": os.path.abspath(json_path), "images": os.path.abspath(images_dir), "restval": restval}
+    info = {"json": io_utils.abspath(json_path), "images": io_utils.abspath(images_dir), "restval": restval}
     return writer.write_dataset(out_dir, items_by_split, source=source, extra_skipped=skipped,
                                 source_info=info, **writer_kwargs)

@@ -13,7 +13,9 @@ manifest or parts; its other files are left alone). The new output is built in
 a hidden staging dir (`staging`) inside OUT (or OUT/parts), on the same file
 system, and moved into place only when complete (`swap_in`, `swap_in_part`):
 a failed conversion leaves the previous data dir as it was. Every file is
-written under a `.tmp` name and renamed when complete.
+written under a `.tmp` name and renamed when complete. OUT may be a URL
+(gs://, s3://, hdfs://): every file operation goes through caption_app/io_utils.py,
+where a folder moves file by file (the manifest and part.json still last).
 """
 
 from __future__ import annotations
@@ -24,12 +26,11 @@ import glob
 import json
 import os
 import re
-import shutil
-import tempfile
 from typing import Iterable, Iterator, Mapping
 
 import tensorflow as tf
 
+from caption_app import io_utils
 from caption_app.data import manifest as manifest_lib
 from caption_app.data import records
 from caption_app.data import vocabulary as vocab_lib
@@ -72,12 +73,12 @@ def _is_own_entry(folder: str, name: str) -> bool:
     path = os.path.join(folder, name)
     if name.startswith((STAGING_PREFIX, _OLD_PREFIX, _TFDS_STAGING)):
         return True
-    if os.path.islink(path):
+    if io_utils.islink(path):
         return False
-    if os.path.isdir(path):
+    if io_utils.isdir(path):
         if name == PARTS_DIR:
             return all(_PART_NAME.match(n) or n.startswith((STAGING_PREFIX, _OLD_PREFIX))
-                       for n in os.listdir(path))
+                       for n in io_utils.listdir(path))
         return name == SHAPES_RAW_DIR and _is_shapes_raw(path)
     return _is_own_file(name)
 
@@ -86,39 +87,39 @@ def _is_shapes_raw(path: str) -> bool:
     """The shapes generator's raw dir: its text files, ground truth and images/shapes_*.jpg only."""
     text = {"Flickr8k.token.txt", "Flickr_8k.trainImages.txt", "Flickr_8k.devImages.txt",
             "Flickr_8k.testImages.txt", "objects.json"}
-    names = set(os.listdir(path))
+    names = set(io_utils.listdir(path))
     if not names <= text | {"images"}:
         return False
     images = os.path.join(path, "images")
-    return not os.path.isdir(images) or all(n.startswith("shapes_") for n in os.listdir(images))
+    return not io_utils.isdir(images) or all(n.startswith("shapes_") for n in io_utils.listdir(images))
 
 
 def is_previous_conversion(out_dir: str) -> bool:
     """Whether `out_dir` holds a converter's manifest.json or parts/."""
     path = os.path.join(out_dir, manifest_lib.MANIFEST)
     try:
-        if not os.path.isfile(path):  # a FIFO named manifest.json must not block us
+        if not io_utils.isfile(path):  # a FIFO named manifest.json must not block us
             raise OSError
-        with open(path, "rb") as f:
+        with io_utils.open(path, "rb") as f:
             manifest = json.loads(f.read(1 << 24))
         if isinstance(manifest, dict) and "splits" in manifest and "format_version" in manifest:
             return True
     except (OSError, ValueError, RecursionError):
         pass
     parts = os.path.join(out_dir, PARTS_DIR)
-    return os.path.isdir(parts) and not os.path.islink(parts) and _is_own_entry(out_dir, PARTS_DIR)
+    return io_utils.isdir(parts) and not io_utils.islink(parts) and _is_own_entry(out_dir, PARTS_DIR)
 
 
 def check_out_dir(out_dir: str | os.PathLike) -> None:
     """Raises ConversionError unless `out_dir` is absent, empty, a previous conversion
     or holds only what a conversion writes (a run that was stopped)."""
     out_dir = os.fspath(out_dir)
-    if not os.path.lexists(out_dir):
+    if not io_utils.lexists(out_dir):
         return
-    if not os.path.isdir(out_dir):
+    if not io_utils.isdir(out_dir):
         raise ConversionError(f"--out {out_dir} is a file, not a folder; pass a new folder or a data dir "
                               "to convert again")
-    names = sorted(os.listdir(out_dir))
+    names = sorted(io_utils.listdir(out_dir))
     if not names or is_previous_conversion(out_dir):
         return
     foreign = [n for n in names if not _is_own_entry(out_dir, n)]
@@ -132,11 +133,11 @@ def check_out_dir(out_dir: str | os.PathLike) -> None:
 
 def check_part_dir(target: str) -> None:
     """Raises ConversionError when an existing part dir holds files a conversion did not write."""
-    if not os.path.lexists(target):
+    if not io_utils.lexists(target):
         return
-    if os.path.islink(target) or not os.path.isdir(target):
+    if io_utils.islink(target) or not io_utils.isdir(target):
         raise ConversionError(f"{target} is not a folder the converter wrote; move it away and run again")
-    foreign = sorted(n for n in os.listdir(target) if not _is_own_file(n))
+    foreign = sorted(n for n in io_utils.listdir(target) if not _is_own_file(n))
     if foreign:
         raise ConversionError(f"{target} holds files the converter did not write ({', '.join(foreign[:NUM_NAMED])}); "
                               "move them away and run again")
@@ -147,16 +148,16 @@ def staging(parent: str, label: str) -> Iterator[str]:
     """A hidden, empty dir inside `parent` to build the new output in (same file
     system, so `swap_in` renames); deleted with whatever is left in it, on failure too.
     Stale staging dirs of the same `label` (left by a killed run) are deleted first."""
-    os.makedirs(parent, exist_ok=True)
+    io_utils.makedirs(parent)
     prefix = f"{STAGING_PREFIX}{label}-"
-    for stale in glob.glob(os.path.join(glob.escape(parent), glob.escape(prefix) + "*")):
-        if os.path.isdir(stale) and not os.path.islink(stale):
-            shutil.rmtree(stale, ignore_errors=True)
-    stage = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    for stale in io_utils.glob(os.path.join(glob.escape(parent), glob.escape(prefix) + "*")):
+        if io_utils.isdir(stale) and not io_utils.islink(stale):
+            io_utils.rmtree(stale)
+    stage = io_utils.mkdtemp(prefix=prefix, dir=parent)
     try:
         yield stage
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        io_utils.rmtree(stage)
 
 
 def swap_in(stage: str, out_dir: str, splits: Iterable[str]) -> None:
@@ -169,38 +170,38 @@ def swap_in(stage: str, out_dir: str, splits: Iterable[str]) -> None:
     manifest_path = os.path.join(out_dir, manifest_lib.MANIFEST)
     vocab_path = vocab_lib.vocab_path(out_dir)
     for path in (manifest_path, manifest_path + ".tmp", vocab_path, vocab_path + ".tmp"):
-        if os.path.lexists(path):
-            os.remove(path)
+        if io_utils.lexists(path):
+            io_utils.remove(path)
     for split in splits:
         pattern = records.shard_pattern(split)
-        for path in glob.glob(os.path.join(glob.escape(out_dir), pattern)) + glob.glob(
+        for path in io_utils.glob(os.path.join(glob.escape(out_dir), pattern)) + io_utils.glob(
                 os.path.join(glob.escape(out_dir), pattern + ".tmp")):
             if is_shard_name(os.path.basename(path).removesuffix(".tmp"), split):
-                os.remove(path)
-    new = sorted(os.listdir(stage), key=lambda n: n == manifest_lib.MANIFEST)  # the manifest last
+                io_utils.remove(path)
+    new = sorted(io_utils.listdir(stage), key=lambda n: n == manifest_lib.MANIFEST)  # the manifest last
     for name in new:
-        os.replace(os.path.join(stage, name), os.path.join(out_dir, name))
+        io_utils.replace(os.path.join(stage, name), os.path.join(out_dir, name))
 
 
 def swap_in_part(stage: str, target: str) -> None:
     """Replaces the part dir `target` (our files only, `check_part_dir`) by `stage`."""
     old = None
-    if os.path.lexists(target):
-        old = tempfile.mkdtemp(prefix=_OLD_PREFIX, dir=os.path.dirname(target))
-        os.replace(target, os.path.join(old, "part"))
-    os.replace(stage, target)
+    if io_utils.lexists(target):
+        old = io_utils.mkdtemp(prefix=_OLD_PREFIX, dir=os.path.dirname(target))
+        io_utils.replace(target, os.path.join(old, "part"))
+    io_utils.replace(stage, target, last=(PART_FILE,))
     if old:
-        shutil.rmtree(old, ignore_errors=True)
+        io_utils.rmtree(old)
 
 
 def remove_own(folder: str) -> None:
     """Deletes the files a conversion writes in `folder`, then `folder` if that emptied it."""
-    for name in os.listdir(folder):
+    for name in io_utils.listdir(folder):
         path = os.path.join(folder, name)
-        if _is_own_file(name) and not os.path.isdir(path):
-            os.remove(path)
+        if _is_own_file(name) and not io_utils.isdir(path):
+            io_utils.remove(path)
     with contextlib.suppress(OSError):
-        os.rmdir(folder)
+        io_utils.rmdir(folder)
 
 
 def write_shard(path: str, serialized: Iterable[bytes]) -> None:
@@ -210,23 +211,25 @@ def write_shard(path: str, serialized: Iterable[bytes]) -> None:
         with tf.io.TFRecordWriter(tmp) as writer:
             for record in serialized:
                 writer.write(record)
-        os.replace(tmp, path)
+        io_utils.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if io_utils.exists(tmp):
+            io_utils.remove(tmp)
         raise
 
 
 def link_or_copy(src: str, dst: str) -> None:
     """Hard-links `src` to `dst` (copies across file systems), under a temporary name first."""
     tmp = dst + ".tmp"
-    if os.path.lexists(tmp):
-        os.remove(tmp)
+    if io_utils.lexists(tmp):
+        io_utils.remove(tmp)
     try:
+        if io_utils.is_remote(src) or io_utils.is_remote(dst):
+            raise OSError("no hard links on a URL")
         os.link(src, tmp)
     except OSError:  # another file system, or links not allowed
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        io_utils.copyfile(src, tmp)
+    io_utils.replace(tmp, dst)
 
 
 def write_vocab_and_manifest(out_dir: str, converted: Mapping, *, source: str,

@@ -86,9 +86,9 @@ def merge_parts(out_dir: str | os.PathLike, *, keep_parts: bool = False, verbose
     """
     out_dir = os.fspath(out_dir)
     parts_root = os.path.join(out_dir, layout.PARTS_DIR)
-    if os.path.islink(parts_root):
+    if io_utils.islink(parts_root):
         raise ConversionError(f"{parts_root} is a symlink; merge reads only a parts folder the converter wrote")
-    dirs = sorted(glob.glob(os.path.join(glob.escape(parts_root), "part-[0-9][0-9][0-9][0-9][0-9]-of-"
+    dirs = sorted(io_utils.glob(os.path.join(glob.escape(parts_root), "part-[0-9][0-9][0-9][0-9][0-9]-of-"
                                                                    "[0-9][0-9][0-9][0-9][0-9]")))
     if not dirs:
         raise ConversionError(f"{parts_root} has no parts; convert with --num-parts N --part-index I "
@@ -164,11 +164,11 @@ def _read_part(out_dir: str, index: int, count: int) -> dict:
     folder = layout.part_dir(out_dir, index, count)
     path = os.path.join(folder, layout.PART_FILE)
     again = f"convert it again with --num-parts {count} --part-index {index}"
-    if os.path.islink(folder) or not os.path.exists(path):
+    if io_utils.islink(folder) or not io_utils.exists(path):
         raise ConversionError(f"part {index} of {count} is missing or unfinished ({path} does not exist); "
                               f"run the converter again with --num-parts {count} --part-index {index}")
     try:
-        with open(path, "rb") as f:
+        with io_utils.open(path, "rb") as f:
             part = json.loads(f.read())
         if not isinstance(part, dict) or part.get("part") != [index, count]:
             raise ValueError(f"it says it is part {part.get('part') if isinstance(part, dict) else None}")
@@ -189,6 +189,8 @@ def _read_part(out_dir: str, index: int, count: int) -> dict:
                     raise ConversionError(f"{path} lists {name!r} as a {split} shard, which is not a shard "
                                           f"file name ({records.shard_pattern(split)}); {again}")
                 shard = os.path.join(folder, name)
+                if io_utils.is_remote(shard) and io_utils.isfile(shard):  # a URL has no symlinks
+                    continue
                 try:
                     st = os.lstat(shard)
                 except OSError:

@@ -39,6 +39,7 @@ import numpy as np
 import tqdm
 from PIL import Image, ImageDraw
 
+from caption_app import io_utils
 from tfrecords_tools import flickr8k
 from tfrecords_tools.source_api import ConversionError
 
@@ -186,9 +187,9 @@ def generate_shapes(raw_dir: str | os.PathLike, *, seed: int = DEFAULT_SEED, num
 
     raw_dir = os.fspath(raw_dir)
     images_dir = os.path.join(raw_dir, "images")
-    os.makedirs(images_dir, exist_ok=True)
-    for old in glob.glob(os.path.join(glob.escape(images_dir), _IMAGE_PREFIX + "*.jpg")):
-        os.remove(old)
+    io_utils.makedirs(images_dir)
+    for old in io_utils.glob(os.path.join(glob.escape(images_dir), _IMAGE_PREFIX + "*.jpg")):
+        io_utils.remove(old)
 
     # A plain loop: ~0.6 ms an image at 64 px; threads only add GIL contention.
     jobs = [(split, i) for split, n in counts.items() for i in range(n)]
@@ -197,16 +198,17 @@ def generate_shapes(raw_dir: str | os.PathLike, *, seed: int = DEFAULT_SEED, num
         name = f"{_IMAGE_PREFIX}{split}_{i:05d}.jpg"
         image, objects = _make_image(seed, split, i, image_size, scenes)
         # 4:4:4 chroma keeps the small shapes' colours crisp.
-        image.save(os.path.join(images_dir, name), "JPEG", quality=_JPEG_QUALITY, subsampling=0)
+        with io_utils.open(os.path.join(images_dir, name), "wb") as f:
+            image.save(f, "JPEG", quality=_JPEG_QUALITY, subsampling=0)
         results.append((name, objects))
 
-    with open(os.path.join(raw_dir, flickr8k.TOKEN_FILE), "w", encoding="utf-8") as f:
+    with io_utils.open(os.path.join(raw_dir, flickr8k.TOKEN_FILE), "w") as f:
         for name, objects in results:
             for j, caption in enumerate(captions_for([(o.size, o.colour, o.shape) for o in objects], scenes)):
                 f.write(f"{name}#{j}\t{caption}\n")
     start = 0
     for split, n in counts.items():
-        with open(os.path.join(raw_dir, flickr8k.SPLIT_FILES[split]), "w", encoding="utf-8") as f:
+        with io_utils.open(os.path.join(raw_dir, flickr8k.SPLIT_FILES[split]), "w") as f:
             for name, _ in results[start:start + n]:
                 f.write(name + "\n")
         start += n
@@ -215,7 +217,7 @@ def generate_shapes(raw_dir: str | os.PathLike, *, seed: int = DEFAULT_SEED, num
         name: {"split": split, "objects": [[o.size, o.colour, o.shape] for o in objects]}
         for (name, objects), split in zip(results, splits)}}
     objects_file = os.path.join(raw_dir, OBJECTS_FILE)
-    with open(objects_file, "w", encoding="utf-8") as f:
+    with io_utils.open(objects_file, "w") as f:
         json.dump(truth, f)
     return ShapesDirs(images_dir=images_dir, text_dir=raw_dir, objects_file=objects_file)
 
@@ -247,10 +249,10 @@ def convert_shapes(out_dir: str | os.PathLike, *, raw_dir: str | os.PathLike | N
                            num_test=num_test, image_size=image_size,
                            progress=writer_kwargs.get("progress", True), scenes=scenes)
     source_info = {
-        "raw_dir": os.path.abspath(raw_dir), "seed": seed, "num_train": num_train,
+        "raw_dir": io_utils.abspath(raw_dir), "seed": seed, "num_train": num_train,
         "num_val": num_val, "num_test": num_test, "image_size": image_size,
         "held_out_pairs": [list(p) for p in scenes.held_out_pairs],
-        "objects_file": os.path.abspath(dirs.objects_file),
+        "objects_file": io_utils.abspath(dirs.objects_file),
     }
     return flickr8k.convert_flickr8k(dirs.images_dir, dirs.text_dir, out_dir, source="shapes",
                                      source_info=source_info, **writer_kwargs)
@@ -258,8 +260,7 @@ def convert_shapes(out_dir: str | os.PathLike, *, raw_dir: str | os.PathLike | N
 
 def load_objects(path: str | os.PathLike) -> dict:
     """The ground truth `generate_shapes` wrote (`OBJECTS_FILE`), objects as tuples."""
-    with open(path, encoding="utf-8") as f:
-        truth = json.load(f)
+    truth = io_utils.read_json(path)
     for entry in truth["images"].values():
         entry["objects"] = [tuple(o) for o in entry["objects"]]
     return truth

@@ -32,6 +32,7 @@ import os
 import sys
 from typing import Sequence
 
+from caption_app import io_utils
 from tfrecords_tools import shapes as shapes_lib
 
 ATTRIBUTES = ("size", "colour", "shape")
@@ -176,19 +177,18 @@ def format_report(report: Report, top: int = 4) -> str:
 
 def captions_file(path: str, split: str = "test") -> str:
     """`path` itself, or a run dir's newest RUN/eval/<split>-*.json."""
-    if os.path.isfile(path):
+    if io_utils.isfile(path):
         return path
-    found = glob.glob(os.path.join(glob.escape(path), "eval", f"{split}-*.json"))
+    found = io_utils.glob(os.path.join(glob.escape(path), "eval", f"{split}-*.json"))
     if not found:
         raise FileNotFoundError(f"no evaluation of split {split!r} in {path}/eval: run "
                                 f"`python -m caption_app evaluate --run-dir {path} --split {split}` first")
-    return max(found, key=os.path.getmtime)
+    return max(found, key=io_utils.getmtime)
 
 
 def load_captions(path: str) -> dict[str, str]:
     """{image id: generated caption} of an evaluation's captions file."""
-    with open(path, encoding="utf-8") as f:
-        details = json.load(f)
+    details = io_utils.read_json(path)
     return {k: v["generated"] for k, v in details["captions"].items()}
 
 

@@ -20,6 +20,8 @@ import hashlib
 import os
 import stat
 
+from caption_app import io_utils
+
 # The writer's defaults (`write_dataset`; the CLI's --min-word-count, --images-per-shard).
 DEFAULT_MIN_WORD_COUNT = 4
 DEFAULT_IMAGES_PER_SHARD = 1000
@@ -101,9 +103,13 @@ def read_text(path: str | os.PathLike) -> str:
       ConversionError: `path` is not a regular file (a FIFO would block forever,
         a device never end).
     """
-    fd = _open_regular(path)
-    with os.fdopen(fd, "rb") as f:
-        data = f.read()
+    if io_utils.is_remote(path):  # tf.io.gfile: no FIFOs or devices there
+        if io_utils.isdir(path):
+            raise ConversionError(f"{os.fspath(path)} is a folder; pass the annotation file itself")
+        data = io_utils.read_bytes(path)
+    else:
+        with os.fdopen(_open_regular(path), "rb") as f:
+            data = f.read()
     if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
         data = data[3:]
     return data.decode("utf-8", "surrogateescape")

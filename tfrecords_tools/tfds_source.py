@@ -14,10 +14,9 @@ converter never downloads: prepare the dataset first where there is internet
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from typing import Mapping
 
+from caption_app import io_utils
 from tfrecords_tools.source_api import ConversionError, Item, check_part, in_part
 
 # coco_captions' splits; a dataset with a "validation" split gets it as val too.
@@ -83,8 +82,8 @@ def convert_tfds(name: str, out_dir: str | os.PathLike, *, data_dir: str | None 
         check_part(*part)
 
     layout.check_out_dir(out_dir)  # before the images are staged into it
-    os.makedirs(out_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tfds_staging-", dir=out_dir)
+    io_utils.makedirs(out_dir)
+    staging = io_utils.mkdtemp(prefix=".tfds_staging-", dir=out_dir)
     try:
         items: dict[str, list[Item]] = {}
         skipped: dict[str, list[str]] = {}
@@ -99,7 +98,7 @@ def convert_tfds(name: str, out_dir: str | os.PathLike, *, data_dir: str | None 
                     f"(`tfds build {name} --data_dir D`) and pass --data-dir D") from e
             ours = split_map[tfds_split]
             folder = os.path.join(staging, tfds_split)
-            os.makedirs(folder)
+            io_utils.makedirs(folder, exist_ok=False)
             for i, example in enumerate(tfds.as_numpy(ds)):
                 image_id = _as_text(_get(example, id_key))
                 if part is not None and not in_part(image_id, *part):
@@ -111,7 +110,7 @@ def convert_tfds(name: str, out_dir: str | os.PathLike, *, data_dir: str | None 
                     skipped.setdefault("bad_line", []).append(f"{tfds_split}[{i}]")  # not encoded bytes + text
                     continue
                 path = os.path.join(folder, f"{i:09d}")
-                with open(path, "wb") as f:
+                with io_utils.open(path, "wb") as f:
                     f.write(image)
                 items.setdefault(ours, []).append(
                     Item(image_id=image_id, path=path, captions=tuple(_as_text(c) for c in captions)))
@@ -120,4 +119,4 @@ def convert_tfds(name: str, out_dir: str | os.PathLike, *, data_dir: str | None 
         return writer.write_dataset(out_dir, items, source=f"tfds:{name}", source_info=info, part=part,
                                     extra_skipped=skipped, **writer_kwargs)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        io_utils.rmtree(staging)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 import struct
 from typing import Mapping
@@ -84,8 +83,8 @@ def count_records(path: str) -> int:
     Raises:
       ManifestError: the file ends inside a record (truncated).
     """
-    size, count, offset = os.path.getsize(path), 0, 0
-    with open(path, "rb") as f:
+    size, count, offset = io_utils.getsize(path), 0, 0
+    with io_utils.open(path, "rb") as f:
         while offset < size:
             header = f.read(12)  # uint64 length, uint32 masked CRC of the length
             if len(header) < 12:
@@ -106,20 +105,20 @@ def load(data_dir: str, *, check_shards: bool = True) -> Manifest:
 
     Args:
       check_shards: also count each shard's records from their headers (a
-        seek per record, no data read) and compare them with the manifest.
+        seek per record, no data read) and compare them with the manifest. A
+        local data dir only: on a URL each shard is only checked to exist.
     Raises:
       FileNotFoundError: no manifest, or a shard it lists is missing.
       ManifestError: a missing key, an impossible count, counts that disagree
         with the shards, or a truncated shard (each says re-convert).
     """
     path = os.path.join(data_dir, MANIFEST)
-    if not os.path.exists(path):
+    if not io_utils.exists(path):
         raise FileNotFoundError(
             f"{path} does not exist: {data_dir} is not a finished conversion "
             "(convert with `python -m tfrecords_tools ... --out DIR`)")
     try:
-        with open(path) as f:
-            raw = json.load(f)
+        raw = io_utils.read_json(path)
     except ValueError as err:
         raise ManifestError(f"{path} is not valid JSON ({err}); {_RECONVERT}") from None
     if not isinstance(raw, dict):
@@ -159,15 +158,18 @@ def load(data_dir: str, *, check_shards: bool = True) -> Manifest:
         if images and not files:
             raise ManifestError(f"{path}: split {name!r} has {images} images but no shard files; {_RECONVERT}")
         splits[name] = SplitInfo(images, captions, tuple(files))
+    # On a URL a seek is a request (and TensorFlow's reader refills 512 KiB after each): counting
+    # would read every shard. There a damaged shard is named when training reads it.
+    count = check_shards and not io_utils.is_remote(data_dir)
     for name, info in splits.items():
         records = 0
         for f in info.files:
             shard = os.path.join(data_dir, f)
-            if not os.path.isfile(shard):
+            if not io_utils.isfile(shard):
                 raise FileNotFoundError(f"{path} lists shard {f}, which is missing; {_RECONVERT}")
-            if check_shards:
+            if count:
                 records += count_records(shard)
-        if check_shards and records != info.num_images:
+        if count and records != info.num_images:
             raise ManifestError(f"{path}: split {name!r} says {info.num_images} images but its "
                                 f"{len(info.files)} shard(s) hold {records} records; {_RECONVERT}")
     return Manifest(
