@@ -1,0 +1,144 @@
+"""tfrecords_tools --runner: the Apache Beam pipeline writes the threaded converter's data dir.
+
+The pipeline runs on the DirectRunner with 2 worker processes (multi_processing), as
+`--runner direct` does; start-up takes several seconds, so these tests are few and slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from caption_app.data import manifest as manifest_lib
+from tests.conftest import encode_image, read_records, run_cli, start_cli
+from tfrecords_tools import layout
+
+pytest.importorskip("apache_beam", reason="apache-beam is not installed (pip install -r requirements.txt)")
+
+BEAM_ARGS = ("--runner", "direct", "--direct_num_workers=2", "--direct_running_mode=multi_processing")
+SPLITS = ("train", "val", "test")
+
+
+def _dataset(root: Path, num_images: int = 14) -> Path:
+    """A JSONL dataset with what the converter must skip, count or re-encode."""
+    images = root / "imgs"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    words = ["a", "dog", "cat", "runs", "on", "the", "grass", "red", "ball", "sits"]
+    lines = []
+    for i in range(num_images):
+        pixels = rng.integers(0, 256, (8 + i % 3, 8, 3), dtype=np.uint8)
+        fmt, ext = ("PNG", "png") if i % 4 == 1 else ("JPEG", "jpg")
+        mode = "RGBA" if i == 5 else None  # transparency: stored re-encoded
+        (images / f"{i}.{ext}").write_bytes(encode_image(pixels if mode is None else
+                                                         np.dstack([pixels, pixels[..., :1]]), fmt, mode))
+        split = "train" if i < num_images - 4 else SPLITS[1 + i % 2]
+        captions = [" ".join(rng.choice(words, 4)) for _ in range(3 + (i == 3) * 4)]
+        lines.append({"image": f"imgs/{i}.{ext}", "captions": captions, "split": split})
+    (images / "bad.jpg").write_bytes(b"this is not an image")  # corrupt
+    lines.append({"image": "imgs/bad.jpg", "caption": "a broken file", "split": "train"})
+    lines.append({"image": "imgs/missing.jpg", "caption": "no such file", "split": "train"})
+    lines.append({"image": "imgs/0.jpg", "caption": "...", "split": "train"})  # merged: an empty caption
+    lines.append({"image": "imgs/2.jpg", "caption": "moved", "split": "val"})  # split_conflict
+    path = root / "data.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def _convert(data: Path, out: Path, *extra: str, timeout: float = 300):
+    return run_cli("tfrecords_tools", "jsonl", "--file", str(data), "--out", str(out), "--no-progress",
+                   "--images-per-shard", "3", "--min-word-count", "2", "--max-captions-per-image", "5",
+                   *extra, timeout=timeout)
+
+
+def _dataset_of(out: Path) -> dict:
+    manifest = json.loads((out / manifest_lib.MANIFEST).read_text())
+    return {
+        "records": {split: read_records(out, split) for split in SPLITS},
+        "files": sorted(p.name for p in out.iterdir()),
+        "vocab": (out / "vocab.txt").read_text(),
+        "manifest": {k: v for k, v in manifest.items() if k != "created"},
+    }
+
+
+@pytest.fixture(scope="module")
+def threaded(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("beam_input")
+    data = _dataset(root)
+    out = root / "threaded"
+    result = _convert(data, out)
+    assert result.returncode == 0, result.stderr
+    return data, _dataset_of(out)
+
+
+@pytest.mark.slow
+def test_beam_writes_the_threaded_converters_data_dir(threaded, tmp_path):
+    data, expected = threaded
+    out = tmp_path / "beam"
+    result = _convert(data, out, *BEAM_ARGS)
+    assert result.returncode == 0, result.stderr
+    got = _dataset_of(out)
+    by_id = {s: {r["image_id"]: r for r in got["records"][s]} for s in SPLITS}
+    for split in SPLITS:
+        assert by_id[split] == {r["image_id"]: r for r in expected["records"][split]}
+    assert got == expected  # same shards, same record order, vocabulary, manifest (examples too)
+    manifest = got["manifest"]
+    assert manifest["skipped"]["corrupt"] == {"count": 1, "examples": ["imgs/bad.jpg"]}
+    assert manifest["skipped"]["missing"]["count"] == 1
+    assert manifest["skipped"]["empty_caption"]["count"] == 1
+    assert manifest["reencoded"]["alpha"]["count"] == 1
+    assert manifest["caption_cap"]["images_capped"] == 1
+    assert manifest["splits"]["train"]["num_shards"] == 4  # 10 images, 3 per shard
+    # counted in Beam metrics too (summed over the worker processes)
+    assert "skipped/corrupt 1" in result.stdout and "skipped/missing 1" in result.stdout
+    assert "images_written 14" in result.stdout
+
+
+@pytest.mark.slow
+def test_beam_run_killed_midway_then_rerun(threaded, tmp_path):
+    data, expected = threaded
+    out = tmp_path / "out"
+    proc = start_cli("tfrecords_tools", "jsonl", "--file", str(data), "--out", str(out), "--no-progress",
+                     "--images-per-shard", "1", "--min-word-count", "2", "--max-captions-per-image", "5",
+                     *BEAM_ARGS)
+    deadline = time.monotonic() + 240
+    shard = None
+    while shard is None and proc.poll() is None and time.monotonic() < deadline:
+        stages = list(out.glob(layout.STAGING_PREFIX + "*")) if out.exists() else []
+        shard = next((p for s in stages for p in s.glob("*.tfrecord*")), None)
+        time.sleep(0.01)
+    assert shard is not None, f"no shard was written before the run ended: {proc.communicate()}"
+    _kill_tree(proc.pid)
+    proc.wait(timeout=60)
+    # Killed: shards in the hidden staging dir, nothing that looks like a data dir.
+    assert list(out.glob(layout.STAGING_PREFIX + "*"))
+    assert not (out / manifest_lib.MANIFEST).exists() and not (out / "vocab.txt").exists()
+    assert not list(out.glob("*.tfrecord"))
+
+    result = _convert(data, out, *BEAM_ARGS)
+    assert result.returncode == 0, result.stderr
+    assert not list(out.glob(layout.STAGING_PREFIX + "*"))  # the stale staging dir was deleted
+    assert _dataset_of(out) == expected
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILLs `pid` and every process below it (the Beam worker processes)."""
+    tree, i = [pid], 0
+    while i < len(tree):
+        try:
+            for task in Path(f"/proc/{tree[i]}/task").iterdir():
+                tree += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+        i += 1
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

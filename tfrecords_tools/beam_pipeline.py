@@ -1,0 +1,280 @@
+"""The conversion as an Apache Beam pipeline: the same data dir, on any Beam runner.
+
+    python -m tfrecords_tools SOURCE ... --out OUT --runner direct|DataflowRunner|FlinkRunner|SparkRunner \\
+        [Beam pipeline options, e.g. --direct_num_workers=2 --direct_running_mode=multi_processing]
+
+`writer.write_dataset(..., runner=...)` does everything it does for the
+threaded converter (argument checks, `layout.check_out_dir`, the staging dir,
+the source's own skips, duplicate ids, the "no train image" error,
+`layout.write_vocab_and_manifest` and `layout.swap_in`, which moves the
+manifest in last); only its image and caption pass runs here, as a pipeline:
+
+1. the unique items (`writer.unique_items`, on the launching machine: ids only)
+   become a PCollection (`beam.Create`, then `Reshuffle` so that workers share it);
+2. each worker reads, checks and re-encodes its images (`images.check_image`,
+   `images.stored_bytes`) and cleans their captions (`writer.clean_captions`),
+   emitting the serialized record (`writer.serialize`) or why it was skipped;
+   skips are counted per reason in Beam metrics ("skipped"/REASON);
+3. records are numbered within their split by input order and grouped into
+   the threaded writer's shards (same names, same records per shard, same
+   order: `records.shard_name`), each written by `layout.write_shard` (a
+   `.tmp` name renamed when complete, so a retried bundle rewrites it whole);
+4. train words are counted with `CombinePerKey(sum)`, words below
+   `min_word_count` dropped (the vocabulary rule, `Vocabulary.build`, is applied
+   again on what is left), the skip/re-encode/caption-cap counts combined with
+   the threaded writer's examples (the first names in input order);
+5. a last step writes those results to a summary file in the staging dir,
+   which the launcher reads (`convert` returns what the threaded pass returns).
+
+The launching machine and the workers must see the same file system for OUT and
+the images (true for the DirectRunner; on Dataflow/Flink/Spark, a shared mount).
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import heapq
+import json
+import math
+import os
+from typing import Mapping, Sequence
+
+try:
+    import apache_beam as beam
+    from apache_beam.metrics import Metrics
+    from apache_beam.options.pipeline_options import PipelineOptions
+except ImportError:  # an optional extra: `pip install .[beam]`
+    beam = None
+
+from caption_app.data import manifest as manifest_lib
+from caption_app.data import records
+from caption_app.data import vocabulary as vocab_lib
+from tfrecords_tools import images, layout, report, writer
+from tfrecords_tools.source_api import ConversionError, Item
+
+RUNNERS = ("direct", "DataflowRunner", "FlinkRunner", "SparkRunner")
+SUMMARY_FILE = "beam-summary.json"  # in the staging dir; read and deleted before the swap
+_METRICS = "tfrecords_tools"
+# Phases of the examples' order (the threaded writer adds them in this order).
+_CHECK, _CAPTIONS = 1, 2
+
+
+def check_available() -> None:
+    """Raises ConversionError when apache-beam is not installed."""
+    if beam is None:
+        raise ConversionError("--runner needs Apache Beam: pip install -r requirements.txt "
+                              "(or pip install '.[beam]')")
+
+
+def pipeline_options(runner: str, pipeline_args: Sequence[str], num_workers: int | None) -> "PipelineOptions":
+    """Beam options from --runner and the extra command-line options. "direct" is the
+    DirectRunner, multi-process with `num_workers` (default: the CPUs) unless the
+    options say otherwise."""
+    check_available()
+    if runner not in RUNNERS:
+        raise ConversionError(f"--runner {runner!r}: use one of {', '.join(RUNNERS)}")
+    args = list(pipeline_args)
+    if runner == "direct":
+        runner = "DirectRunner"
+        if not any(a.startswith("--direct_num_workers") for a in args):
+            args.append(f"--direct_num_workers={num_workers or os.cpu_count() or 1}")
+        if not any(a.startswith("--direct_running_mode") for a in args):
+            args.append("--direct_running_mode=multi_processing")
+    return PipelineOptions(args + [f"--runner={runner}"])
+
+
+def convert(target: str, split_names: Sequence[str], items_by_split: Mapping[str, Sequence[Item]],
+            skipped: report.Counted, *, options: "PipelineOptions", images_per_shard: int,
+            settings: vocab_lib.TokenizerSettings, max_pixels: int, limits: images.ReadLimits,
+            max_captions: int, min_word_count: int, verbose: bool = True) -> dict:
+    """Runs the pipeline writing the shards into `target`; returns what the threaded
+    pass (`writer._convert`) returns, with `skipped` holding every skip."""
+    check_available()
+    candidates = writer.unique_items(split_names, items_by_split, skipped)
+    work = [(split, pos, item) for pos, (split, item) in
+            enumerate((split, item) for split in split_names for item in candidates[split])]
+    check = _Check(settings=settings, max_pixels=max_pixels, limits=limits, max_captions=max_captions)
+    with beam.Pipeline(options=options) as p:
+        outcomes = (p | "Items" >> beam.Create(work) | "Spread" >> beam.Reshuffle()
+                    | "CheckAndEncode" >> beam.ParDo(check))
+        counts = outcomes | "Counts" >> beam.CombineGlobally(_CountsFn())
+        words = (outcomes | "TrainWords" >> beam.FlatMap(lambda o: o["words"].items())
+                 | "CountWords" >> beam.CombinePerKey(sum)
+                 | "MinCount" >> beam.Filter(lambda wc: wc[1] >= min_word_count)
+                 | "Vocabulary" >> beam.combiners.ToDict())
+        kept = outcomes | "Kept" >> beam.Filter(lambda o: o["record"] is not None)
+        positions = (kept | "Positions" >> beam.Map(lambda o: (o["split"], o["pos"]))
+                     | "BySplit" >> beam.GroupByKey() | "Sort" >> beam.MapTuple(lambda s, ps: (s, sorted(ps))))
+        shards = (kept | "ToShard" >> beam.Map(_to_shard, beam.pvalue.AsDict(positions), images_per_shard)
+                  | "ByShard" >> beam.GroupByKey()
+                  | "WriteShards" >> beam.ParDo(_WriteShard(target))
+                  | "Shards" >> beam.combiners.ToList())
+        (p | "Once" >> beam.Create([None])
+         | "Summary" >> beam.Map(_write_summary, target, beam.pvalue.AsSingleton(counts),
+                                 beam.pvalue.AsSingleton(words), beam.pvalue.AsSingleton(shards)))
+    result = p.result
+    if verbose:
+        metrics = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(_METRICS))["counters"]
+        line = ", ".join(f"{m.key.metric.name} {m.committed if m.committed is not None else m.attempted}"
+                         for m in sorted(metrics, key=lambda m: m.key.metric.name))
+        print(f"Beam metrics: {line or 'nothing counted'}")
+    return _read_summary(target, split_names, skipped, max_captions)
+
+
+class _Check(beam.DoFn if beam else object):
+    """One item -> its outcome: the record or why not, and what its captions add to the counts."""
+
+    def __init__(self, *, settings, max_pixels, limits, max_captions):
+        self.settings, self.max_pixels, self.limits, self.max_captions = settings, max_pixels, limits, max_captions
+
+    def process(self, element):
+        split, pos, item = element
+        outcome = {"split": split, "pos": pos, "record": None, "num_captions": 0, "skipped": [],
+                   "reencoded": [], "cap": None, "max_words": 0, "max_captions": 0, "words": {}}
+        reason, size, fix = images.check_image(item, self.max_pixels, self.limits)
+        if reason:
+            outcome["skipped"].append((reason, 1, [((_CHECK, pos, 0), item.image_id)]))
+            Metrics.counter(_METRICS, f"skipped/{reason}").inc()
+            yield outcome
+            return
+        if fix:
+            outcome["reencoded"].append((fix, 1, [((_CHECK, pos, 0), item.image_id)]))
+            Metrics.counter(_METRICS, f"reencoded/{fix}").inc()
+        skipped, cap = report.Counted(), report.CaptionCap(self.max_captions)
+        kept, max_words, words = writer.clean_captions(split, [item], settings=self.settings,
+                                                       max_captions=self.max_captions, skipped=skipped,
+                                                       caption_cap=cap)
+        for reason, count in skipped.counts.items():
+            outcome["skipped"].append((reason, count, [((_CAPTIONS, pos, i), name)
+                                                       for i, name in enumerate(skipped.examples[reason])]))
+            Metrics.counter(_METRICS, f"skipped/{reason}").inc(count)
+        if cap.images:
+            outcome["cap"] = (cap.captions_dropped, (_CAPTIONS, pos, 0), item.image_id)
+        outcome["max_words"], outcome["words"] = max_words, dict(words)
+        if kept:
+            item = kept[0]
+            data = images.stored_bytes(item, {item.image_id: (size, fix)}, self.limits)
+            outcome.update(record=writer.serialize(item, data), num_captions=len(item.captions),
+                           max_captions=len(item.captions))
+            Metrics.counter(_METRICS, "images_written").inc()
+        yield outcome
+
+
+class _CountsFn(beam.CombineFn if beam else object):
+    """Skips, re-encodes and capped captions per reason (count + the first names in
+    input order), the longest caption per split, the most captions of an image."""
+
+    def create_accumulator(self):
+        return {"skipped": {}, "reencoded": {}, "cap": [0, 0, []], "max_words": {}, "max_captions": 0}
+
+    def add_input(self, acc, outcome):
+        for key in ("skipped", "reencoded"):
+            for reason, count, examples in outcome[key]:
+                _add_reason(acc[key], reason, count, examples)
+        if outcome["cap"]:
+            dropped, order, name = outcome["cap"]
+            acc["cap"][0] += 1
+            acc["cap"][1] += dropped
+            acc["cap"][2] = heapq.nsmallest(report.NUM_EXAMPLES, acc["cap"][2] + [(order, name)])
+        if outcome["record"] is not None:
+            split = outcome["split"]
+            acc["max_words"][split] = max(acc["max_words"].get(split, 0), outcome["max_words"])
+            acc["max_captions"] = max(acc["max_captions"], outcome["max_captions"])
+        return acc
+
+    def merge_accumulators(self, accs):
+        merged = self.create_accumulator()
+        for acc in accs:
+            for key in ("skipped", "reencoded"):
+                for reason, (count, examples) in acc[key].items():
+                    _add_reason(merged[key], reason, count, examples)
+            merged["cap"][0] += acc["cap"][0]
+            merged["cap"][1] += acc["cap"][1]
+            merged["cap"][2] = heapq.nsmallest(report.NUM_EXAMPLES, merged["cap"][2] + acc["cap"][2])
+            for split, n in acc["max_words"].items():
+                merged["max_words"][split] = max(merged["max_words"].get(split, 0), n)
+            merged["max_captions"] = max(merged["max_captions"], acc["max_captions"])
+        return merged
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _add_reason(by_reason: dict, reason: str, count: int, examples: list) -> None:
+    old_count, old_examples = by_reason.get(reason, (0, []))
+    by_reason[reason] = (old_count + count,
+                         heapq.nsmallest(report.NUM_EXAMPLES, list(old_examples) + list(examples)))
+
+
+def _to_shard(outcome: dict, positions: Mapping[str, list[int]], images_per_shard: int):
+    """((split, shard index, shard count), (pos, record, captions)): the threaded writer's
+    split of n records into ceil(n / images_per_shard) shards, records [n*k//S, n*(k+1)//S)."""
+    split, pos = outcome["split"], outcome["pos"]
+    kept = positions[split]
+    n = len(kept)
+    num_shards = math.ceil(n / images_per_shard)
+    rank = bisect.bisect_left(kept, pos)
+    shard = min(rank * num_shards // n, num_shards - 1)
+    while n * shard // num_shards > rank:
+        shard -= 1
+    while n * (shard + 1) // num_shards <= rank:
+        shard += 1
+    return (split, shard, num_shards), (pos, outcome["record"], outcome["num_captions"])
+
+
+class _WriteShard(beam.DoFn if beam else object):
+    """One shard's records, in input order, into `target` (`layout.write_shard`)."""
+
+    def __init__(self, target: str):
+        self.target = target
+
+    def process(self, element):
+        (split, shard, num_shards), rows = element
+        rows = sorted(rows, key=lambda row: row[0])
+        name = records.shard_name(split, shard, num_shards)
+        layout.write_shard(os.path.join(self.target, name), (record for _, record, _ in rows))
+        yield {"split": split, "shard": shard, "name": name, "num_images": len(rows),
+               "num_captions": sum(n for _, _, n in rows)}
+
+
+def _write_summary(_, target: str, counts: dict, words: dict, shards: list) -> None:
+    summary = {"counts": counts, "words": words, "shards": shards}
+    path = os.path.join(target, SUMMARY_FILE)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(summary, f)
+    os.replace(path + ".tmp", path)
+
+
+def _read_summary(target: str, split_names: Sequence[str], skipped: report.Counted, max_captions: int) -> dict:
+    path = os.path.join(target, SUMMARY_FILE)
+    with open(path, encoding="utf-8") as f:
+        summary = json.load(f)
+    os.remove(path)
+    counts = summary["counts"]
+    for reason, (count, examples) in counts["skipped"].items():
+        skipped.merge({reason: {"count": count, "examples": [name for _, name in examples]}})
+    reencoded = report.Counted()
+    for reason, (count, examples) in counts["reencoded"].items():
+        reencoded.merge({reason: {"count": count, "examples": [name for _, name in examples]}})
+    caption_cap = report.CaptionCap(max_captions)
+    caption_cap.merge({"images_capped": counts["cap"][0], "captions_dropped": counts["cap"][1],
+                       "examples": [name for _, name in counts["cap"][2]]})
+    by_split = collections.defaultdict(list)
+    for shard in summary["shards"]:
+        by_split[shard["split"]].append(shard)
+    splits_info = {}
+    for split in split_names:
+        shards = sorted(by_split[split], key=lambda s: s["shard"])
+        splits_info[split] = manifest_lib.SplitInfo(
+            num_images=sum(s["num_images"] for s in shards), num_captions=sum(s["num_captions"] for s in shards),
+            files=tuple(s["name"] for s in shards))
+    return {
+        "splits": splits_info,
+        "train_counts": collections.Counter(summary["words"]),
+        "max_caption_words": counts["max_words"].get("train", 0),
+        "max_captions_per_image": counts["max_captions"],
+        "skipped": skipped,
+        "reencoded": reencoded,
+        "caption_cap": caption_cap,
+    }
