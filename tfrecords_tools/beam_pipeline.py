@@ -12,7 +12,8 @@ manifest in last); only its image and caption pass runs here, as a pipeline:
 1. the unique items (`writer.unique_items`, on the launching machine: ids only)
    become a PCollection (`beam.Create`, then `Reshuffle` so that workers share it);
 2. each worker reads, checks and re-encodes its images (`images.check_image`,
-   `images.stored_bytes`) and cleans their captions (`writer.clean_captions`),
+   `images.stored_bytes`) and cleans their captions (`writer.clean_captions`, a
+   batch of images at a time: one tokenizer call),
    emitting the serialized record (`writer.serialize`) or why it was skipped;
    skips are counted per reason in Beam metrics ("skipped"/REASON);
 3. records are numbered within their split by input order and grouped into
@@ -54,6 +55,7 @@ from tfrecords_tools import images, layout, report, writer
 from tfrecords_tools.source_api import ConversionError, Item
 
 RUNNERS = ("direct", "DataflowRunner", "FlinkRunner", "SparkRunner")
+BATCH = 64  # images per worker call at most (one tokenizer call for their captions)
 SUMMARY_FILE = "beam-summary.json"  # in the staging dir; read and deleted before the swap
 _METRICS = "tfrecords_tools"
 # Phases of the examples' order (the threaded writer adds them in this order).
@@ -96,14 +98,15 @@ def convert(target: str, split_names: Sequence[str], items_by_split: Mapping[str
             enumerate((split, item) for split in split_names for item in candidates[split])]
     check = _Check(settings=settings, max_pixels=max_pixels, limits=limits, max_captions=max_captions)
     with beam.Pipeline(options=options) as p:
-        outcomes = (p | "Items" >> beam.Create(work) | "Spread" >> beam.Reshuffle()
-                    | "CheckAndEncode" >> beam.ParDo(check))
-        counts = outcomes | "Counts" >> beam.CombineGlobally(_CountsFn())
-        words = (outcomes | "TrainWords" >> beam.FlatMap(lambda o: o["words"].items())
+        checked = (p | "Items" >> beam.Create(work) | "Spread" >> beam.Reshuffle()
+                   | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=BATCH)
+                   | "CheckAndEncode" >> beam.ParDo(check).with_outputs("stats", main="records"))
+        counts = checked.stats | "Counts" >> beam.CombineGlobally(_CountsFn())
+        words = (checked.stats | "TrainWords" >> beam.FlatMap(lambda stats: stats["words"].items())
                  | "CountWords" >> beam.CombinePerKey(sum)
                  | "MinCount" >> beam.Filter(lambda wc: wc[1] >= min_word_count)
                  | "Vocabulary" >> beam.combiners.ToDict())
-        kept = outcomes | "Kept" >> beam.Filter(lambda o: o["record"] is not None)
+        kept = checked.records
         positions = (kept | "Positions" >> beam.Map(lambda o: (o["split"], o["pos"]))
                      | "BySplit" >> beam.GroupByKey() | "Sort" >> beam.MapTuple(lambda s, ps: (s, sorted(ps))))
         shards = (kept | "ToShard" >> beam.Map(_to_shard, beam.pvalue.AsDict(positions), images_per_shard)
@@ -123,42 +126,57 @@ def convert(target: str, split_names: Sequence[str], items_by_split: Mapping[str
 
 
 class _Check(beam.DoFn if beam else object):
-    """One item -> its outcome: the record or why not, and what its captions add to the counts."""
+    """A batch of items -> a record (main output) per image kept, and one "stats" output
+    per batch: skips and re-encodes (with the input positions of their examples),
+    capped captions, longest caption per split, the train words. Captions are
+    cleaned per batch: one tokenizer call for many images."""
 
     def __init__(self, *, settings, max_pixels, limits, max_captions):
         self.settings, self.max_pixels, self.limits, self.max_captions = settings, max_pixels, limits, max_captions
 
-    def process(self, element):
-        split, pos, item = element
-        outcome = {"split": split, "pos": pos, "record": None, "num_captions": 0, "skipped": [],
-                   "reencoded": [], "cap": None, "max_words": 0, "max_captions": 0, "words": {}}
-        reason, size, fix = images.check_image(item, self.max_pixels, self.limits)
-        if reason:
-            outcome["skipped"].append((reason, 1, [((_CHECK, pos, 0), item.image_id)]))
-            Metrics.counter(_METRICS, f"skipped/{reason}").inc()
-            yield outcome
-            return
-        if fix:
-            outcome["reencoded"].append((fix, 1, [((_CHECK, pos, 0), item.image_id)]))
-            Metrics.counter(_METRICS, f"reencoded/{fix}").inc()
-        skipped, cap = report.Counted(), report.CaptionCap(self.max_captions)
-        kept, max_words, words = writer.clean_captions(split, [item], settings=self.settings,
-                                                       max_captions=self.max_captions, skipped=skipped,
-                                                       caption_cap=cap)
-        for reason, count in skipped.counts.items():
-            outcome["skipped"].append((reason, count, [((_CAPTIONS, pos, i), name)
-                                                       for i, name in enumerate(skipped.examples[reason])]))
-            Metrics.counter(_METRICS, f"skipped/{reason}").inc(count)
-        if cap.images:
-            outcome["cap"] = (cap.captions_dropped, (_CAPTIONS, pos, 0), item.image_id)
-        outcome["max_words"], outcome["words"] = max_words, dict(words)
-        if kept:
-            item = kept[0]
-            data = images.stored_bytes(item, {item.image_id: (size, fix)}, self.limits)
-            outcome.update(record=writer.serialize(item, data), num_captions=len(item.captions),
-                           max_captions=len(item.captions))
-            Metrics.counter(_METRICS, "images_written").inc()
-        yield outcome
+    def process(self, batch):
+        batch = sorted(batch, key=lambda element: element[1])  # input order: examples as the threaded writer's
+        stats = {"skipped": [], "reencoded": [], "cap": [0, 0, []], "max_words": {}, "max_captions": 0,
+                 "words": collections.Counter()}
+        survivors = collections.defaultdict(list)  # split -> [(pos, item, size, fix)]
+        for split, pos, item in batch:
+            reason, size, fix = images.check_image(item, self.max_pixels, self.limits)
+            if reason:
+                stats["skipped"].append((reason, 1, [((_CHECK, pos, 0), item.image_id)]))
+                Metrics.counter(_METRICS, f"skipped/{reason}").inc()
+                continue
+            if fix:
+                stats["reencoded"].append((fix, 1, [((_CHECK, pos, 0), item.image_id)]))
+                Metrics.counter(_METRICS, f"reencoded/{fix}").inc()
+            survivors[split].append((pos, item, size, fix))
+        for split, group in survivors.items():
+            skipped, cap = report.Counted(), report.CaptionCap(self.max_captions)
+            kept, max_words, words = writer.clean_captions(
+                split, [item for _, item, _, _ in group], settings=self.settings, max_captions=self.max_captions,
+                skipped=skipped, caption_cap=cap)
+            order = {}  # the names clean_captions counts -> their place in the input
+            for pos, item, _, _ in group:
+                order[item.image_id] = (_CAPTIONS, pos, 0)
+                order.update({f"{item.image_id}#{i}": (_CAPTIONS, pos, i) for i in range(len(item.captions))})
+            for reason, count in skipped.counts.items():
+                stats["skipped"].append((reason, count, [(order[name], name) for name in skipped.examples[reason]]))
+                Metrics.counter(_METRICS, f"skipped/{reason}").inc(count)
+            stats["cap"][0] += cap.images
+            stats["cap"][1] += cap.captions_dropped
+            stats["cap"][2] += [(order[name], name) for name in cap.examples]
+            stats["words"].update(words)
+            if kept:
+                stats["max_words"][split] = max_words
+            by_id = {item.image_id: (pos, size, fix) for pos, item, size, fix in group}
+            for item in kept:
+                pos, size, fix = by_id[item.image_id]
+                data = images.stored_bytes(item, {item.image_id: (size, fix)}, self.limits)
+                stats["max_captions"] = max(stats["max_captions"], len(item.captions))
+                Metrics.counter(_METRICS, "images_written").inc()
+                yield {"split": split, "pos": pos, "record": writer.serialize(item, data),
+                       "num_captions": len(item.captions)}
+        stats["words"] = dict(stats["words"])
+        yield beam.pvalue.TaggedOutput("stats", stats)
 
 
 class _CountsFn(beam.CombineFn if beam else object):
@@ -168,20 +186,10 @@ class _CountsFn(beam.CombineFn if beam else object):
     def create_accumulator(self):
         return {"skipped": {}, "reencoded": {}, "cap": [0, 0, []], "max_words": {}, "max_captions": 0}
 
-    def add_input(self, acc, outcome):
-        for key in ("skipped", "reencoded"):
-            for reason, count, examples in outcome[key]:
-                _add_reason(acc[key], reason, count, examples)
-        if outcome["cap"]:
-            dropped, order, name = outcome["cap"]
-            acc["cap"][0] += 1
-            acc["cap"][1] += dropped
-            acc["cap"][2] = heapq.nsmallest(report.NUM_EXAMPLES, acc["cap"][2] + [(order, name)])
-        if outcome["record"] is not None:
-            split = outcome["split"]
-            acc["max_words"][split] = max(acc["max_words"].get(split, 0), outcome["max_words"])
-            acc["max_captions"] = max(acc["max_captions"], outcome["max_captions"])
-        return acc
+    def add_input(self, acc, stats):
+        return self.merge_accumulators([acc, {
+            "skipped": _by_reason(stats["skipped"]), "reencoded": _by_reason(stats["reencoded"]),
+            "cap": stats["cap"], "max_words": stats["max_words"], "max_captions": stats["max_captions"]}])
 
     def merge_accumulators(self, accs):
         merged = self.create_accumulator()
@@ -191,7 +199,7 @@ class _CountsFn(beam.CombineFn if beam else object):
                     _add_reason(merged[key], reason, count, examples)
             merged["cap"][0] += acc["cap"][0]
             merged["cap"][1] += acc["cap"][1]
-            merged["cap"][2] = heapq.nsmallest(report.NUM_EXAMPLES, merged["cap"][2] + acc["cap"][2])
+            merged["cap"][2] = heapq.nsmallest(report.NUM_EXAMPLES, merged["cap"][2] + list(acc["cap"][2]))
             for split, n in acc["max_words"].items():
                 merged["max_words"][split] = max(merged["max_words"].get(split, 0), n)
             merged["max_captions"] = max(merged["max_captions"], acc["max_captions"])
@@ -199,6 +207,13 @@ class _CountsFn(beam.CombineFn if beam else object):
 
     def extract_output(self, acc):
         return acc
+
+
+def _by_reason(events: list) -> dict:
+    by_reason: dict = {}
+    for reason, count, examples in events:
+        _add_reason(by_reason, reason, count, examples)
+    return by_reason
 
 
 def _add_reason(by_reason: dict, reason: str, count: int, examples: list) -> None:
