@@ -154,7 +154,7 @@ def test_shards_are_the_threaded_writers():
             positions = {"train": [3 * i + 1 for i in range(n)]}  # kept records' input positions
             num_shards = -(-n // per_shard)
             want = [k for k in range(num_shards) for _ in range(n * k // num_shards, n * (k + 1) // num_shards)]
-            got = [beam_pipeline._to_shard({"split": "train", "pos": pos, "record": b"", "num_captions": 1},
+            got = [beam_pipeline._to_shard({"split": "train", "pos": pos},
                                            positions, per_shard)[0] for pos in positions["train"]]
             assert got == [("train", k, num_shards) for k in want], (n, per_shard)
 
@@ -173,3 +173,34 @@ def test_runner_usage_errors(tmp_path, capsys):
         cli.main(base + ["--direct_num_workers=2"])
     assert "unrecognized arguments: --direct_num_workers=2" in capsys.readouterr().err
     assert not out.exists()  # nothing written on a usage error
+
+
+@pytest.mark.slow
+def test_beam_worker_error_fails_cleanly_then_rerun(threaded, tmp_path, monkeypatch):
+    """A DoFn that raises (here: an image that changed after its check) fails the run with one
+    line and leaves the previous data dir; the rerun writes the right one. In-process runner,
+    so the failure can be injected."""
+    from tfrecords_tools import images, jsonl_csv, source_api
+
+    data, expected = threaded
+    out = tmp_path / "out"
+    kw = dict(images_per_shard=3, min_word_count=2, max_captions_per_image=5, progress=False, verbose=False,
+              runner="direct", pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+    jsonl_csv.convert_records(str(data), "jsonl", out, **dict(kw, images_per_shard=100))  # a previous data dir
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = images.stored_bytes
+    calls = []
+
+    def changed_once(item, *args, **kwargs):
+        calls.append(item.image_id)
+        if len(calls) == 4:
+            raise source_api.ConversionError(f"{item.path} changed while it was being converted; run again")
+        return real(item, *args, **kwargs)
+
+    monkeypatch.setattr(images, "stored_bytes", changed_once)
+    with pytest.raises(source_api.ConversionError, match=r"^the Beam pipeline failed \(.*changed while"):
+        jsonl_csv.convert_records(str(data), "jsonl", out, **kw)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched, no staging dir left
+    jsonl_csv.convert_records(str(data), "jsonl", out, **kw)
+    assert len(calls) > 4
+    assert _dataset_of(out) == expected

@@ -14,12 +14,15 @@ manifest in last); only its image and caption pass runs here, as a pipeline:
 2. each worker reads, checks and re-encodes its images (`images.check_image`,
    `images.stored_bytes`) and cleans their captions (`writer.clean_captions`, a
    batch of images at a time: one tokenizer call),
-   emitting the serialized record (`writer.serialize`) or why it was skipped;
-   skips are counted per reason in Beam metrics ("skipped"/REASON);
-3. records are numbered within their split by input order and grouped into
+   emitting the kept item (id, kept captions, checked size) or why it was
+   skipped; skips are counted per reason in Beam metrics ("skipped/REASON");
+3. kept items are numbered within their split by input order and grouped into
    the threaded writer's shards (same names, same records per shard, same
-   order: `records.shard_name`), each written by `layout.write_shard` (a
-   `.tmp` name renamed when complete, so a retried bundle rewrites it whole);
+   order: `records.shard_name`); the worker writing a shard reads its images
+   again, as the threaded writer's second pass does (`images.stored_bytes`,
+   `writer.serialize`: image bytes never go through the shuffle) and writes it
+   with `layout.write_shard` (a `.tmp` name renamed when complete, so a
+   retried bundle rewrites it whole);
 4. train words are counted with `CombinePerKey(sum)`, words below
    `min_word_count` dropped (the vocabulary rule, `Vocabulary.build`, is applied
    again on what is left), the skip/re-encode/caption-cap counts combined with
@@ -83,6 +86,8 @@ def pipeline_options(runner: str, pipeline_args: Sequence[str], num_workers: int
             args.append(f"--direct_num_workers={num_workers or os.cpu_count() or 1}")
         if not any(a.startswith("--direct_running_mode") for a in args):
             args.append("--direct_running_mode=multi_processing")
+        if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
+            args.append("--default_sdk_harness_log_level=WARNING")  # not every worker's start-up INFO lines
     return PipelineOptions(args + [f"--runner={runner}"])
 
 
@@ -97,26 +102,16 @@ def convert(target: str, split_names: Sequence[str], items_by_split: Mapping[str
     work = [(split, pos, item) for pos, (split, item) in
             enumerate((split, item) for split in split_names for item in candidates[split])]
     check = _Check(settings=settings, max_pixels=max_pixels, limits=limits, max_captions=max_captions)
-    with beam.Pipeline(options=options) as p:
-        checked = (p | "Items" >> beam.Create(work) | "Spread" >> beam.Reshuffle()
-                   | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=BATCH)
-                   | "CheckAndEncode" >> beam.ParDo(check).with_outputs("stats", main="records"))
-        counts = checked.stats | "Counts" >> beam.CombineGlobally(_CountsFn())
-        words = (checked.stats | "TrainWords" >> beam.FlatMap(lambda stats: stats["words"].items())
-                 | "CountWords" >> beam.CombinePerKey(sum)
-                 | "MinCount" >> beam.Filter(lambda wc: wc[1] >= min_word_count)
-                 | "Vocabulary" >> beam.combiners.ToDict())
-        kept = checked.records
-        positions = (kept | "Positions" >> beam.Map(lambda o: (o["split"], o["pos"]))
-                     | "BySplit" >> beam.GroupByKey() | "Sort" >> beam.MapTuple(lambda s, ps: (s, sorted(ps))))
-        shards = (kept | "ToShard" >> beam.Map(_to_shard, beam.pvalue.AsDict(positions), images_per_shard)
-                  | "ByShard" >> beam.GroupByKey()
-                  | "WriteShards" >> beam.ParDo(_WriteShard(target))
-                  | "Shards" >> beam.combiners.ToList())
-        (p | "Once" >> beam.Create([None])
-         | "Summary" >> beam.Map(_write_summary, target, beam.pvalue.AsSingleton(counts),
-                                 beam.pvalue.AsSingleton(words), beam.pvalue.AsSingleton(shards)))
-    result = p.result
+    p = beam.Pipeline(options=options)
+    try:
+        _build(p, work, check, target=target, limits=limits, images_per_shard=images_per_shard,
+               min_word_count=min_word_count)
+        result = p.run()
+        result.wait_until_finish()
+    except Exception as e:  # a worker's error, after the runner's retries: one line, no output written
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ConversionError(f"the Beam pipeline failed ({last}); nothing was written to the data dir. "
+                              "Fix the cause and run again") from e
     if verbose:
         metrics = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(_METRICS))["counters"]
         line = ", ".join(f"{m.key.metric.name} {m.committed if m.committed is not None else m.attempted}"
@@ -125,8 +120,31 @@ def convert(target: str, split_names: Sequence[str], items_by_split: Mapping[str
     return _read_summary(target, split_names, skipped, max_captions)
 
 
+def _build(p, work: list, check: "_Check", *, target: str, limits: images.ReadLimits, images_per_shard: int,
+           min_word_count: int) -> None:
+    """The pipeline's steps (see the module doc)."""
+    checked = (p | "Items" >> beam.Create(work) | "Spread" >> beam.Reshuffle()
+               | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=BATCH)
+               | "CheckAndEncode" >> beam.ParDo(check).with_outputs("stats", main="records"))
+    counts = checked.stats | "Counts" >> beam.CombineGlobally(_CountsFn())
+    words = (checked.stats | "TrainWords" >> beam.FlatMap(lambda stats: stats["words"].items())
+             | "CountWords" >> beam.CombinePerKey(sum)
+             | "MinCount" >> beam.Filter(lambda wc: wc[1] >= min_word_count)
+             | "Vocabulary" >> beam.combiners.ToDict())
+    kept = checked.records
+    positions = (kept | "Positions" >> beam.Map(lambda o: (o["split"], o["pos"]))
+                 | "BySplit" >> beam.GroupByKey() | "Sort" >> beam.MapTuple(lambda s, ps: (s, sorted(ps))))
+    shards = (kept | "ToShard" >> beam.Map(_to_shard, beam.pvalue.AsDict(positions), images_per_shard)
+              | "ByShard" >> beam.GroupByKey()
+              | "WriteShards" >> beam.ParDo(_WriteShard(target, limits))
+              | "Shards" >> beam.combiners.ToList())
+    (p | "Once" >> beam.Create([None])
+     | "Summary" >> beam.Map(_write_summary, target, beam.pvalue.AsSingleton(counts),
+                             beam.pvalue.AsSingleton(words), beam.pvalue.AsSingleton(shards)))
+
+
 class _Check(beam.DoFn if beam else object):
-    """A batch of items -> a record (main output) per image kept, and one "stats" output
+    """A batch of items -> the kept items (main output), and one "stats" output
     per batch: skips and re-encodes (with the input positions of their examples),
     capped captions, longest caption per split, the train words. Captions are
     cleaned per batch: one tokenizer call for many images."""
@@ -168,13 +186,10 @@ class _Check(beam.DoFn if beam else object):
             if kept:
                 stats["max_words"][split] = max_words
             by_id = {item.image_id: (pos, size, fix) for pos, item, size, fix in group}
-            for item in kept:
+            for item in kept:  # the image's bytes are read again where its shard is written
                 pos, size, fix = by_id[item.image_id]
-                data = images.stored_bytes(item, {item.image_id: (size, fix)}, self.limits)
                 stats["max_captions"] = max(stats["max_captions"], len(item.captions))
-                Metrics.counter(_METRICS, "images_written").inc()
-                yield {"split": split, "pos": pos, "record": writer.serialize(item, data),
-                       "num_captions": len(item.captions)}
+                yield {"split": split, "pos": pos, "item": item, "size": size, "fix": fix}
         stats["words"] = dict(stats["words"])
         yield beam.pvalue.TaggedOutput("stats", stats)
 
@@ -222,35 +237,43 @@ def _add_reason(by_reason: dict, reason: str, count: int, examples: list) -> Non
                          heapq.nsmallest(report.NUM_EXAMPLES, list(old_examples) + list(examples)))
 
 
-def _to_shard(outcome: dict, positions: Mapping[str, list[int]], images_per_shard: int):
-    """((split, shard index, shard count), (pos, record, captions)): the threaded writer's
-    split of n records into ceil(n / images_per_shard) shards, records [n*k//S, n*(k+1)//S)."""
-    split, pos = outcome["split"], outcome["pos"]
-    kept = positions[split]
-    n = len(kept)
+def _to_shard(kept: dict, positions: Mapping[str, list[int]], images_per_shard: int):
+    """((split, shard index, shard count), kept): the threaded writer's split of n records
+    into ceil(n / images_per_shard) shards, records [n*k//S, n*(k+1)//S) in shard k."""
+    split, pos = kept["split"], kept["pos"]
+    in_split = positions[split]
+    n = len(in_split)
     num_shards = math.ceil(n / images_per_shard)
-    rank = bisect.bisect_left(kept, pos)
+    rank = bisect.bisect_left(in_split, pos)
     shard = min(rank * num_shards // n, num_shards - 1)
     while n * shard // num_shards > rank:
         shard -= 1
     while n * (shard + 1) // num_shards <= rank:
         shard += 1
-    return (split, shard, num_shards), (pos, outcome["record"], outcome["num_captions"])
+    return (split, shard, num_shards), kept
 
 
 class _WriteShard(beam.DoFn if beam else object):
-    """One shard's records, in input order, into `target` (`layout.write_shard`)."""
+    """One shard's records, in input order, into `target` (`layout.write_shard`): each
+    image read again (`images.stored_bytes`: the checked bytes, re-encoded where needed),
+    so image bytes never go through the runner's shuffle."""
 
-    def __init__(self, target: str):
-        self.target = target
+    def __init__(self, target: str, limits: images.ReadLimits):
+        self.target, self.limits = target, limits
 
     def process(self, element):
         (split, shard, num_shards), rows = element
-        rows = sorted(rows, key=lambda row: row[0])
+        rows = sorted(rows, key=lambda row: row["pos"])
         name = records.shard_name(split, shard, num_shards)
-        layout.write_shard(os.path.join(self.target, name), (record for _, record, _ in rows))
+        layout.write_shard(os.path.join(self.target, name), (self._record(row) for row in rows))
         yield {"split": split, "shard": shard, "name": name, "num_images": len(rows),
-               "num_captions": sum(n for _, _, n in rows)}
+               "num_captions": sum(len(row["item"].captions) for row in rows)}
+
+    def _record(self, row: dict) -> bytes:
+        item = row["item"]
+        data = images.stored_bytes(item, {item.image_id: (row["size"], row["fix"])}, self.limits)
+        Metrics.counter(_METRICS, "images_written").inc()
+        return writer.serialize(item, data)
 
 
 def _write_summary(_, target: str, counts: dict, words: dict, shards: list) -> None:
