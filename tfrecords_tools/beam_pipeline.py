@@ -11,16 +11,17 @@ manifest in last); only its image and caption pass runs here, as a pipeline:
 
 1. the unique items (`writer.unique_items`, on the launching machine: ids only)
    become a PCollection (`beam.Create`, then `Reshuffle` so that workers share it);
-2. each worker reads, checks and re-encodes its images (`images.check_image`,
-   `images.stored_bytes`) and cleans their captions (`writer.clean_captions`, a
-   batch of images at a time: one tokenizer call),
-   emitting the kept item (id, kept captions, checked size) or why it was
-   skipped; skips are counted per reason in Beam metrics ("skipped/REASON");
+2. each worker reads and checks its images (`images.check_image`) and cleans
+   their captions (`writer.clean_captions`, a batch of images at a time: one
+   tokenizer call), emitting the kept item (id, kept captions, checked size,
+   re-encode reason) or why it was skipped; skips and re-encodes are counted
+   per reason in Beam metrics ("skipped/REASON", "reencoded/REASON");
 3. kept items are numbered within their split by input order and grouped into
    the threaded writer's shards (same names, same records per shard, same
    order: `records.shard_name`); the worker writing a shard reads its images
    again, as the threaded writer's second pass does (`images.stored_bytes`,
-   `writer.serialize`: image bytes never go through the shuffle) and writes it
+   re-encoded where needed; `writer.serialize`: image bytes never go through
+   the shuffle) and writes it
    with `layout.write_shard` (a `.tmp` name renamed when complete, so a
    retried bundle rewrites it whole);
 4. train words are counted with `CombinePerKey(sum)`, words below
