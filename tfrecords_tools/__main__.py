@@ -8,6 +8,7 @@
     python -m tfrecords_tools flickr30k --token results_20130124.token --images flickr30k-images --out DIR
     python -m tfrecords_tools jsonl --file data.jsonl --out DIR     (or: csv --file data.csv)
     python -m tfrecords_tools tfds --name coco_captions --data-dir ~/tensorflow_datasets --out DIR
+    python -m tfrecords_tools SOURCE ... --runner direct|DataflowRunner|FlinkRunner|SparkRunner [Beam options]
     python -m tfrecords_tools merge --out DIR        (after --num-parts N --part-index I runs)
     python -m tfrecords_tools inspect DIR [--html page.html] [--examples 20]
 
@@ -64,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-captions-per-image", type=int, default=source_api.DEFAULT_MAX_CAPTIONS_PER_IMAGE,
                        help="keep an image's first N captions, drop and count the rest (default %(default)s)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--runner", default=None, metavar="RUNNER",
+                       help="convert as an Apache Beam pipeline on this runner: direct, DataflowRunner, "
+                            "FlinkRunner or SparkRunner; Beam pipeline options follow as further "
+                            "--flags (docs/data.md)")
         if in_parts:
             p.add_argument("--num-parts", type=int, default=None,
                            help="split the work into this many parts, one per machine/process (then run merge)")
@@ -181,7 +186,10 @@ def parse_part(args: argparse.Namespace) -> tuple[int, int] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parses `argv` (default sys.argv[1:]), converts, returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, pipeline_args = parser.parse_known_args(argv)
+    if pipeline_args and getattr(args, "runner", None) is None:
+        parser.error(f"unrecognized arguments: {' '.join(pipeline_args)}")
     part = parse_part(args)
     quiet.import_tensorflow(args.verbose)
     # Imported here so `--help` and usage errors do not wait for TensorFlow.
@@ -207,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 kw["part"] = part
             if args.vocab is not None:
                 kw["vocab_from"] = args.vocab
+            if args.runner is not None:
+                kw.update(runner=args.runner, pipeline_args=pipeline_args)
             _convert(args, kw)
     except (source_api.ConversionError, OSError) as e:  # bad input or an unwritable --out
         print(f"error: {e}", file=sys.stderr)

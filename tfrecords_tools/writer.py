@@ -68,6 +68,8 @@ def write_dataset(
     max_captions_per_image: int = source_api.DEFAULT_MAX_CAPTIONS_PER_IMAGE,
     part: tuple[int, int] | None = None,
     vocab_from: str | None = None,
+    runner: str | None = None,
+    pipeline_args: Sequence[str] = (),
     progress: bool = True,
     verbose: bool = True,
 ) -> dict:
@@ -100,6 +102,10 @@ def write_dataset(
         an imported run's, so the data gets that model's word ids); words not
         in it map to `<unk>`; `min_word_count` is then not used. Recorded in
         the manifest.
+      runner: check the images and write the shards with this Apache Beam
+        runner ("direct", "DataflowRunner", ...; `beam_pipeline`) instead of
+        this process's threads; the output is the same.
+      pipeline_args: more Beam pipeline options (command-line style), with `runner`.
       progress: show tqdm progress bars (stderr).
       verbose: print the summary (stdout) at the end.
 
@@ -132,6 +138,17 @@ def write_dataset(
     if vocab_from is not None:
         vocab_from = os.path.abspath(os.fspath(vocab_from))
         layout.load_given_vocab(vocab_from)  # a bad file stops before anything is converted
+    beam_options = None
+    if runner is not None:
+        if part is not None:
+            raise ConversionError("--runner converts everything in one pipeline; "
+                                  "drop --num-parts/--part-index (they are the no-Beam fan-out)")
+        from tfrecords_tools import beam_pipeline
+
+        beam_options = beam_pipeline.pipeline_options(runner, pipeline_args, num_workers)
+    elif pipeline_args:
+        raise ConversionError(f"unrecognized arguments: {' '.join(pipeline_args)} "
+                              "(Beam pipeline options go with --runner)")
     split_names = list(items_by_split) + [s for s in records.SPLITS if s not in items_by_split]
     for split in split_names:
         if not split or not all(c.isalnum() or c == "_" for c in split):
@@ -171,9 +188,15 @@ def write_dataset(
                   "Merge with `python -m tfrecords_tools merge --out OUT` when every part is done.")
         return info
     with layout.staging(out_dir, "data") as stage:
-        converted = _convert(stage, split_names, items_by_split, skipped, workers=workers,
-                             images_per_shard=images_per_shard, settings=settings, max_pixels=max_pixels,
-                             limits=limits, max_captions=max_captions_per_image, progress=progress)
+        if beam_options is not None:
+            converted = beam_pipeline.convert(
+                stage, split_names, items_by_split, skipped, options=beam_options,
+                images_per_shard=images_per_shard, settings=settings, max_pixels=max_pixels, limits=limits,
+                max_captions=max_captions_per_image, min_word_count=min_word_count, verbose=verbose)
+        else:
+            converted = _convert(stage, split_names, items_by_split, skipped, workers=workers,
+                                 images_per_shard=images_per_shard, settings=settings, max_pixels=max_pixels,
+                                 limits=limits, max_captions=max_captions_per_image, progress=progress)
         if not converted["splits"]["train"].num_images:
             raise ConversionError(
                 "no usable train image remains after skipping bad inputs "
@@ -206,16 +229,7 @@ def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[st
     caption_cap = report.CaptionCap(max_captions)
 
     # Pass 1: ids, then every image read and decoded (nothing kept in memory).
-    candidates: dict[str, list[Item]] = {}
-    seen_ids: set[str] = set()
-    for split in split_names:
-        candidates[split] = []
-        for item in items_by_split.get(split, ()):
-            if item.image_id in seen_ids:
-                skipped.add("duplicate", f"{split}:{item.image_id}")
-                continue
-            seen_ids.add(item.image_id)
-            candidates[split].append(item)
+    candidates = unique_items(split_names, items_by_split, skipped)
     all_candidates = [item for split in split_names for item in candidates[split]]
     checked: dict[str, tuple[int, str | None]] = {}  # image_id -> (byte size, re-encode reason)
     check = functools.partial(images.check_image, max_pixels=max_pixels, limits=limits)
@@ -231,45 +245,16 @@ def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[st
                 if fix:
                     reencoded.add(fix, item.image_id)
 
-    # Captions of the images that survived: strip, drop those that are not
-    # valid UTF-8 (sources decode bytes with errors="surrogateescape") or have
-    # no word. One tokenizer pass gives the empty captions, the lengths and the
-    # train split's word counts (the vocabulary).
+    # Captions of the images that survived (`clean_captions`).
     kept: dict[str, list[Item]] = {}
     max_words: dict[str, int] = {}
     train_counts: collections.Counter = collections.Counter()
     for split in split_names:
         survivors = [item for item in candidates[split] if item.image_id in checked]
-        stripped = []  # per image: [(index in the source, stripped caption)]
-        for item in survivors:
-            good = []
-            for i, caption in enumerate(item.captions):
-                if _valid_utf8(caption):
-                    good.append((i, caption.strip()))
-                else:
-                    skipped.add("bad_encoding", f"{item.image_id}#{i}")
-            stripped.append(good)
-        words = vocab_lib.split_words((c for cs in stripped for _, c in cs), settings)
-        kept[split], max_words[split] = [], 0
-        for item, captions in zip(survivors, stripped):
-            good, dropped = [], 0
-            for i, caption in captions:
-                caption_words = next(words)
-                if not caption_words:
-                    skipped.add("empty_caption", f"{item.image_id}#{i}")
-                elif len(good) < max_captions:
-                    good.append(caption)
-                    max_words[split] = max(max_words[split], len(caption_words))
-                    if split == "train":
-                        train_counts.update(caption_words)
-                else:
-                    dropped += 1
-            if dropped:
-                caption_cap.add(item.image_id, dropped)
-            if good:
-                kept[split].append(dataclasses.replace(item, captions=tuple(good)))
-            else:
-                skipped.add("no_captions", item.image_id)
+        kept[split], max_words[split], counts = clean_captions(
+            split, survivors, settings=settings, max_captions=max_captions, skipped=skipped,
+            caption_cap=caption_cap)
+        train_counts.update(counts)
 
     # Pass 2: shards, the original bytes re-read in order (re-encoded where needed).
     splits_info = {}
@@ -302,6 +287,77 @@ def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[st
     }
 
 
+def unique_items(split_names: Sequence[str], items_by_split: Mapping[str, Sequence[Item]],
+                 skipped: report.Counted) -> dict[str, list[Item]]:
+    """split -> its items, each image id's first one kept (in split order), the others
+    counted as "duplicate"."""
+    candidates: dict[str, list[Item]] = {}
+    seen_ids: set[str] = set()
+    for split in split_names:
+        candidates[split] = []
+        for item in items_by_split.get(split, ()):
+            if item.image_id in seen_ids:
+                skipped.add("duplicate", f"{split}:{item.image_id}")
+                continue
+            seen_ids.add(item.image_id)
+            candidates[split].append(item)
+    return candidates
+
+
+def clean_captions(split: str, survivors: Sequence[Item], *, settings: vocab_lib.TokenizerSettings,
+                   max_captions: int, skipped: report.Counted, caption_cap: report.CaptionCap
+                   ) -> tuple[list[Item], int, collections.Counter]:
+    """The captions of images that passed the image check: stripped; those that are
+    not valid UTF-8 (sources decode bytes with errors="surrogateescape") or have no
+    word dropped and counted; at most `max_captions` kept per image (the rest
+    counted in `caption_cap`); images left without a caption counted as "no_captions".
+    One tokenizer pass over all of them gives the empty captions, the lengths and
+    (train only) the word counts the vocabulary is built from.
+
+    Returns:
+      (the items kept, with their kept captions; the most words of a kept caption;
+       the word counts of the kept captions when `split` is "train", else empty).
+    """
+    stripped = []  # per image: [(index in the source, stripped caption)]
+    for item in survivors:
+        good = []
+        for i, caption in enumerate(item.captions):
+            if _valid_utf8(caption):
+                good.append((i, caption.strip()))
+            else:
+                skipped.add("bad_encoding", f"{item.image_id}#{i}")
+        stripped.append(good)
+    words = vocab_lib.split_words((c for cs in stripped for _, c in cs), settings)
+    kept, max_words, counts = [], 0, collections.Counter()
+    for item, captions in zip(survivors, stripped):
+        good, dropped = [], 0
+        for i, caption in captions:
+            caption_words = next(words)
+            if not caption_words:
+                skipped.add("empty_caption", f"{item.image_id}#{i}")
+            elif len(good) < max_captions:
+                good.append(caption)
+                max_words = max(max_words, len(caption_words))
+                if split == "train":
+                    counts.update(caption_words)
+            else:
+                dropped += 1
+        if dropped:
+            caption_cap.add(item.image_id, dropped)
+        if good:
+            kept.append(dataclasses.replace(item, captions=tuple(good)))
+        else:
+            skipped.add("no_captions", item.image_id)
+    return kept, max_words, counts
+
+
+def serialize(item: Item, data: bytes) -> bytes:
+    """One record: `item`'s id and (kept) captions with the image bytes `data`.
+    Deterministic: the features map in a fixed order, so reruns (other processes,
+    other machines) give the same bytes."""
+    return records.make_example(item.image_id, data, item.captions).SerializeToString(deterministic=True)
+
+
 def _valid_utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -314,8 +370,7 @@ def _serialized(items: Sequence[Item], encoded: Iterator[bytes], bar) -> Iterato
     for item in items:
         data = next(encoded)
         bar.update()
-        # deterministic: the features map in a fixed order, so reruns (other processes) give the same bytes
-        yield records.make_example(item.image_id, data, item.captions).SerializeToString(deterministic=True)
+        yield serialize(item, data)
 
 
 def _ordered_map(pool: concurrent.futures.Executor, fn: Callable[[_T], _R], items: Iterable[_T],
