@@ -137,3 +137,12 @@ def test_interrupted_save_is_ignored_and_max_checkpoints_to_keep_is_honoured(tra
     assert int(phase2.get_tensor(iterations)) == 2 * trained_run.history["steps_per_epoch"]
     assert phase2.get_tensor(learning_rate) == pytest.approx(0.005)
     assert not any(n.startswith("model/optimizer") for n in names)  # the model owns no optimizer
+
+
+def test_a_relative_run_dir_finds_and_restores_its_checkpoints(trained_run, tmp_path, monkeypatch):
+    """`--run-dir runs/x`: the `checkpoint` file's relative entries are joined to the directory once."""
+    shutil.copytree(trained_run.run_dir, tmp_path / "runs" / "x")
+    monkeypatch.chdir(tmp_path)
+    paths = run_dir_lib.checkpoint_paths(os.path.join("runs", "x", run_dir_lib.CHECKPOINTS))
+    assert paths and all(os.path.exists(p + ".index") for p in paths)
+    assert run_dir_lib.load_model(os.path.join("runs", "x"))[4] == paths[0]
