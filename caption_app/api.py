@@ -29,12 +29,13 @@ import tensorflow as tf
 
 from caption_app import budget as budget_lib
 from caption_app import config as config_lib
+from caption_app import io_utils
 from caption_app import run_dir as run_dir_lib
 from caption_app.caption import read_image_file, why_not_decoded
 from caption_app.config import Config
 from caption_app.data import manifest as manifest_lib
 from caption_app.data.image_bytes import DEFAULT_MAX_IMAGE_PIXELS
-from caption_app.data.pipeline import make_dataset, resize_image, resolve_tensor_sizes
+from caption_app.data.pipeline import make_dataset, resolve_tensor_sizes
 from caption_app.data.vocabulary import Vocabulary
 from caption_app.decoding import DecodeSettings, DecodeSettingsError
 from caption_app.model import show_and_tell
@@ -94,7 +95,7 @@ class Captioner:
         """
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if os.path.isfile(os.path.join(path, run_dir_lib.CONFIG)):
+        if io_utils.isfile(os.path.join(path, run_dir_lib.CONFIG)):
             return cls(_RunDirBackend(path, checkpoint, max_image_pixels), batch_size=batch_size)
         if checkpoint is not None:
             raise ValueError("checkpoint= is for a run dir; an export holds one checkpoint")
@@ -143,11 +144,15 @@ class Captioner:
                     else:
                         reason = why_not_decoded(data[row], self._backend.max_image_pixels)
                         results[i] = CaptionResult([], [], [], prepared[i][0], f"cannot caption: {reason}")
-            if pixels:
-                batch = tf.concat([resize_image(tf.constant(prepared[i][1])[None], self.image_size)
-                                   for i in pixels], axis=0)
+            # Arrays of one shape go together, as they are: the graph resizes them the run's way
+            # (data.preprocess), so an imported im2txt run sees im2txt's resize here too.
+            by_shape: dict[tuple, list[int]] = {}
+            for i in pixels:
+                by_shape.setdefault(prepared[i][1].shape, []).append(i)
+            for group in by_shape.values():
+                batch = tf.constant(np.stack([prepared[i][1] for i in group]).astype(np.float32))
                 out = self._backend.caption_pixels(batch, settings)
-                for row, i in enumerate(pixels):
+                for row, i in enumerate(group):
                     results[i] = _result(out, row, settings, prepared[i][0])
         return results[0] if single else results
 
@@ -224,6 +229,7 @@ class _RunDirBackend:
         self._captioner = show_and_tell.Captioner(model)
         self._module_class = CaptionModule
         self.path, self.image_size, self.max_image_pixels = path, sizes.image_size, max_image_pixels
+        self._preprocess = config.data.preprocess  # e.g. im2txt's resize for an imported run
         self._files = (os.path.join(path, run_dir_lib.VOCAB), os.path.join(path, run_dir_lib.CONFIG))
         self._modules: dict[DecodeSettings, Any] = {}
         self._module(self.default_settings.resolve())  # traced now, not on the first call
@@ -231,7 +237,8 @@ class _RunDirBackend:
     def _module(self, settings: DecodeSettings):
         if settings not in self._modules:
             self._modules[settings] = self._module_class(self._captioner, self._vocab, settings, *self._files,
-                                                         max_image_pixels=self.max_image_pixels)
+                                                         max_image_pixels=self.max_image_pixels,
+                                                         preprocess=self._preprocess)
         return self._modules[settings]
 
     def caption_bytes(self, data: list[bytes], settings: DecodeSettings) -> dict:
@@ -250,8 +257,7 @@ class _SavedModelBackend:
     """An exported SavedModel: its `serving_default` and `caption_images` signatures."""
 
     def __init__(self, path: str):
-        with open(os.path.join(path, "assets", "config.json")) as f:
-            described = json.load(f)
+        described = io_utils.read_json(os.path.join(path, "assets", "config.json"))
         self.path, self.image_size = path, int(described["image_size"])
         self.max_image_pixels = int(described.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
         self.default_settings = DecodeSettings(**described["decode"])
@@ -285,11 +291,11 @@ class _SavedModelBackend:
 
 def _version_dir(path: str) -> str:
     """`path` if it is a SavedModel, else its newest integer-named version dir that is one."""
-    if os.path.isfile(os.path.join(path, SAVED_MODEL_FILE)):
+    if io_utils.isfile(os.path.join(path, SAVED_MODEL_FILE)):
         return path
-    if os.path.isdir(path):
-        versions = sorted((int(d) for d in os.listdir(path) if d.isdigit()
-                           and os.path.isfile(os.path.join(path, d, SAVED_MODEL_FILE))), reverse=True)
+    if io_utils.isdir(path):
+        versions = sorted((int(d) for d in io_utils.listdir(path) if d.isdigit()
+                           and io_utils.isfile(os.path.join(path, d, SAVED_MODEL_FILE))), reverse=True)
         if versions:
             return os.path.join(path, str(versions[0]))
     raise FileNotFoundError(f"{path} is neither a run dir ({run_dir_lib.CONFIG}) nor an exported SavedModel "

@@ -401,6 +401,13 @@ def test_caption_and_the_exported_serving_default_agree_on_the_reference_jpeg(im
     np.testing.assert_allclose(out["log_probs"][0], [c["log_prob"] for c in captions], atol=1e-5)
     config = json.loads((tmp_path / "models" / "caption" / "1" / "assets" / "config.json").read_text())
     assert config["config"]["data"]["preprocess"] == "im2txt" and config["decode"]["words_per_beam"] == 3
+    # The Python API takes the imported run dir and its export alike, with the same captions.
+    from caption_app import Captioner
+
+    for source in (run, tmp_path / "models" / "caption" / "1"):
+        result = Captioner.load(str(source)).caption([Path(image).read_bytes()])[0]
+        assert result.captions == [c["caption"] for c in captions], source
+        np.testing.assert_allclose(result.log_probs, [c["log_prob"] for c in captions], atol=1e-5)
 
 
 @pytest.mark.slow
