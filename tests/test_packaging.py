@@ -57,7 +57,7 @@ def test_the_wheel_declares_three_console_scripts_that_exist(wheel):
 
 def test_test_tools_are_an_extra_not_a_runtime_dependency(wheel):
     metadata = Parser().parsestr(_dist_info(wheel, "METADATA"))
-    assert set(metadata.get_all("Provides-Extra")) == {"serving", "test"}
+    assert set(metadata.get_all("Provides-Extra")) == {"serving", "beam", "test"}
     runtime = [r for r in metadata.get_all("Requires-Dist") if "extra ==" not in r]
     names = {re.match(r"[\w.-]+", r).group().lower() for r in runtime}
     assert "tensorflow" in names and "keras" in names
@@ -66,6 +66,8 @@ def test_test_tools_are_an_extra_not_a_runtime_dependency(wheel):
     for tool in TEST_TOOLS:
         assert any(r.lower().startswith(tool) and 'extra == "test"' in r for r in extras), (tool, extras)
     assert any(r.startswith("tensorflow-serving-api") and 'extra == "serving"' in r for r in extras)
+    assert any(r.startswith("apache-beam") and 'extra == "beam"' in r for r in extras)
+    assert "apache-beam" not in names  # conversion without Beam needs no Beam
 
 
 def _pins(path) -> list[str]:
@@ -79,6 +81,7 @@ def test_the_docker_image_installs_the_runtime_pins_only():
     names = {re.split(r"[=<>\[ ]", line)[0].lower() for line in image}
     assert not names & set(TEST_TOOLS) and not any(line.startswith("-") for line in image), image
     assert "tensorflow" not in names and {"keras", "tensorflow-serving-api"} <= names
+    assert "apache-beam" not in names  # serving and training images carry no Beam
     # make setup / CI install requirements.txt, which brings the test pins along.
     assert "-r requirements-test.txt" in _pins(REPO_ROOT / "requirements.txt")
     assert {re.split(r"[=<>]", p)[0] for p in _pins(REPO_ROOT / "requirements-test.txt")} == set(TEST_TOOLS)
