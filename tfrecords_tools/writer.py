@@ -187,6 +187,7 @@ def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[st
     Returns:
       {"splits": split -> manifest.SplitInfo,
        "train_counts": Counter of train words, "max_caption_words",
+       "train_longest_caption_words": Counter of train images by their longest caption's words,
        "max_captions_per_image", "skipped": report.Counted, "reencoded": report.Counted,
        "caption_cap": report.CaptionCap}
     """
@@ -227,6 +228,7 @@ def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[st
     kept: dict[str, list[Item]] = {}
     max_words: dict[str, int] = {}
     train_counts: collections.Counter = collections.Counter()
+    train_longest: collections.Counter = collections.Counter()  # words -> train images (length buckets)
     for split in split_names:
         survivors = [item for item in candidates[split] if item.image_id in checked]
         stripped = []  # per image: [(index in the source, stripped caption)]
@@ -241,7 +243,7 @@ def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[st
         words = vocab_lib.split_words((c for cs in stripped for _, c in cs), settings)
         kept[split], max_words[split] = [], 0
         for item, captions in zip(survivors, stripped):
-            good, dropped = [], 0
+            good, dropped, longest = [], 0, 0
             for i, caption in captions:
                 caption_words = next(words)
                 if not caption_words:
@@ -249,6 +251,7 @@ def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[st
                 elif len(good) < max_captions:
                     good.append(caption)
                     max_words[split] = max(max_words[split], len(caption_words))
+                    longest = max(longest, len(caption_words))
                     if split == "train":
                         train_counts.update(caption_words)
                 else:
@@ -257,6 +260,8 @@ def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[st
                 caption_cap.add(item.image_id, dropped)
             if good:
                 kept[split].append(dataclasses.replace(item, captions=tuple(good)))
+                if split == "train":
+                    train_longest[longest] += 1
             else:
                 skipped.add("no_captions", item.image_id)
 
@@ -283,6 +288,7 @@ def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[st
         "splits": splits_info,
         "train_counts": train_counts,
         "max_caption_words": max_words["train"],
+        "train_longest_caption_words": train_longest,
         "max_captions_per_image": max(
             (len(item.captions) for items in kept.values() for item in items), default=0),
         "skipped": skipped,

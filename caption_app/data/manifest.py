@@ -50,6 +50,9 @@ class Manifest:
     max_caption_words: int  # longest train caption, in words
     max_captions_per_image: int
     raw: dict
+    # Train images by the word count of their longest caption (length buckets); None in
+    # manifests written before it was recorded.
+    longest_caption_words: dict[int, int] | None = None
 
     def split(self, name: str) -> SplitInfo:
         if name not in self.splits:
@@ -159,6 +162,13 @@ def load(data_dir: str, *, check_shards: bool = True) -> Manifest:
         if images and not files:
             raise ManifestError(f"{path}: split {name!r} has {images} images but no shard files; {_RECONVERT}")
         splits[name] = SplitInfo(images, captions, tuple(files))
+    longest = raw.get("train_longest_caption_words")
+    if longest is not None:
+        try:
+            longest = {int(k): int(v) for k, v in longest.items()}
+        except (AttributeError, TypeError, ValueError):
+            raise ManifestError(f"{path}: train_longest_caption_words must map word counts to image "
+                                f"counts; {_RECONVERT}") from None
     for name, info in splits.items():
         records = 0
         for f in info.files:
@@ -179,13 +189,15 @@ def load(data_dir: str, *, check_shards: bool = True) -> Manifest:
         max_caption_words=raw["max_caption_words"],
         max_captions_per_image=max_per_image,
         raw=raw,
+        longest_caption_words=longest,
     )
 
 
 def write(data_dir: str, *, source: str, splits: Mapping[str, SplitInfo], tokenizer: TokenizerSettings,
           vocab_size: int, vocab_file: str, min_word_count: int, max_caption_words: int,
           max_captions_per_image: int, images_per_shard: int, skipped: Mapping, reencoded: Mapping,
-          source_info: Mapping, merged_parts: int | None = None, caption_cap: Mapping | None = None) -> dict:
+          source_info: Mapping, merged_parts: int | None = None, caption_cap: Mapping | None = None,
+          train_longest_caption_words: Mapping[int, int] | None = None) -> dict:
     """Writes `DATA_DIR/manifest.json` atomically; the converter calls it last.
 
     Args:
@@ -225,6 +237,8 @@ def write(data_dir: str, *, source: str, splits: Mapping[str, SplitInfo], tokeni
     }
     if caption_cap is not None:
         manifest["caption_cap"] = dict(caption_cap)
+    if train_longest_caption_words is not None:
+        manifest["train_longest_caption_words"] = {str(k): v for k, v in sorted(train_longest_caption_words.items())}
     if merged_parts is not None:
         manifest["merged_parts"] = merged_parts
     manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
