@@ -12,9 +12,9 @@ side by side in one process, training batches by length bucket as `train` does:
 - cached: train steps of the head on the cached features.
 
 Each side first steps once on a batch of each length bucket (tracing, one XLA
-compilation per bucket), untimed; then `--rounds` interleaved rounds of
-`--steps` steps per side (A B A B ...). An epoch's time is the steps per epoch
-x the median seconds per step. Other processes share the CPUs: the load
+compilation per bucket), untimed; then `--rounds` x `--steps` steps per side,
+the sides alternating step by step (A B A B ...). An epoch's time is the steps
+per epoch x the mean seconds per step. Other processes share the CPUs: the load
 average is printed; compare only numbers of one run.
 """
 
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--root", default=os.path.join(os.path.dirname(here), "shared", "data", "flickr8k_1k"))
     parser.add_argument("--data", default=None, help="an already converted data dir (skips the conversion)")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per side and round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the median is kept)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (timed steps per side: rounds x steps)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--work-dir", default=None,
                         help="keep the converted data and the cache here between runs (default: a temp dir); "
@@ -119,8 +119,8 @@ def main() -> None:
         load += f" -> {os.getloadavg()[0]:.2f}"
 
     u_epoch, c_epoch = per_step["uncached"] * epoch_steps, per_step["cached"] * epoch_steps
-    print(f"\none frozen-phase epoch ({epoch_steps} steps = steps/epoch x the median seconds per step of "
-          f"{args.rounds} interleaved rounds of {steps} steps per side; load average {load}):")
+    print(f"\none frozen-phase epoch ({epoch_steps} steps x the mean seconds per step of "
+          f"{args.rounds * steps} alternating steps per side; load average {load}):")
     print(f"  uncached        {u_epoch:8.1f} s   ({per_step['uncached']:.3f} s/step)")
     print(f"  cached          {c_epoch:8.2f} s   ({per_step['cached']:.3f} s/step)   ratio uncached/cached "
           f"{u_epoch / c_epoch:.1f}x")

@@ -9,8 +9,8 @@
    compute (T-1 per caption row), real = non-padding targets. The images are
    decoded at 75 px (token counts do not depend on them).
 2. The `shapes` preset (the demo) on the embedded shapes dataset: training
-   time per epoch = steps per epoch x the median seconds per step, the two
-   sides' steps interleaved (A B A B ...) after every bucket's shape compiled.
+   time per epoch = steps per epoch x the mean seconds per train step, the two
+   sides' steps alternating (A B A B ...) after every bucket's shape compiled.
 
 The load average is printed around each part; compare only numbers of one run.
 """
@@ -65,16 +65,17 @@ def token_ratios(data_dir: str) -> dict[str, float]:
 
 
 def _step_times(sides: dict, *, steps: int, rounds: int) -> dict[str, float]:
-    """Median seconds per train step of each side {name: (fit_model, iterator)}, interleaved."""
-    samples: dict[str, list[float]] = {name: [] for name in sides}
-    for _ in range(rounds):
+    """Mean seconds per train step of each side {name: (fit_model, iterator)}: `rounds` x `steps`
+    steps per side, the sides alternating step by step (A B A B ...), so that a burst of load
+    on the shared machine falls on both. A mean, not a median: the buckets' steps differ in cost."""
+    totals = {name: 0.0 for name in sides}
+    for _ in range(rounds * steps):
         for name, (model, iterator) in sides.items():
             began = time.perf_counter()
-            for _ in range(steps):
-                inputs, targets = next(iterator)[:2]
-                model.train_on_batch(inputs, targets)
-            samples[name].append((time.perf_counter() - began) / steps)
-    return {name: statistics.median(v) for name, v in samples.items()}
+            inputs, targets = next(iterator)[:2]  # waiting for the input pipeline counts too
+            model.train_on_batch(inputs, targets)
+            totals[name] += time.perf_counter() - began
+    return {name: total / (rounds * steps) for name, total in totals.items()}
 
 
 def warm_up(model, dataset, num_shapes: int, max_batches: int = 200):
@@ -124,8 +125,8 @@ def main() -> None:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", default=os.path.join(os.path.dirname(here), "shared", "data", "flickr8k_1k"))
-    parser.add_argument("--steps", type=int, default=8, help="steps per side and round (shapes epoch)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10, help="steps per side and round (shapes epoch)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (timed steps per side: rounds x steps)")
     parser.add_argument("--skip", default="", help="tokens,shapes")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -154,8 +155,8 @@ def main() -> None:
             convert_shapes(data, progress=False, verbose=False)
             load = _load()
             r = shapes_epoch_times(data, tmp, steps=args.steps, rounds=args.rounds)
-            print(f"shapes preset, seconds per epoch ({r['steps per epoch']} steps; median of {args.rounds} "
-                  f"interleaved rounds of {args.steps} steps): one length {r['one length']:.1f} s "
+            print(f"shapes preset, seconds per epoch ({r['steps per epoch']} steps x the mean of "
+                  f"{args.rounds * args.steps} alternating steps per side): one length {r['one length']:.1f} s "
                   f"(padded to {r['one length lengths'][-1]}), buckets {r['buckets']:.1f} s "
                   f"(lengths {'/'.join(map(str, r['buckets lengths']))}): "
                   f"{r['one length'] / r['buckets']:.2f}x; load {load} -> {_load()}", flush=True)
