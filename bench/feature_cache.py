@@ -1,21 +1,21 @@
 """Benchmark (not a test): one frozen-phase epoch with and without the feature cache.
 
-    python bench/feature_cache.py [--root ../shared/data/flickr8k_1k] [--steps N] [--set key=value ...]
+    python bench/feature_cache.py [--root ../shared/data/flickr8k_1k] [--steps 4] [--rounds 3] [--set key=value ...]
 
 Converts the shared Flickr8k subset (753 train / 113 val images), builds the
 `im2txt` preset's model (InceptionV3 at 299x299, random weights: no download;
 no augmentation, which the cache refuses) with the backbone frozen, and times
-side by side in one process:
+side by side in one process, training batches by length bucket as `train` does:
 
-- uncached: `model.fit` of the full model (backbone forward every step),
+- uncached: train steps of the full model (backbone forward every step),
 - the one-off cache build (backbone forward once per train and val image),
-- cached: `model.fit` of the head on the cached features.
+- cached: train steps of the head on the cached features.
 
-Each side runs one untimed step first (tracing / XLA compilation), then
-`--steps` timed steps (default: a whole epoch, 753 // 32 = 23). With fewer
-steps the epoch time is extrapolated (steps per epoch x time per step) and
-the output says so. Other processes share the CPUs: the load average is
-printed; compare only numbers of one run.
+Each side first steps once on a batch of each length bucket (tracing, one XLA
+compilation per bucket), untimed; then `--rounds` x `--steps` steps per side,
+the sides alternating step by step (A B A B ...). An epoch's time is the steps
+per epoch x the mean seconds per step. Other processes share the CPUs: the load
+average is printed; compare only numbers of one run.
 """
 
 from __future__ import annotations
@@ -34,22 +34,21 @@ from caption_app import config as config_lib  # noqa: E402
 from caption_app import feature_cache  # noqa: E402
 from caption_app import run_dir as run_dir_lib  # noqa: E402
 from caption_app.data import manifest as manifest_lib  # noqa: E402
-from caption_app.data.pipeline import make_dataset  # noqa: E402
+from caption_app.data.pipeline import make_dataset, resolve_bucket_lengths  # noqa: E402
 from caption_app.model import show_and_tell  # noqa: E402
 from caption_app.model.loss import MaskedCrossEntropy  # noqa: E402
 from caption_app.optimizers import make_optimizer  # noqa: E402
 from caption_app.budget import budget_for  # noqa: E402
 from tfrecords_tools import flickr8k  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from length_buckets import _step_times, warm_up  # noqa: E402
 
-def _fit_seconds(model, dataset, steps: int, config) -> float:
-    """Seconds of `steps` fit steps after one untimed warm-up step (tracing, XLA)."""
+
+def _compiled(model, config):
     model.compile(optimizer=make_optimizer(config, 0.01), loss=MaskedCrossEntropy(),
                   jit_compile=config.train.jit_compile)
-    model.fit(dataset, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
-    began = time.perf_counter()
-    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
-    return time.perf_counter() - began
+    return model
 
 
 def main() -> None:
@@ -57,7 +56,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", default=os.path.join(os.path.dirname(here), "shared", "data", "flickr8k_1k"))
     parser.add_argument("--data", default=None, help="an already converted data dir (skips the conversion)")
-    parser.add_argument("--steps", type=int, default=0, help="timed steps per side (default: one epoch)")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per side and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (timed steps per side: rounds x steps)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--work-dir", default=None,
                         help="keep the converted data and the cache here between runs (default: a temp dir); "
@@ -84,18 +84,21 @@ def main() -> None:
         manifest, vocab, sizes, model = ctx.manifest, ctx.vocab, ctx.sizes, ctx.model
         t = config.train
         epoch_steps = budget_for(config, manifest).steps_per_epoch
-        steps = args.steps or epoch_steps
+        steps = args.steps
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
               f"{config.model.backbone} at {sizes.image_size}px, batch {t.batch_size} images x "
               f"{sizes.num_captions} captions, LSTM dropout {config.model.lstm_dropout}, "
               f"XLA {'on' if t.jit_compile else 'off'}; {manifest.split('train').num_images} train images = "
-              f"{epoch_steps} steps/epoch; timing {steps} steps per side", flush=True)
+              f"{epoch_steps} steps/epoch; timing {args.rounds} x {steps} steps per side", flush=True)
 
         show_and_tell.set_backbone_trainable(model, False)
+        lengths = resolve_bucket_lengths(config, manifest, sizes.caption_length)
+        print(f"length buckets {'/'.join(map(str, lengths))}: each side first steps once on a batch of each "
+              "(XLA compiles each shape once), untimed", flush=True)
 
         train_ds = make_dataset(config, manifest, vocab, "train", training=True, sizes=sizes).repeat()
-        uncached = _fit_seconds(model, train_ds, steps, config)
-        print(f"uncached: {uncached / steps:.3f} s/step", flush=True)
+        uncached_model = _compiled(model, config)
+        uncached_it = warm_up(uncached_model, train_ds, len(lengths))
 
         began = time.perf_counter()
         cache_dir = feature_cache.ensure_cache(ctx, verbose=False)
@@ -107,16 +110,20 @@ def main() -> None:
               f"{cached_images / build:.1f} images/s{' (reused: timed when it was built)' if reused else ''}",
               flush=True)
 
-        head = feature_cache.build_head(model)
+        head = _compiled(feature_cache.build_head(model), config)
         cached_ds = feature_cache.make_cached_dataset(ctx, cache_dir, "train", training=True).repeat()
-        cached = _fit_seconds(head, cached_ds, steps, config)
-        print(f"cached: {cached / steps:.4f} s/step", flush=True)
+        cached_it = warm_up(head, cached_ds, len(lengths))
+        load = f"{os.getloadavg()[0]:.2f}"
+        per_step = _step_times({"uncached": (uncached_model, uncached_it), "cached": (head, cached_it)},
+                               steps=steps, rounds=args.rounds)
+        load += f" -> {os.getloadavg()[0]:.2f}"
 
-    how = "measured" if steps == epoch_steps else f"extrapolated from {steps} steps"
-    u_epoch, c_epoch = uncached / steps * epoch_steps, cached / steps * epoch_steps
-    print(f"\none frozen-phase epoch ({epoch_steps} steps, {how}):")
-    print(f"  uncached        {u_epoch:8.1f} s")
-    print(f"  cached          {c_epoch:8.2f} s   ratio uncached/cached {u_epoch / c_epoch:.0f}x")
+    u_epoch, c_epoch = per_step["uncached"] * epoch_steps, per_step["cached"] * epoch_steps
+    print(f"\none frozen-phase epoch ({epoch_steps} steps x the mean seconds per step of "
+          f"{args.rounds * steps} alternating steps per side; load average {load}):")
+    print(f"  uncached        {u_epoch:8.1f} s   ({per_step['uncached']:.3f} s/step)")
+    print(f"  cached          {c_epoch:8.2f} s   ({per_step['cached']:.3f} s/step)   ratio uncached/cached "
+          f"{u_epoch / c_epoch:.1f}x")
     print(f"  cache build     {build:8.1f} s   (once; pays for itself after "
           f"{build / max(u_epoch - c_epoch, 1e-9):.2f} epochs)")
 

@@ -15,6 +15,10 @@ Rows (every pair is timed interleaved, A B A B ..., median per step):
                  encode + search, and the search alone
   memory         peak RSS (ru_maxrss) of a few training steps of InceptionV3 at 299x299,
                  batch 32, frozen and fine-tuning, each in a fresh subprocess
+  length buckets decoder positions per real target token on the Flickr8k subset's train
+                 captions, one length vs buckets; the `shapes` preset's seconds per epoch,
+                 one length vs buckets (bench/length_buckets.py; the feature cache's frozen-phase
+                 epoch with buckets: bench/feature_cache.py)
 
 The machine, TensorFlow version and `os.getloadavg()` around each row are
 printed: on a shared machine compare only ratios of one run.
@@ -307,6 +311,38 @@ def _memory_child(args) -> None:
     print(json.dumps({"peak_gib": peak / 2**20, "built_gib": built / 2**20, "seconds_per_step": per_step}))
 
 
+def bucket_rows(args) -> list[Row]:
+    import length_buckets
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_buckets_") as tmp:
+        data = _convert_flickr8k(os.path.join(tmp, "flickr8k"))
+        if data is None:
+            rows.append(Row("length buckets", "decoder positions per real token", "n/a", "n/a", None,
+                            f"{SHARED_FLICKR8K} not found"))
+        else:
+            load = _load()
+            r = length_buckets.token_ratios(data)
+            load += " -> " + _load()
+            rows.append(Row("length buckets", "decoder positions per real target token (Flickr8k, im2txt batches)",
+                            f"one length {r['one length']:.2f}", f"buckets {r['buckets']:.2f}",
+                            r["one length"] / r["buckets"],
+                            f"lengths {'/'.join(map(str, r['buckets lengths']))}", load))
+        from tfrecords_tools.shapes import convert_shapes
+
+        convert_shapes(os.path.join(tmp, "shapes"), progress=False, verbose=False)
+        load = _load()
+        r = length_buckets.shapes_epoch_times(os.path.join(tmp, "shapes"), tmp, steps=args.steps * 3,
+                                              rounds=args.rounds)
+        load += " -> " + _load()
+        rows.append(Row("length buckets",
+                        f"shapes preset s/epoch ({r['steps per epoch']} steps), one length / buckets",
+                        f"one length {r['one length']:.1f} s", f"buckets {r['buckets']:.1f} s",
+                        r["one length"] / r["buckets"], f"lengths {'/'.join(map(str, r['buckets lengths']))}",
+                        load))
+    return rows
+
+
 def _print(rows: list[Row]) -> None:
     import tensorflow as tf
 
@@ -342,7 +378,8 @@ def main() -> None:
     parser.add_argument("--memory-batch", type=int, default=32)
     parser.add_argument("--memory-steps", type=int, default=2)
     parser.add_argument("--memory-timeout", type=int, default=1800)
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: train,pipeline,inference,memory")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated sections to skip: train,pipeline,inference,memory,buckets")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes: small_cnn at 64px, batch 8, memory at 75px batch 8")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -366,6 +403,8 @@ def main() -> None:
         rows += inference_rows(args, extra["model"])
     if "memory" not in skip:
         rows += memory_rows(args)
+    if "buckets" not in skip:
+        rows += bucket_rows(args)
     _print(rows)
 
 

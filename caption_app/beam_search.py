@@ -11,8 +11,10 @@ new_state)`, so tests can drive it with a fake next-word table.
 Semantics, for each image independently (all of it is tested against a
 brute-force enumeration and a plain-Python reference):
 
-* Decoding starts from `start_id` and `initial_state`; the first `step_fn`
-  call gets `start_id` for every beam.
+* Decoding starts from `start_id` and `initial_state`. The first `step_fn`
+  call runs once per image (ids [batch], `initial_state` as given: every beam
+  would feed `start_id` with the same state, as im2txt's loop knew) and its
+  result is repeated for the beams; later calls get [batch * beam_size] rows.
 * A hypothesis is the list of words emitted after `<start>`. Its length is the
   number of those words, the end token included. Its log-probability is the sum
   of the log-probabilities of those words; its score is
@@ -126,9 +128,6 @@ def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: i
     alive_logp = tf.tile(  # [batch, beam]
         tf.constant([[0.0] + [_NEG_INF] * (k - 1)], tf.float32), [batch, 1])
     alive_seq = tf.zeros([batch, k, t_max], tf.int32)  # [batch, beam, time]
-    state = tf.nest.map_structure(lambda x: tf.repeat(x, k, axis=0),
-                                  initial_state)  # each [batch * beam, ...]
-    ids = tf.fill([batch * k], tf.constant(start_id, tf.int32))  # [batch * beam]
     fin_seq = tf.zeros([batch, k, t_max], tf.int32)  # [batch, beam, time]
     fin_score = tf.fill([batch, k], _NEG_INF)  # [batch, beam]
     fin_logp = tf.fill([batch, k], _NEG_INF)  # [batch, beam]
@@ -141,8 +140,13 @@ def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: i
 
     def body(t, alive_seq, alive_logp, state, ids, fin_seq, fin_score, fin_logp, fin_len):
         log_probs, new_state = step_fn(ids, state)
-        log_probs = tf.cast(log_probs, tf.float32)  # [batch * beam, vocab]
         new_state = _check_state(new_state, state)
+        return select(t, log_probs, new_state, state, alive_seq, alive_logp, fin_seq, fin_score, fin_logp, fin_len)
+
+    def select(t, log_probs, new_state, state, alive_seq, alive_logp, fin_seq, fin_score, fin_logp, fin_len):
+        """Step t's choice from its log_probs [batch * beam, vocab] and new_state ([batch * beam, ...];
+        it keeps the static shapes of `state`)."""
+        log_probs = tf.cast(log_probs, tf.float32)  # [batch * beam, vocab]
         vocab = tf.shape(log_probs)[-1]
         with tf.control_dependencies([tf.debugging.assert_less(
                 end_id, vocab, message="beam_search: end_id is not below the vocabulary "
@@ -188,8 +192,13 @@ def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: i
         ids = tf.reshape(word, [-1])
         return t + 1, top_seq, top_logp, state, ids, fin_seq, fin_score, fin_logp, fin_len
 
-    loop_vars = (tf.constant(0, tf.int32), alive_seq, alive_logp, state, ids,
-                 fin_seq, fin_score, fin_logp, fin_len)
+    # Step 0 once per image: [batch] rows, repeated for the beams (each [batch * beam, ...]).
+    first_logp, first_state = step_fn(tf.fill([batch], tf.constant(start_id, tf.int32)), initial_state)
+    first_state = _check_state(first_state, initial_state)
+    first_logp = tf.repeat(tf.cast(first_logp, tf.float32), k, axis=0)  # [batch * beam, vocab]
+    first_state = tf.nest.map_structure(lambda x: tf.repeat(x, k, axis=0), first_state)
+    loop_vars = select(tf.constant(0, tf.int32), first_logp, first_state, first_state, alive_seq, alive_logp,
+                       fin_seq, fin_score, fin_logp, fin_len)
     (_, _, _, _, _, fin_seq, fin_score, fin_logp, fin_len) = tf.while_loop(
         cond, body, loop_vars, maximum_iterations=t_max)
 

@@ -31,6 +31,11 @@ class Data:
     shuffle_buffer: int = 2048  # images
     cache: bool = False  # keep decoded train images in memory after the first epoch
     preprocess: str = "default"  # one of PREPROCESS: how images become S x S pixels (data/pipeline.py)
+    # Train batches pad captions to their length bucket (caption_app/data/pipeline.py): this many
+    # buckets chosen from the manifest's caption lengths (1 = one length, as before), or
+    # bucket_lengths: explicit padded lengths in tokens (<start> and <end> included), e.g. 14,18,24.
+    length_buckets: int = 4
+    bucket_lengths: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +132,9 @@ class Config:
             ("data.image_size", d.image_size, d.image_size >= 0, ">= 1, or 0 for the backbone's default"),
             ("data.shuffle_buffer", d.shuffle_buffer, d.shuffle_buffer >= 1, ">= 1"),
             ("data.preprocess", d.preprocess, d.preprocess in PREPROCESS, " or ".join(PREPROCESS)),
+            ("data.length_buckets", d.length_buckets, d.length_buckets >= 1, ">= 1 (1: one length, no buckets)"),
+            ("data.bucket_lengths", d.bucket_lengths, all(n >= 3 for n in d.bucket_lengths),
+             "token counts >= 3 (<start>, a word, <end>), or empty to choose from the data"),
             ("model.embedding_size", m.embedding_size, m.embedding_size >= 1, ">= 1"),
             ("model.lstm_units", m.lstm_units, m.lstm_units >= 1, ">= 1"),
             ("model.lstm_dropout", m.lstm_dropout, 0 <= m.lstm_dropout < 1, "in [0, 1)"),
@@ -301,7 +309,8 @@ def _parse(text: str, typ: Any, key: str) -> Any:
         if typ is str:
             return text
         if typing.get_origin(typ) is tuple:
-            return tuple(s.strip() for s in text.split(",") if s.strip())
+            item = typing.get_args(typ)[0]
+            return tuple(item(s.strip()) for s in text.split(",") if s.strip())
     except ValueError as e:
         raise ValueError(f"--set {key}={text}: {e}") from None
     raise TypeError(f"--set {key}: unsupported type {typ}")

@@ -184,7 +184,8 @@ def make_cached_dataset(ctx: run_dir_lib.RunContext, cache_dir: str, split: str,
 
     Returns:
       ({"features": [B, F] float32, "input_ids": [B, C, T-1] int32}, targets [B, C, T-1]),
-      in the order of `make_dataset(training=False)` when not training.
+      in the order of `make_dataset(training=False)` when not training; batched by length
+      bucket (and infinite) when training, as `make_dataset` does.
     """
     config, manifest, vocab, sizes = ctx.config, ctx.manifest, ctx.vocab, ctx.sizes
     info = load_info(cache_dir)
@@ -201,18 +202,19 @@ def make_cached_dataset(ctx: run_dir_lib.RunContext, cache_dir: str, split: str,
         return parsed["features"], parsed["captions"]
 
     def to_ids(features, captions):
-        return features, pipeline.caption_ids(captions, table, manifest.tokenizer, num_captions,
-                                              sizes.caption_length, seed=seed if training else None)
+        return {"features": features, "ids": pipeline.caption_ids(
+            captions, table, manifest.tokenizer, num_captions, sizes.caption_length, seed=seed if training else None)}
 
-    def finish(features, ids):
-        inputs, targets = pipeline.split_inputs_targets(features, ids)
+    def finish(r):
+        inputs, targets = pipeline.split_inputs_targets(r["features"], r["ids"])
         return {"features": inputs["image"], "input_ids": inputs["input_ids"]}, targets
 
     ds = tf.data.TFRecordDataset(files).map(parse, num_parallel_calls=pipeline.AUTOTUNE)
     if training:
         ds = ds.cache().shuffle(config.data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(to_ids, num_parallel_calls=pipeline.AUTOTUNE)
-    ds = ds.batch(batch_size or config.train.batch_size, drop_remainder=training)
+    buckets = pipeline.resolve_bucket_lengths(config, manifest, sizes.caption_length) if training else ()
+    ds = pipeline.batch_by_length(ds, batch_size or config.train.batch_size, buckets, training=training)
     return ds.map(finish, num_parallel_calls=pipeline.AUTOTUNE).prefetch(pipeline.AUTOTUNE)
 
 

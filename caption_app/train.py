@@ -36,6 +36,7 @@ from caption_app import run_dir as run_dir_lib
 from caption_app.callbacks import (BackupCallback, CheckpointCallback, CompileNotice, EpochSummaries,
                                    PerplexityCallback, SampleCaptions, StopOnNonFiniteLoss, fixed_samples)
 from caption_app.config import Config
+from caption_app.data import pipeline
 from caption_app.data.pipeline import make_dataset
 from caption_app.model import show_and_tell
 from caption_app.optimizers import learning_rate_schedule, make_optimizer
@@ -152,6 +153,7 @@ class _Trainer:
         self.budget = budget_lib.budget_for(ctx.config, manifest)
         self.steps, self.total_epochs = self.budget.steps_per_epoch, self.budget.total_epochs
         print(budget_lib.describe(self.budget), flush=True)
+        print(pipeline.describe_buckets(ctx.config, manifest, ctx.sizes.caption_length), flush=True)
         train_ds = make_dataset(ctx.config, manifest, ctx.vocab, "train", training=True, sizes=ctx.sizes).repeat()
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = distribute.shard_policy(strategy,

@@ -298,7 +298,8 @@ def test_stops_early_with_the_same_answer(beam, expected_calls):
     early = beam_search(counting_step(GREEDY_TABLE, calls), tf.zeros([1, 1]), start_id=START,
                         end_id=END, beam_size=beam, max_length=10)
     assert len(calls) == expected_calls
-    assert calls[0] == [START] * beam  # the first step feeds start to every beam
+    assert calls[0] == [START]  # the first step runs once per image (its beams would repeat it)
+    assert all(len(c) == beam for c in calls[1:])
     full = beam_search(markov_step(GREEDY_TABLE), tf.zeros([1, 1]), start_id=START, end_id=END,
                        beam_size=beam, max_length=3)
     np.testing.assert_array_equal(early.ids.numpy()[:, :, :3], full.ids.numpy())

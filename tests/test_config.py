@@ -131,14 +131,15 @@ def test_set_without_equals_sign_is_an_error():
 @pytest.mark.parametrize("name", sorted(config_lib.PRESETS))
 def test_save_load_round_trip(tmp_path, name):
     config = config_lib.override(config_lib.get_preset(name), ["data.augment=flip,crop", "train.epochs=5",
-                                                                "train.jit_compile=false"])
+                                                                "train.jit_compile=false", "data.bucket_lengths=9,14"])
     path = str(tmp_path / "config.json")
     config_lib.save(config, path)
     loaded = config_lib.load(path)
     assert loaded == config
-    assert isinstance(loaded.data.augment, tuple)
+    assert isinstance(loaded.data.augment, tuple) and loaded.data.bucket_lengths == (9, 14)
     assert json.load(open(path)) == config.to_dict() | {"data": {**config.to_dict()["data"],
-                                                                 "augment": ["flip", "crop"]}}
+                                                                 "augment": ["flip", "crop"],
+                                                                 "bucket_lengths": [9, 14]}}
 
 
 def test_load_rejects_unknown_keys(tmp_path):

@@ -118,6 +118,7 @@ def test_train_from_cache_restores_into_the_full_model_and_fine_tunes(shapes_dat
     out = capsys.readouterr().out
     assert "feature cache: using" in out  # the CLI's cache matched the model train built
     assert "backbone frozen (from the feature cache)" in out
+    assert "length buckets: captions padded to 11/16 tokens" in out  # the cached batches are bucketed too
     assert history["epochs_done"] == 1 and history["val_perplexity"] > 1
     assert os.listdir(os.path.join(run, feature_cache.CACHE_DIR)) == built
 

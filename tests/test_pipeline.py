@@ -177,7 +177,7 @@ def test_resolve_shapes_comes_from_the_manifest(data):
 
 def test_make_dataset_training_batches(data):
     manifest, vocab = data
-    config = tiny_config("train.batch_size=6")
+    config = tiny_config("train.batch_size=6", "data.length_buckets=1")  # one length: a finite pass
     sizes = resolve_tensor_sizes(config, manifest)
     num_train = manifest.split("train").num_images
     assert num_train % 6 != 0  # so that dropping the remainder shows
@@ -239,7 +239,7 @@ def test_images_with_fewer_captions_get_padding_rows(tmp_path):
     manifest = manifest_lib.load(str(out))
     vocab = Vocabulary.load(manifest.vocab_path)
     assert manifest.max_captions_per_image == 3
-    config = tiny_config("data.captions_per_image=2")
+    config = tiny_config("data.captions_per_image=2", "data.length_buckets=1")  # one length: a finite pass
     (inputs, targets), = list(make_dataset(config, manifest, vocab, "train", training=True, batch_size=6))
     assert targets.shape[:2] == (6, 2)
     # Per image min(n, 2) real rows, whatever rows were drawn.
@@ -268,8 +268,9 @@ def test_unknown_augmentation_is_a_clear_error(data):
 def test_flip_augmentation_runs_in_training_only(data):
     manifest, vocab = data
     kwargs = dict(batch_size=8)
-    plain = tiny_config("data.shuffle_buffer=1")  # one shard, no shuffle buffer: file order
-    flip = tiny_config("data.shuffle_buffer=1", "data.augment=flip")
+    # One shard, no shuffle buffer, one length (no buckets): file order.
+    plain = tiny_config("data.shuffle_buffer=1", "data.length_buckets=1")
+    flip = tiny_config("data.shuffle_buffer=1", "data.augment=flip", "data.length_buckets=1")
     original = np.concatenate([b[0]["image"].numpy() for b in
                                make_dataset(plain, manifest, vocab, "train", training=False, **kwargs)])
     # Not in evaluation: same images with or without the setting.

@@ -366,6 +366,8 @@ def test_conversion_in_parts_merges_into_the_single_run_output(tmp_path):
         # Each image in exactly the part its id hashes to.
     loaded = manifest_lib.load(str(out))
     assert loaded.max_caption_words == single["max_caption_words"]
+    # The parts' longest-caption histograms add up to the single conversion's (length buckets).
+    assert merged["train_longest_caption_words"] == single["train_longest_caption_words"]
     files = loaded.files("train")
     assert [Path(f).name for f in files] == [records.shard_name("train", i, len(files)) for i in range(len(files))]
 

@@ -156,7 +156,7 @@ class _Check(beam.DoFn if beam else object):
     def process(self, batch):
         batch = sorted(batch, key=lambda element: element[1])  # input order: examples as the threaded writer's
         stats = {"skipped": [], "reencoded": [], "cap": [0, 0, []], "max_words": {}, "max_captions": 0,
-                 "words": collections.Counter()}
+                 "words": collections.Counter(), "longest": collections.Counter()}
         survivors = collections.defaultdict(list)  # split -> [(pos, item, size, fix)]
         for split, pos, item in batch:
             reason, size, fix = images.check_image(item, self.max_pixels, self.limits)
@@ -170,7 +170,7 @@ class _Check(beam.DoFn if beam else object):
             survivors[split].append((pos, item, size, fix))
         for split, group in survivors.items():
             skipped, cap = report.Counted(), report.CaptionCap(self.max_captions)
-            kept, max_words, words = writer.clean_captions(
+            kept, max_words, words, longest = writer.clean_captions(
                 split, [item for _, item, _, _ in group], settings=self.settings, max_captions=self.max_captions,
                 skipped=skipped, caption_cap=cap)
             order = {}  # the names clean_captions counts -> their place in the input
@@ -184,6 +184,7 @@ class _Check(beam.DoFn if beam else object):
             stats["cap"][1] += cap.captions_dropped
             stats["cap"][2] += [(order[name], name) for name in cap.examples]
             stats["words"].update(words)
+            stats["longest"].update(longest)
             if kept:
                 stats["max_words"][split] = max_words
             by_id = {item.image_id: (pos, size, fix) for pos, item, size, fix in group}
@@ -192,6 +193,7 @@ class _Check(beam.DoFn if beam else object):
                 stats["max_captions"] = max(stats["max_captions"], len(item.captions))
                 yield {"split": split, "pos": pos, "item": item, "size": size, "fix": fix}
         stats["words"] = dict(stats["words"])
+        stats["longest"] = dict(stats["longest"])
         yield beam.pvalue.TaggedOutput("stats", stats)
 
 
@@ -200,12 +202,14 @@ class _CountsFn(beam.CombineFn if beam else object):
     input order), the longest caption per split, the most captions of an image."""
 
     def create_accumulator(self):
-        return {"skipped": {}, "reencoded": {}, "cap": [0, 0, []], "max_words": {}, "max_captions": 0}
+        return {"skipped": {}, "reencoded": {}, "cap": [0, 0, []], "max_words": {}, "max_captions": 0,
+                "longest": {}}
 
     def add_input(self, acc, stats):
         return self.merge_accumulators([acc, {
             "skipped": _by_reason(stats["skipped"]), "reencoded": _by_reason(stats["reencoded"]),
-            "cap": stats["cap"], "max_words": stats["max_words"], "max_captions": stats["max_captions"]}])
+            "cap": stats["cap"], "max_words": stats["max_words"], "max_captions": stats["max_captions"],
+            "longest": stats["longest"]}])
 
     def merge_accumulators(self, accs):
         merged = self.create_accumulator()
@@ -219,6 +223,8 @@ class _CountsFn(beam.CombineFn if beam else object):
             for split, n in acc["max_words"].items():
                 merged["max_words"][split] = max(merged["max_words"].get(split, 0), n)
             merged["max_captions"] = max(merged["max_captions"], acc["max_captions"])
+            for words, images in acc["longest"].items():  # train images by their longest caption's words
+                merged["longest"][words] = merged["longest"].get(words, 0) + images
         return merged
 
     def extract_output(self, acc):
@@ -313,6 +319,7 @@ def _read_summary(target: str, split_names: Sequence[str], skipped: report.Count
         "train_counts": collections.Counter(summary["words"]),
         "max_caption_words": counts["max_words"].get("train", 0),
         "max_captions_per_image": counts["max_captions"],
+        "train_longest_caption_words": collections.Counter({int(k): v for k, v in counts["longest"].items()}),
         "skipped": skipped,
         "reencoded": reencoded,
         "caption_cap": caption_cap,

@@ -255,7 +255,8 @@ def write_vocab_and_manifest(out_dir: str, converted: Mapping, *, source: str,
         max_captions_per_image=converted["max_captions_per_image"], images_per_shard=images_per_shard,
         skipped=converted["skipped"].to_dict(), reencoded=converted["reencoded"].to_dict(),
         source_info=source_info, merged_parts=merged_parts, caption_cap=converted["caption_cap"].to_dict(),
-        vocab_from=vocab_from)
+        vocab_from=vocab_from,
+        train_longest_caption_words=converted.get("train_longest_caption_words"))
     return manifest
 
 

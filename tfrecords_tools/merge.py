@@ -59,6 +59,7 @@ def write_part(target: str, part: tuple[int, int], converted: Mapping, *, source
         "source_info": source_info,
         "train_word_counts": dict(sorted(converted["train_counts"].items())),
         **({"vocab_from": vocab_from} if vocab_from is not None else {}),
+        "train_longest_caption_words": {str(k): v for k, v in sorted(converted["train_longest_caption_words"].items())},
     }
     io_utils.write_json_atomic(os.path.join(target, layout.PART_FILE), info)
     return info
@@ -138,6 +139,11 @@ def merge_parts(out_dir: str | os.PathLike, *, keep_parts: bool = False, verbose
         converted = {
             "splits": splits_info, "train_counts": train_counts, "skipped": skipped, "reencoded": reencoded,
             "max_caption_words": max(p["max_caption_words"] for p in parts),
+            # Parts written before the histogram existed leave it out (one length bucket).
+            "train_longest_caption_words": sum(
+                (collections.Counter({int(k): v for k, v in p["train_longest_caption_words"].items()})
+                 for p in parts), collections.Counter())
+            if all("train_longest_caption_words" in p for p in parts) else None,
             "max_captions_per_image": max(p["max_captions_per_image"] for p in parts),
             "caption_cap": caption_cap,
         }

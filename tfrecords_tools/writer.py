@@ -221,6 +221,7 @@ def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[st
     Returns:
       {"splits": split -> manifest.SplitInfo,
        "train_counts": Counter of train words, "max_caption_words",
+       "train_longest_caption_words": Counter of train images by their longest caption's words,
        "max_captions_per_image", "skipped": report.Counted, "reencoded": report.Counted,
        "caption_cap": report.CaptionCap}
     """
@@ -249,12 +250,14 @@ def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[st
     kept: dict[str, list[Item]] = {}
     max_words: dict[str, int] = {}
     train_counts: collections.Counter = collections.Counter()
+    train_longest: collections.Counter = collections.Counter()  # words -> train images (length buckets)
     for split in split_names:
         survivors = [item for item in candidates[split] if item.image_id in checked]
-        kept[split], max_words[split], counts = clean_captions(
+        kept[split], max_words[split], counts, longest = clean_captions(
             split, survivors, settings=settings, max_captions=max_captions, skipped=skipped,
             caption_cap=caption_cap)
         train_counts.update(counts)
+        train_longest.update(longest)
 
     # Pass 2: shards, the original bytes re-read in order (re-encoded where needed).
     splits_info = {}
@@ -279,6 +282,7 @@ def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[st
         "splits": splits_info,
         "train_counts": train_counts,
         "max_caption_words": max_words["train"],
+        "train_longest_caption_words": train_longest,
         "max_captions_per_image": max(
             (len(item.captions) for items in kept.values() for item in items), default=0),
         "skipped": skipped,
@@ -306,7 +310,7 @@ def unique_items(split_names: Sequence[str], items_by_split: Mapping[str, Sequen
 
 def clean_captions(split: str, survivors: Sequence[Item], *, settings: vocab_lib.TokenizerSettings,
                    max_captions: int, skipped: report.Counted, caption_cap: report.CaptionCap
-                   ) -> tuple[list[Item], int, collections.Counter]:
+                   ) -> tuple[list[Item], int, collections.Counter, collections.Counter]:
     """The captions of images that passed the image check: stripped; those that are
     not valid UTF-8 (sources decode bytes with errors="surrogateescape") or have no
     word dropped and counted; at most `max_captions` kept per image (the rest
@@ -316,7 +320,8 @@ def clean_captions(split: str, survivors: Sequence[Item], *, settings: vocab_lib
 
     Returns:
       (the items kept, with their kept captions; the most words of a kept caption;
-       the word counts of the kept captions when `split` is "train", else empty).
+       when `split` is "train", else empty: the word counts of the kept captions, and
+       the kept images by the words of their longest caption (the length buckets')).
     """
     stripped = []  # per image: [(index in the source, stripped caption)]
     for item in survivors:
@@ -328,9 +333,9 @@ def clean_captions(split: str, survivors: Sequence[Item], *, settings: vocab_lib
                 skipped.add("bad_encoding", f"{item.image_id}#{i}")
         stripped.append(good)
     words = vocab_lib.split_words((c for cs in stripped for _, c in cs), settings)
-    kept, max_words, counts = [], 0, collections.Counter()
+    kept, max_words, counts, longest = [], 0, collections.Counter(), collections.Counter()
     for item, captions in zip(survivors, stripped):
-        good, dropped = [], 0
+        good, dropped, most = [], 0, 0
         for i, caption in captions:
             caption_words = next(words)
             if not caption_words:
@@ -338,6 +343,7 @@ def clean_captions(split: str, survivors: Sequence[Item], *, settings: vocab_lib
             elif len(good) < max_captions:
                 good.append(caption)
                 max_words = max(max_words, len(caption_words))
+                most = max(most, len(caption_words))
                 if split == "train":
                     counts.update(caption_words)
             else:
@@ -346,9 +352,11 @@ def clean_captions(split: str, survivors: Sequence[Item], *, settings: vocab_lib
             caption_cap.add(item.image_id, dropped)
         if good:
             kept.append(dataclasses.replace(item, captions=tuple(good)))
+            if split == "train":
+                longest[most] += 1
         else:
             skipped.add("no_captions", item.image_id)
-    return kept, max_words, counts
+    return kept, max_words, counts, longest
 
 
 def serialize(item: Item, data: bytes) -> bytes:

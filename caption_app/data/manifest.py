@@ -49,6 +49,9 @@ class Manifest:
     max_caption_words: int  # longest train caption, in words
     max_captions_per_image: int
     raw: dict
+    # Train images by the word count of their longest caption (length buckets); None in
+    # manifests written before it was recorded.
+    longest_caption_words: dict[int, int] | None = None
 
     def split(self, name: str) -> SplitInfo:
         if name not in self.splits:
@@ -161,6 +164,13 @@ def load(data_dir: str, *, check_shards: bool = True) -> Manifest:
     # On a URL a seek is a request (and TensorFlow's reader refills 512 KiB after each): counting
     # would read every shard. There a damaged shard is named when training reads it.
     count = check_shards and not io_utils.is_remote(data_dir)
+    longest = raw.get("train_longest_caption_words")
+    if longest is not None:
+        try:
+            longest = {int(k): int(v) for k, v in longest.items()}
+        except (AttributeError, TypeError, ValueError):
+            raise ManifestError(f"{path}: train_longest_caption_words must map word counts to image "
+                                f"counts; {_RECONVERT}") from None
     for name, info in splits.items():
         records = 0
         for f in info.files:
@@ -181,6 +191,7 @@ def load(data_dir: str, *, check_shards: bool = True) -> Manifest:
         max_caption_words=raw["max_caption_words"],
         max_captions_per_image=max_per_image,
         raw=raw,
+        longest_caption_words=longest,
     )
 
 
@@ -188,7 +199,8 @@ def write(data_dir: str, *, source: str, splits: Mapping[str, SplitInfo], tokeni
           vocab_size: int, vocab_file: str, min_word_count: int, max_caption_words: int,
           max_captions_per_image: int, images_per_shard: int, skipped: Mapping, reencoded: Mapping,
           source_info: Mapping, merged_parts: int | None = None, caption_cap: Mapping | None = None,
-          vocab_from: str | None = None) -> dict:
+          vocab_from: str | None = None,
+          train_longest_caption_words: Mapping[int, int] | None = None) -> dict:
     """Writes `DATA_DIR/manifest.json` atomically; the converter calls it last.
 
     Args:
@@ -230,6 +242,8 @@ def write(data_dir: str, *, source: str, splits: Mapping[str, SplitInfo], tokeni
     }
     if caption_cap is not None:
         manifest["caption_cap"] = dict(caption_cap)
+    if train_longest_caption_words is not None:
+        manifest["train_longest_caption_words"] = {str(k): v for k, v in sorted(train_longest_caption_words.items())}
     if merged_parts is not None:
         manifest["merged_parts"] = merged_parts
     if vocab_from is not None:

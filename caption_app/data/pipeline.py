@@ -1,7 +1,8 @@
 """tf.data input pipeline: records -> (inputs, targets) batches.
 
-    parse -> skip records with no usable caption -> decode + resize -> [cache] -> [shuffle] -> caption ids -> batch
-      -> [keras-cv augmentation, training only] -> split inputs/targets -> prefetch
+    parse -> skip records with no usable caption -> decode + resize -> [cache] -> [shuffle] -> caption ids
+      -> batch (training: by length bucket) -> [keras-cv augmentation, training only] -> split inputs/targets
+      -> prefetch
 
 One element is one image with all (or `captions_per_image`) of its captions,
 so the backbone runs once per image per epoch. Records hold raw text; the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from typing import Mapping
 
 import tensorflow as tf
 
@@ -39,6 +41,64 @@ def resolve_tensor_sizes(config: Config, manifest: Manifest) -> TensorSizes:
     num_captions = config.data.captions_per_image or manifest.max_captions_per_image
     length = min(config.data.max_caption_length, manifest.max_caption_words + 2)
     return TensorSizes(size, max(1, num_captions), max(3, length))
+
+
+def resolve_bucket_lengths(config: Config, manifest: Manifest, caption_length: int) -> tuple[int, ...]:
+    """The padded caption lengths of train batches, ascending, the last = T (`caption_length`).
+
+    `data.bucket_lengths` when given (clipped to T); else `data.length_buckets`
+    lengths chosen from the manifest's histogram of train images by their longest
+    caption (`choose_bucket_lengths`); (T,) -- one length, no buckets -- with
+    `data.length_buckets=1` or a manifest written before the histogram was recorded.
+    """
+    if config.data.bucket_lengths:
+        return tuple(sorted({min(n, caption_length) for n in config.data.bucket_lengths} | {caption_length}))
+    if config.data.length_buckets <= 1 or not manifest.longest_caption_words:
+        return (caption_length,)
+    tokens: dict[int, int] = {}
+    for words, images in manifest.longest_caption_words.items():  # words -> tokens (<start> and <end>), cut at T
+        length = min(words + 2, caption_length)
+        tokens[length] = tokens.get(length, 0) + images
+    chosen = choose_bucket_lengths(tokens, config.data.length_buckets)
+    return tuple(sorted(set(chosen) | {caption_length}))
+
+
+def describe_buckets(config: Config, manifest: Manifest, caption_length: int) -> str:
+    """One line for the training log: the buckets, where they came from, the compiled shapes' bound."""
+    lengths = resolve_bucket_lengths(config, manifest, caption_length)
+    if config.data.bucket_lengths:
+        origin = "data.bucket_lengths"
+    elif config.data.length_buckets <= 1:
+        origin = "data.length_buckets=1"
+    elif not manifest.longest_caption_words:
+        origin = "the manifest has no caption length histogram: re-convert the data, or set data.bucket_lengths"
+    else:
+        origin = f"data.length_buckets={config.data.length_buckets} from the train captions' lengths"
+    return (f"length buckets: captions padded to {'/'.join(map(str, lengths))} tokens ({origin}); "
+            f"at most {len(lengths)} train-step shape(s) compiled per phase")
+
+
+def choose_bucket_lengths(histogram: Mapping[int, int], num_buckets: int) -> tuple[int, ...]:
+    """At most `num_buckets` padded lengths (ascending, the last = the longest length) that
+    minimize the tokens computed for `histogram` (length -> images): each image pads to the
+    first length >= its own. Exact dynamic programming over the distinct lengths."""
+    lengths = sorted(n for n, count in histogram.items() if count > 0)
+    if not lengths:
+        raise ValueError("no caption lengths to choose length buckets from")
+    counts = [histogram[n] for n in lengths]
+    m = len(lengths)
+    # best[k][i]: (cost, chosen lengths) covering lengths[i:] with at most k buckets.
+    best = [[(0, ()) if i == m else (float("inf"), ()) for i in range(m + 1)] for _ in range(num_buckets + 1)]
+    for k in range(1, num_buckets + 1):
+        for i in range(m - 1, -1, -1):
+            images = 0
+            for j in range(i, m):  # the bucket padding lengths[i..j] to lengths[j]
+                images += counts[j]
+                rest_cost, rest = best[k - 1][j + 1]
+                cost = images * lengths[j] + rest_cost
+                if cost < best[k][i][0]:
+                    best[k][i] = (cost, (lengths[j],) + rest)
+    return best[num_buckets][0][1]
 
 
 def decode_image(encoded: tf.Tensor, image_size: int, preprocess: str = PREPROCESS[0]) -> tf.Tensor:
@@ -139,6 +199,36 @@ def split_inputs_targets(image: tf.Tensor, ids: tf.Tensor):
     return {"image": image, "input_ids": inputs}, targets
 
 
+def batch_by_length(ds: tf.data.Dataset, batch_size: int, bucket_lengths: tuple[int, ...], *,
+                    training: bool) -> tf.data.Dataset:
+    """Elements {..., "ids": [C, T]} -> batches {..., "ids": [B, C, L]} of `batch_size` images.
+
+    Not training, or one length: plain batches, L = T (the last partial batch
+    dropped when training). Training with several `bucket_lengths`: an image
+    goes to the bucket of its longest caption (the first length that holds it;
+    no caption is cut beyond the T rule) and a bucket's batch pads to its
+    length. The stream is repeated first, so an image left in a bucket when a
+    pass ends waits for the next pass's images: no image is dropped, every
+    batch holds B images, and the dataset is infinite (an epoch is the
+    budget's `steps_per_epoch` steps of B images, as without buckets).
+    """
+    if not training or len(bucket_lengths) <= 1:
+        return ds.batch(batch_size, drop_remainder=training)
+
+    def trim(r):  # ids [C, T] -> [C, longest caption's tokens]
+        longest = tf.reduce_max(tf.reduce_sum(tf.cast(tf.not_equal(r["ids"], PAD_ID), tf.int32), axis=-1))
+        return {**r, "ids": r["ids"][:, :longest]}
+
+    def static_batch(r):  # group_by_window leaves the batch size unknown; under a strategy it must show
+        return {k: tf.ensure_shape(v, [batch_size] + [None] * (v.shape.rank - 1)) for k, v in r.items()}
+
+    # Bucket i holds lengths below boundary i, padded to boundary - 1 = bucket_lengths[i].
+    ds = ds.repeat().map(trim, num_parallel_calls=AUTOTUNE).bucket_by_sequence_length(
+        lambda r: tf.shape(r["ids"])[-1], [n + 1 for n in bucket_lengths],
+        [batch_size] * (len(bucket_lengths) + 1), pad_to_bucket_boundary=True, drop_remainder=True)
+    return ds.map(static_batch, num_parallel_calls=AUTOTUNE)
+
+
 def make_augmenter(names: tuple[str, ...], image_size: int, seed: int):
     """Training-time keras-cv augmentation of a batch [B, S, S, 3] (0-255), or None."""
     if not names:
@@ -174,13 +264,15 @@ def make_dataset(config: Config, manifest: Manifest, vocab: Vocabulary, split: s
     """The batched dataset of one split.
 
     Args:
-      training: shuffle, draw captions at random, augment, drop the last
+      training: shuffle, draw captions at random, augment, batch by length
+        bucket (`batch_by_length`: then the dataset is infinite), drop the last
         partial batch (static shapes for XLA).
       batch_size: images per batch (default config.train.batch_size).
       with_ids: also yield the image ids and raw captions (for evaluation).
     Returns:
       (inputs, targets) batches: inputs {"image": [B, S, S, 3] float32,
-      "input_ids": [B, C, T-1] int32}, targets [B, C, T-1] int32; with_ids adds
+      "input_ids": [B, C, T-1] int32}, targets [B, C, T-1] int32 (training: T is the
+      batch's length bucket); with_ids adds
       a third element {"image_id": [B] string, "captions": [B, n] string,
       "" where an image has fewer than n}.
     """
@@ -218,7 +310,8 @@ def make_dataset(config: Config, manifest: Manifest, vocab: Vocabulary, split: s
         return out
 
     ds = ds.map(to_ids, num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=training)
+    buckets = resolve_bucket_lengths(config, manifest, sizes.caption_length) if training else ()
+    ds = batch_by_length(ds, batch_size, buckets, training=training)
     augment = make_augmenter(config.data.augment, sizes.image_size, seed) if training else None
     if augment is not None:
         ds = ds.map(lambda r: {**r, "image": augment(r["image"])}, num_parallel_calls=AUTOTUNE)
