@@ -125,6 +125,7 @@ def fingerprint(config: Config, vocab: Vocabulary, sizes: TensorSizes) -> dict:
         "vocab_sha1": vocab_hash,
         # Only when on, so that the run dirs of before the option keep their fingerprint.
         **({"image_every_step": True} if config.model.image_every_step else {}),
+        **({"image_logits": True} if config.model.image_logits else {}),
     }
 
 
