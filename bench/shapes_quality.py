@@ -119,8 +119,9 @@ def _embed_model(model):
 
 
 def probe(run_dir: str) -> None:
-    """Does the trained image embedding carry colour? A softmax probe on single-object images
-    (train images to fit, test images to score), and the embeddings of plain colour patches."""
+    """Does the trained image embedding carry colour and shape? Softmax probes on single-object images
+    (train images to fit; test images of seen pairs, and val + test images of held-out pairs, to score),
+    and the embeddings of plain colour patches."""
     import keras
     import tensorflow as tf
 
@@ -132,32 +133,39 @@ def probe(run_dir: str) -> None:
     manifest = run_dir_lib.load_manifest(run_dir)
     truth = shapes_lib.load_objects(objects_file(manifest.data_dir))
     colours = list(truth["scenes"]["colours"])
+    shapes = list(truth["scenes"]["shapes"])
+    held_out = {tuple(p) for p in truth["scenes"]["held_out_pairs"]}
     embed, backbone = _embed_model(model)
     size = tensor_sizes.image_size
 
-    def single_objects(split):
+    def single_objects(splits, pairs):
+        """Single-object images of `splits` whose (colour, shape) is held out (pairs="held") or not."""
         images, labels = [], []
-        for r in tf.data.TFRecordDataset(manifest.files(split)).map(records.parse_example):
-            objects = truth["images"][r["image_id"].numpy().decode()]["objects"]
-            if len(objects) == 1:
-                images.append(decode_image(r["encoded"], size).numpy())
-                labels.append(colours.index(objects[0][1]))
+        for split in splits:
+            for r in tf.data.TFRecordDataset(manifest.files(split)).map(records.parse_example):
+                objects = truth["images"][r["image_id"].numpy().decode()]["objects"]
+                if len(objects) == 1 and ((tuple(objects[0][1:3]) in held_out) == (pairs == "held")):
+                    images.append(decode_image(r["encoded"], size).numpy())
+                    labels.append((colours.index(objects[0][1]), shapes.index(objects[0][2])))
         return np.stack(images), np.array(labels)
 
-    train_x, train_y = single_objects("train")
-    test_x, test_y = single_objects("test")
+    train_x, train_y = single_objects(["train"], "seen")
+    test_x, test_y = single_objects(["test"], "seen")
+    held_x, held_y = single_objects(["val", "test"], "held")
     for name, net in (("image embedding", embed), ("backbone features", backbone)):
-        f_train = net.predict(train_x, batch_size=64, verbose=0)
-        f_test = net.predict(test_x, batch_size=64, verbose=0)
+        f_train, f_test, f_held = (net.predict(x, batch_size=64, verbose=0) for x in (train_x, test_x, held_x))
         mean, std = f_train.mean(0), f_train.std(0) + 1e-6
-        keras.utils.set_random_seed(0)
-        clf = keras.Sequential([keras.Input((f_train.shape[1],)), keras.layers.Dense(len(colours))])
-        clf.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                    metrics=["accuracy"])
-        clf.fit((f_train - mean) / std, train_y, epochs=100, batch_size=128, verbose=0)
-        acc = clf.evaluate((f_test - mean) / std, test_y, verbose=0)[1]
-        print(f"linear colour probe on the {name} ({f_train.shape[1]} wide): {100 * acc:.1f}% of "
-              f"{len(test_y)} single-object test images (fit on {len(train_y)} train images)")
+        for k, (attribute, classes) in enumerate((("colour", colours), ("shape", shapes))):
+            keras.utils.set_random_seed(0)
+            clf = keras.Sequential([keras.Input((f_train.shape[1],)), keras.layers.Dense(len(classes))])
+            clf.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                        metrics=["accuracy"])
+            clf.fit((f_train - mean) / std, train_y[:, k], epochs=100, batch_size=128, verbose=0)
+            acc = clf.evaluate((f_test - mean) / std, test_y[:, k], verbose=0)[1]
+            held = clf.evaluate((f_held - mean) / std, held_y[:, k], verbose=0)[1]
+            print(f"linear {attribute} probe on the {name} ({f_train.shape[1]} wide): {100 * acc:.1f}% of "
+                  f"{len(test_y)} single-object test images of seen pairs, {100 * held:.1f}% of {len(held_y)} "
+                  f"val+test images of held-out pairs (fit on {len(train_y)} train images)")
 
     # Plain patches: a large square of each colour in the middle of a pale grey image.
     scenes = SCENES["night" if "white" in colours else "shapes"]
