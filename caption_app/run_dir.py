@@ -162,7 +162,9 @@ def checkpoint_paths(directory: str) -> list[str]:
     paths: list[str] = []
     if state is not None:
         listed = list(state.all_model_checkpoint_paths) + [state.model_checkpoint_path]
-        paths = [p if os.path.isabs(p) else os.path.join(directory, p) for p in listed if p]
+        # get_checkpoint_state already joined relative names to `directory`: joining again breaks
+        # a relative run dir (runs/x/checkpoints/runs/x/checkpoints/ckpt-8).
+        paths = [p for p in listed if p]
     if not paths and os.path.isdir(directory):
         for name in os.listdir(directory):
             match = re.match(r"^(.*-\d+)\.(index|data-\d+-of-\d+)$", name)

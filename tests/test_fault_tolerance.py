@@ -137,3 +137,15 @@ def test_interrupted_save_is_ignored_and_max_checkpoints_to_keep_is_honoured(tra
     assert int(phase2.get_tensor(iterations)) == 2 * trained_run.history["steps_per_epoch"]
     assert phase2.get_tensor(learning_rate) == pytest.approx(0.005)
     assert not any(n.startswith("model/optimizer") for n in names)  # the model owns no optimizer
+
+
+def test_checkpoints_of_a_relative_run_dir_are_found(tmp_path, monkeypatch):
+    """`--run-dir demo_out/run` (relative, as `make demo` passes it): the listed checkpoints exist."""
+    monkeypatch.chdir(tmp_path)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)), "run/checkpoints",
+                                         max_to_keep=2)
+    manager.save(checkpoint_number=3)
+    manager.save(checkpoint_number=4)
+    paths = run_dir_lib.checkpoint_paths("run/checkpoints")
+    assert paths == ["run/checkpoints/ckpt-4", "run/checkpoints/ckpt-3"]
+    assert all(os.path.exists(p + ".index") for p in paths)
