@@ -2,6 +2,7 @@
 
     python bench/shapes_quality.py data OUT [--scenes night] [--image-size 96]
     python bench/shapes_quality.py run DATA RUN [--set train.epochs=6 ...] [--seed 1]
+    python bench/shapes_quality.py score DATA RUN     evaluate and score an already trained RUN
     python bench/shapes_quality.py words RUN          per-word-class validation loss at every kept checkpoint
     python bench/shapes_quality.py probe RUN          colour probe on the image embedding + single-colour patches
 
@@ -49,23 +50,28 @@ def objects_file(data_dir: str) -> str:
 
 def run(data_dir: str, run_dir: str, assignments: list[str], config_name: str) -> dict:
     from caption_app import config as config_lib
-    from caption_app.evaluate import evaluate
     from caption_app.train import train
 
     config = config_lib.override(config_lib.get_preset(config_name), assignments)
     load_before = os.getloadavg()
     history = train(config, data_dir, run_dir, verbose=2)
+    return score(data_dir, run_dir, {"set": assignments, "train_seconds": round(history["seconds"], 1),
+                                     "load_before": [round(x, 1) for x in load_before]})
+
+
+def score(data_dir: str, run_dir: str, extra: dict) -> dict:
+    """Evaluate RUN's test split, print the shapes report and the RESULT line."""
+    from caption_app.evaluate import evaluate
+
     began = time.time()
     metrics = evaluate(run_dir, "test", verbose=False)
     eval_seconds = time.time() - began
     report = shapes_report.score(shapes_report.load_captions(shapes_report.captions_file(run_dir)),
                                  shapes_lib.load_objects(objects_file(data_dir)))
     print(shapes_report.format_report(report))
-    result = {"run_dir": run_dir, "set": assignments, "BLEU-4": metrics["BLEU-4"], "CIDEr": metrics["CIDEr"],
-              **{k: round(v, 4) for k, v in report.summary().items()},
-              "train_seconds": round(history["seconds"], 1), "eval_seconds": round(eval_seconds, 1),
-              "load_before": [round(x, 1) for x in load_before],
-              "load_after": [round(x, 1) for x in os.getloadavg()]}
+    result = {"run_dir": run_dir, "BLEU-4": metrics["BLEU-4"], "CIDEr": metrics["CIDEr"],
+              **{k: round(v, 4) for k, v in report.summary().items()}, **extra,
+              "eval_seconds": round(eval_seconds, 1), "load_after": [round(x, 1) for x in os.getloadavg()]}
     print("RESULT " + json.dumps(result), flush=True)
     return result
 
@@ -196,6 +202,9 @@ def main(argv=None) -> int:
     r.add_argument("run_dir")
     r.add_argument("--config", default="shapes")
     r.add_argument("--set", action="append", default=[])
+    sc = sub.add_parser("score")
+    sc.add_argument("data")
+    sc.add_argument("run_dir")
     for name in ("words", "probe"):
         sub.add_parser(name).add_argument("run_dir")
     args = p.parse_args(argv)
@@ -203,6 +212,8 @@ def main(argv=None) -> int:
         make_data(args.out, args.scenes, args.image_size, args.seed)
     elif args.command == "run":
         run(args.data, args.run_dir, args.set, args.config)
+    elif args.command == "score":
+        score(args.data, args.run_dir, {})
     elif args.command == "words":
         words(args.run_dir)
     else:
