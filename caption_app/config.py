@@ -154,18 +154,14 @@ def shapes() -> Config:
     batch-normalized image embedding with every word (`image_every_step`): fed
     only as the first LSTM input, as Show and Tell does, the colour and shape
     words got too little gradient to the CNN, whose features stayed nearly
-    colour-blind (bench/RESULTS.md, "Learning quality"). The image embedding
-    also reaches the word logits directly (`image_logits`, deep output), so the
-    image's evidence for a colour or shape adds to the LSTM's language prior
-    instead of passing through it. No LSTM dropout: under XLA on CPU it costs
-    6x the decoder's step time.
+    colour-blind (bench/RESULTS.md, "Learning quality"). No LSTM dropout:
+    under XLA on CPU it costs 6x the decoder's step time.
     """
     return Config(
         name="shapes",
         data=Data(image_size=64, max_caption_length=32, augment=(), shuffle_buffer=4096, cache=True),
         model=Model(backbone="small_cnn", backbone_weights="none", embedding_size=128,
-                    lstm_units=256, lstm_dropout=0.0, embedding_norm=True, image_every_step=True,
-                    image_logits=True),
+                    lstm_units=256, lstm_dropout=0.0, embedding_norm=True, image_every_step=True),
         train=Train(epochs=20, batch_size=32, optimizer="adam", learning_rate=2e-3,
                     lr_schedule="cosine", warmup_epochs=0.5, clip_gradient_norm=5.0,
                     freeze_backbone=False, fine_tune_epochs=0),
