@@ -2,6 +2,7 @@
 
     python bench/shapes_quality.py data OUT [--scenes night] [--image-size 96]
     python bench/shapes_quality.py run DATA RUN [--set train.epochs=6 ...] [--seed 1]
+    python bench/shapes_quality.py score DATA RUN     evaluate and score an already trained RUN
     python bench/shapes_quality.py words RUN          per-word-class validation loss at every kept checkpoint
     python bench/shapes_quality.py probe RUN          colour probe on the image embedding + single-colour patches
 
@@ -49,23 +50,28 @@ def objects_file(data_dir: str) -> str:
 
 def run(data_dir: str, run_dir: str, assignments: list[str], config_name: str) -> dict:
     from caption_app import config as config_lib
-    from caption_app.evaluate import evaluate
     from caption_app.train import train
 
     config = config_lib.override(config_lib.get_preset(config_name), assignments)
     load_before = os.getloadavg()
     history = train(config, data_dir, run_dir, verbose=2)
+    return score(data_dir, run_dir, {"set": assignments, "train_seconds": round(history["seconds"], 1),
+                                     "load_before": [round(x, 1) for x in load_before]})
+
+
+def score(data_dir: str, run_dir: str, extra: dict) -> dict:
+    """Evaluate RUN's test split, print the shapes report and the RESULT line."""
+    from caption_app.evaluate import evaluate
+
     began = time.time()
     metrics = evaluate(run_dir, "test", verbose=False)
     eval_seconds = time.time() - began
     report = shapes_report.score(shapes_report.load_captions(shapes_report.captions_file(run_dir)),
                                  shapes_lib.load_objects(objects_file(data_dir)))
     print(shapes_report.format_report(report))
-    result = {"run_dir": run_dir, "set": assignments, "BLEU-4": metrics["BLEU-4"], "CIDEr": metrics["CIDEr"],
-              **{k: round(v, 4) for k, v in report.summary().items()},
-              "train_seconds": round(history["seconds"], 1), "eval_seconds": round(eval_seconds, 1),
-              "load_before": [round(x, 1) for x in load_before],
-              "load_after": [round(x, 1) for x in os.getloadavg()]}
+    result = {"run_dir": run_dir, "BLEU-4": metrics["BLEU-4"], "CIDEr": metrics["CIDEr"],
+              **{k: round(v, 4) for k, v in report.summary().items()}, **extra,
+              "eval_seconds": round(eval_seconds, 1), "load_after": [round(x, 1) for x in os.getloadavg()]}
     print("RESULT " + json.dumps(result), flush=True)
     return result
 
@@ -119,8 +125,9 @@ def _embed_model(model):
 
 
 def probe(run_dir: str) -> None:
-    """Does the trained image embedding carry colour? A softmax probe on single-object images
-    (train images to fit, test images to score), and the embeddings of plain colour patches."""
+    """Does the trained image embedding carry colour and shape? Softmax probes on single-object images
+    (train images to fit; test images of seen pairs, and val + test images of held-out pairs, to score),
+    and the embeddings of plain colour patches."""
     import keras
     import tensorflow as tf
 
@@ -132,32 +139,39 @@ def probe(run_dir: str) -> None:
     manifest = run_dir_lib.load_manifest(run_dir)
     truth = shapes_lib.load_objects(objects_file(manifest.data_dir))
     colours = list(truth["scenes"]["colours"])
+    shapes = list(truth["scenes"]["shapes"])
+    held_out = {tuple(p) for p in truth["scenes"]["held_out_pairs"]}
     embed, backbone = _embed_model(model)
     size = tensor_sizes.image_size
 
-    def single_objects(split):
+    def single_objects(splits, pairs):
+        """Single-object images of `splits` whose (colour, shape) is held out (pairs="held") or not."""
         images, labels = [], []
-        for r in tf.data.TFRecordDataset(manifest.files(split)).map(records.parse_example):
-            objects = truth["images"][r["image_id"].numpy().decode()]["objects"]
-            if len(objects) == 1:
-                images.append(decode_image(r["encoded"], size).numpy())
-                labels.append(colours.index(objects[0][1]))
+        for split in splits:
+            for r in tf.data.TFRecordDataset(manifest.files(split)).map(records.parse_example):
+                objects = truth["images"][r["image_id"].numpy().decode()]["objects"]
+                if len(objects) == 1 and ((tuple(objects[0][1:3]) in held_out) == (pairs == "held")):
+                    images.append(decode_image(r["encoded"], size).numpy())
+                    labels.append((colours.index(objects[0][1]), shapes.index(objects[0][2])))
         return np.stack(images), np.array(labels)
 
-    train_x, train_y = single_objects("train")
-    test_x, test_y = single_objects("test")
+    train_x, train_y = single_objects(["train"], "seen")
+    test_x, test_y = single_objects(["test"], "seen")
+    held_x, held_y = single_objects(["val", "test"], "held")
     for name, net in (("image embedding", embed), ("backbone features", backbone)):
-        f_train = net.predict(train_x, batch_size=64, verbose=0)
-        f_test = net.predict(test_x, batch_size=64, verbose=0)
+        f_train, f_test, f_held = (net.predict(x, batch_size=64, verbose=0) for x in (train_x, test_x, held_x))
         mean, std = f_train.mean(0), f_train.std(0) + 1e-6
-        keras.utils.set_random_seed(0)
-        clf = keras.Sequential([keras.Input((f_train.shape[1],)), keras.layers.Dense(len(colours))])
-        clf.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                    metrics=["accuracy"])
-        clf.fit((f_train - mean) / std, train_y, epochs=100, batch_size=128, verbose=0)
-        acc = clf.evaluate((f_test - mean) / std, test_y, verbose=0)[1]
-        print(f"linear colour probe on the {name} ({f_train.shape[1]} wide): {100 * acc:.1f}% of "
-              f"{len(test_y)} single-object test images (fit on {len(train_y)} train images)")
+        for k, (attribute, classes) in enumerate((("colour", colours), ("shape", shapes))):
+            keras.utils.set_random_seed(0)
+            clf = keras.Sequential([keras.Input((f_train.shape[1],)), keras.layers.Dense(len(classes))])
+            clf.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                        metrics=["accuracy"])
+            clf.fit((f_train - mean) / std, train_y[:, k], epochs=100, batch_size=128, verbose=0)
+            acc = clf.evaluate((f_test - mean) / std, test_y[:, k], verbose=0)[1]
+            held = clf.evaluate((f_held - mean) / std, held_y[:, k], verbose=0)[1]
+            print(f"linear {attribute} probe on the {name} ({f_train.shape[1]} wide): {100 * acc:.1f}% of "
+                  f"{len(test_y)} single-object test images of seen pairs, {100 * held:.1f}% of {len(held_y)} "
+                  f"val+test images of held-out pairs (fit on {len(train_y)} train images)")
 
     # Plain patches: a large square of each colour in the middle of a pale grey image.
     scenes = SCENES["night" if "white" in colours else "shapes"]
@@ -188,6 +202,9 @@ def main(argv=None) -> int:
     r.add_argument("run_dir")
     r.add_argument("--config", default="shapes")
     r.add_argument("--set", action="append", default=[])
+    sc = sub.add_parser("score")
+    sc.add_argument("data")
+    sc.add_argument("run_dir")
     for name in ("words", "probe"):
         sub.add_parser(name).add_argument("run_dir")
     args = p.parse_args(argv)
@@ -195,6 +212,8 @@ def main(argv=None) -> int:
         make_data(args.out, args.scenes, args.image_size, args.seed)
     elif args.command == "run":
         run(args.data, args.run_dir, args.set, args.config)
+    elif args.command == "score":
+        score(args.data, args.run_dir, {})
     elif args.command == "words":
         words(args.run_dir)
     else:

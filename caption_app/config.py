@@ -49,6 +49,7 @@ class Model:
     embedding_norm: bool = False  # batch-normalize the image embedding (keeps LSTM gates out of saturation)
     use_cudnn: bool = False  # cuDNN LSTM makes Keras drop XLA silently; keep False with jit_compile
     image_every_step: bool = False  # also feed the image embedding with every word (state [h, c, image])
+    image_logits: bool = False  # deep output: logits += a linear map of the image embedding (state [h, c, image])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -126,6 +126,7 @@ def fingerprint(config: Config, vocab: Vocabulary, sizes: TensorSizes) -> dict:
         **({"image_every_step": True} if config.model.image_every_step else {}),
         # The pixels the model learnt on (not a variable shape, but resuming with others is a mistake).
         **({"preprocess": config.data.preprocess} if config.data.preprocess != "default" else {}),
+        **({"image_logits": True} if config.model.image_logits else {}),
     }
 
 

@@ -14,7 +14,7 @@ Signatures (B images, K captions, N decoder rows, H LSTM units, V ids):
     encode_image     images float32 [B, h, w, 3] -> state_h, state_c float32 [B, H]
     decode_step      input_ids int32 [N], state_h, state_c [N, H]
                      -> log_probs float32 [N, V], state_h, state_c [N, H]
-                     (a model with `image_every_step` also has state_image [., E] in both)
+                     (a model with `image_every_step` or `image_logits` also has state_image [., E] in both)
     ids_to_text      ids int32 [N, T] -> text string [N]
 
 Everything is the training code's own: `Captioner.encode` / `decode_step`,

@@ -146,3 +146,15 @@ def test_a_relative_run_dir_finds_and_restores_its_checkpoints(trained_run, tmp_
     paths = run_dir_lib.checkpoint_paths(os.path.join("runs", "x", run_dir_lib.CHECKPOINTS))
     assert paths and all(os.path.exists(p + ".index") for p in paths)
     assert run_dir_lib.load_model(os.path.join("runs", "x"))[4] == paths[0]
+
+
+def test_checkpoints_of_a_relative_run_dir_are_found(tmp_path, monkeypatch):
+    """`--run-dir demo_out/run` (relative, as `make demo` passes it): the listed checkpoints exist."""
+    monkeypatch.chdir(tmp_path)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)), "run/checkpoints",
+                                         max_to_keep=2)
+    manager.save(checkpoint_number=3)
+    manager.save(checkpoint_number=4)
+    paths = run_dir_lib.checkpoint_paths("run/checkpoints")
+    assert paths == ["run/checkpoints/ckpt-4", "run/checkpoints/ckpt-3"]
+    assert all(os.path.exists(p + ".index") for p in paths)

@@ -1,4 +1,6 @@
-"""model.image_every_step: the decoder also reads the image embedding with every word (state [h, c, image])."""
+"""The decoder options that carry the image embedding in the decoding state ([h, c, image]):
+model.image_every_step (the LSTM reads it with every word) and model.image_logits (deep output:
+a linear map of it is added to the logits), each alone and both together."""
 
 from __future__ import annotations
 
@@ -16,11 +18,15 @@ V, E, H = 20, 8, 12
 SETTINGS = DecodeSettings(beam_size=3, max_length=6)
 
 
-@pytest.fixture(scope="module")
-def model():
+OPTIONS = {"every_step": ["model.image_every_step=true"], "logits": ["model.image_logits=true"],
+           "both": ["model.image_every_step=true", "model.image_logits=true"]}
+
+
+@pytest.fixture(scope="module", params=sorted(OPTIONS))
+def model(request):
     keras.utils.set_random_seed(2)
-    config = tiny_config(f"model.embedding_size={E}", f"model.lstm_units={H}", "model.image_every_step=true",
-                         "model.embedding_norm=true")
+    config = tiny_config(f"model.embedding_size={E}", f"model.lstm_units={H}", "model.embedding_norm=true",
+                         *OPTIONS[request.param])
     return build_model(config, V)
 
 
@@ -30,10 +36,12 @@ def _images(n, seed=0):
 
 def test_parameter_counts(model):
     decoder = model.decoder
-    # LSTM input [word; image], 2E wide: 4*((2E + H) * H + H) = 4*((16 + 12) * 12 + 12) = 1392
-    assert decoder.lstm.count_params() == 1392
-    # embedding V*E + LSTM + logits H*V + V = 160 + 1392 + 260
-    assert decoder.count_params() == 160 + 1392 + 260
+    # LSTM input [word; image], 2E wide: 4*((2E + H) * H + H) = 4*((16 + 12) * 12 + 12) = 1392;
+    # [word] alone, E wide: 4*((8 + 12) * 12 + 12) = 1008
+    assert decoder.lstm.count_params() == (1392 if decoder.image_every_step else 1008)
+    # embedding V*E + LSTM + logits H*V + V (+ image logits E*V, no bias)
+    image_logits = E * V if decoder.image_logits else 0
+    assert decoder.count_params() == 160 + decoder.lstm.count_params() + 260 + image_logits
 
 
 def test_state_carries_the_image_embedding(model):
@@ -66,6 +74,12 @@ def test_step_by_step_decoding_equals_teacher_forced_logits(model):
     swapped = after_start[:2] + [other[2]]
     logits, _ = model.decoder.step(tf.constant(caption[:, 1]), swapped)
     assert np.abs(keras.ops.convert_to_numpy(logits) - full[:, 1]).max() > 1e-2 * np.abs(full[:, 1]).max()
+    if model.decoder.image_logits and not model.decoder.image_every_step:
+        # Deep output alone: the image's part of the logits is additive, W_v (v' - v).
+        kernel = keras.ops.convert_to_numpy(model.decoder.image_to_logits.kernel)
+        difference = (keras.ops.convert_to_numpy(other[2]) - keras.ops.convert_to_numpy(state[2])) @ kernel
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(logits) - full[:, 1], difference, rtol=1e-3,
+                                   atol=1e-7)
 
 
 def test_beam_search_in_graph(model):
@@ -82,15 +96,19 @@ def test_beam_search_in_graph(model):
 
 
 def test_config_round_trip():
-    layer = CaptionDecoder(V, E, H, image_every_step=True, name="decoder")
+    layer = CaptionDecoder(V, E, H, image_every_step=True, image_logits=True, name="decoder")
     config = layer.get_config()
-    assert config["image_every_step"] is True
+    assert config["image_every_step"] is True and config["image_logits"] is True
     assert CaptionDecoder.from_config(config).get_config() == config
     assert CaptionDecoder(V, E, H).get_config()["image_every_step"] is False
+    assert CaptionDecoder(V, E, H).get_config()["image_logits"] is False
+    assert CaptionDecoder(V, E, H).state_sizes() == {"state_h": H, "state_c": H}
+    assert CaptionDecoder(V, E, H, image_logits=True).state_sizes() == {"state_h": H, "state_c": H, "state_image": E}
 
 
 @pytest.mark.slow
-def test_export_serves_the_image_state(shapes_data, tmp_path):
+@pytest.mark.parametrize("options", [OPTIONS["every_step"], OPTIONS["logits"]], ids=["every_step", "logits"])
+def test_export_serves_the_image_state(shapes_data, tmp_path, options):
     """encode_image / decode_step carry state_image; captions and warmup requests work as for Show and Tell."""
     from caption_app import run_dir as run_dir_lib
     from caption_app.train import train
@@ -98,8 +116,7 @@ def test_export_serves_the_image_state(shapes_data, tmp_path):
     from tests import saved_model_ops
 
     run = str(tmp_path / "run")
-    train(tiny_config("train.epochs=1", "train.learning_rate=0.02", "model.image_every_step=true"), shapes_data,
-          run, verbose=0)
+    train(tiny_config("train.epochs=1", "train.learning_rate=0.02", *options), shapes_data, run, verbose=0)
     path = saved_model.export(run, str(tmp_path / "models"))
     signatures = tf.saved_model.load(path).signatures
     model, config, vocab, _, _ = run_dir_lib.load_model(run)

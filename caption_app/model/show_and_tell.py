@@ -6,7 +6,11 @@
 
 With `model.image_every_step` the image embedding is also fed next to every
 word (the LSTM reads [word; image]), so a word's prediction can look at the
-image directly instead of through the LSTM's memory of its first step.
+image directly instead of through the LSTM's memory of its first step. With
+`model.image_logits` ("deep output") the image embedding also reaches the
+logits through a linear map of its own: logits = W_h h + W_v v + b, so the
+image's evidence for a word adds to the LSTM's language prior instead of
+passing through it.
 
 The backbone runs once per image; its embedding is repeated for the image's C
 captions. The model's two parts are attributes: `model.image_encoder` (an
@@ -53,10 +57,13 @@ class CaptionDecoder(keras.layers.Layer):
       image_every_step: also feed the image embedding with every word (the
         LSTM's input is [word; image], E wide each); the decoding state then
         carries the image: [h, c, image].
+      image_logits: add a linear map of the image embedding to the logits
+        (deep output: W_h h + W_v v + b); the state carries the image as above.
     """
 
     def __init__(self, vocab_size: int, embedding_size: int, lstm_units: int, dropout: float = 0.0,
-                 init_scale: float = 0.08, use_cudnn: bool = False, image_every_step: bool = False, **kwargs):
+                 init_scale: float = 0.08, use_cudnn: bool = False, image_every_step: bool = False, image_logits: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.embedding_size = embedding_size
@@ -65,6 +72,7 @@ class CaptionDecoder(keras.layers.Layer):
         self.init_scale = init_scale
         self.use_cudnn = use_cudnn
         self.image_every_step = image_every_step
+        self.image_logits = image_logits
         init = keras.initializers.RandomUniform(-init_scale, init_scale)
         self.word_embedding = keras.layers.Embedding(vocab_size, embedding_size, embeddings_initializer=init,
                                                      name="word_embedding")
@@ -74,11 +82,22 @@ class CaptionDecoder(keras.layers.Layer):
         self.output_dropout = keras.layers.Dropout(dropout)
         # float32 logits under mixed precision: the softmax over the vocabulary needs the range.
         self.logits = keras.layers.Dense(vocab_size, kernel_initializer=init, name="logits", dtype="float32")
+        self.image_to_logits = None
+        if image_logits:
+            self.image_to_logits = keras.layers.Dense(vocab_size, use_bias=False, kernel_initializer=init,
+                                                      name="image_logits", dtype="float32")
+
+    @property
+    def carries_image(self) -> bool:
+        """Whether the decoding state carries the image embedding ([h, c, image])."""
+        return self.image_every_step or self.image_logits
 
     def build(self, image_embedding_shape, input_ids_shape=None):
         self.word_embedding.build((None, None))
         self.lstm.build((None, None, self.embedding_size * (2 if self.image_every_step else 1)))
         self.logits.build((None, None, self.lstm_units))
+        if self.image_to_logits is not None:
+            self.image_to_logits.build((None, self.embedding_size))
 
     def call(self, image_embedding, input_ids, training=None):
         """image_embedding [B, E], input_ids [B, C, T] int -> logits [B, C, T, V]."""
@@ -93,22 +112,24 @@ class CaptionDecoder(keras.layers.Layer):
         outputs = self.lstm(sequence, training=training)[:, 1:]  # the image step predicts nothing
         outputs = self.output_dropout(outputs, training=training)
         logits = self.logits(outputs)  # [B*C, T, V]
+        if self.image_to_logits is not None:
+            logits = logits + self.image_to_logits(image)  # [B*C, 1, V], the same for every step
         return ops.reshape(logits, (batch, num_captions, length, self.vocab_size))
 
     def initial_state(self, image_embedding):
         """image_embedding [N, E] -> the state after the image step: LSTM [h, c], each [N, H]
-        (and the image embedding [N, E] with `image_every_step`)."""
+        (and the image embedding [N, E] with `image_every_step` or `image_logits`)."""
         zeros = ops.zeros((ops.shape(image_embedding)[0], self.lstm_units), dtype=image_embedding.dtype)
         first = image_embedding
         if self.image_every_step:
             first = ops.concatenate([image_embedding, image_embedding], axis=-1)
         _, state = self.lstm.cell(first, [zeros, zeros], training=False)
-        return list(state) + ([image_embedding] if self.image_every_step else [])
+        return list(state) + ([image_embedding] if self.carries_image else [])
 
     def state_sizes(self) -> dict[str, int]:
         """The decoding state's tensors, by the names the export gives them, and their widths."""
         sizes = {"state_h": self.lstm_units, "state_c": self.lstm_units}
-        if self.image_every_step:
+        if self.carries_image:
             sizes["state_image"] = self.embedding_size
         return sizes
 
@@ -118,12 +139,16 @@ class CaptionDecoder(keras.layers.Layer):
         if self.image_every_step:
             words = ops.concatenate([words, state[2]], axis=-1)
         output, new_state = self.lstm.cell(words, list(state[:2]), training=False)
-        return self.logits(output), list(new_state) + list(state[2:])
+        logits = self.logits(output)
+        if self.image_to_logits is not None:
+            logits = logits + self.image_to_logits(state[2])
+        return logits, list(new_state) + list(state[2:])
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "embedding_size": self.embedding_size,
                 "lstm_units": self.lstm_units, "dropout": self.dropout, "init_scale": self.init_scale,
-                "use_cudnn": self.use_cudnn, "image_every_step": self.image_every_step}
+                "use_cudnn": self.use_cudnn, "image_every_step": self.image_every_step,
+                "image_logits": self.image_logits}
 
 
 @contextlib.contextmanager
@@ -284,7 +309,8 @@ def _build_model(config: Config, vocab_size: int, backbone_weights: str | None) 
     image_encoder, image_embedding = build_image_encoder(config, image, backbone_weights)
     input_ids = keras.Input((None, None), dtype="int32", name="input_ids")
     decoder = CaptionDecoder(vocab_size, m.embedding_size, m.lstm_units, m.lstm_dropout, m.init_scale,
-                             m.use_cudnn, image_every_step=m.image_every_step, name="decoder")
+                             m.use_cudnn, image_every_step=m.image_every_step, image_logits=m.image_logits,
+                             name="decoder")
     logits = decoder(image_embedding, input_ids)
     return ShowAndTell({"image": image, "input_ids": input_ids}, logits, name="show_and_tell",
                        parts={"image_encoder": image_encoder, "decoder": decoder})
