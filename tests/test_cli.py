@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 
 import pytest
@@ -189,3 +190,52 @@ def test_resume_with_the_runs_own_config_and_a_longer_budget(trained_run, tmp_pa
     assert re.search(r"trained 3 epochs in \d+s; val perplexity \d+\.\d{3}; run dir", out), out
     assert config_lib.load(os.path.join(run, "config.json")) == tiny_config(
         "train.epochs=3", "train.learning_rate=0.02")
+
+
+@pytest.mark.slow
+def test_training_on_a_terminal_shows_the_progress_bar_and_in_a_log_one_line_per_epoch(trained_run, tmp_path):
+    """stdout a terminal (a pseudo-terminal here): Keras' bar (━ and the time per step); a pipe: no bar."""
+    import pty
+    import select
+
+    from tests.conftest import cli_command
+
+    outputs = {}
+    for kind in ("terminal", "pipe"):
+        run = str(tmp_path / kind)
+        shutil.copytree(trained_run.run_dir, run)
+        command = cli_command("caption_app", "train", "--data", trained_run.data_dir, "--run-dir", run,
+                              "--set", "train.epochs=3")
+        if kind == "pipe":
+            done = subprocess.run(command, cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True,
+                                  timeout=300)
+            assert done.returncode == 0, done.stderr
+            outputs[kind] = done.stdout
+            continue
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen(command, cwd=REPO_ROOT, env=cli_env(), stdout=follower, stderr=subprocess.PIPE)
+        os.close(follower)
+        chunks, deadline = [], time.monotonic() + 300
+        try:
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([leader], [], [], 1.0)
+                if not ready:
+                    if proc.poll() is not None:
+                        break
+                    continue
+                try:
+                    data = os.read(leader, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+        finally:
+            os.close(leader)
+            proc.kill() if proc.poll() is None else None
+        assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()
+        outputs[kind] = b"".join(chunks).decode("utf-8", "replace")
+    assert "━" in outputs["terminal"] and "/step" in outputs["terminal"], outputs["terminal"]
+    assert "trained 3 epochs" in outputs["terminal"]
+    assert "━" not in outputs["pipe"] and "/step" in outputs["pipe"], outputs["pipe"]
+    assert "trained 3 epochs" in outputs["pipe"]
