@@ -1,6 +1,6 @@
 # make demo: set up .venv, generate the shapes dataset, convert, train, evaluate, score against the
 # generator's ground truth (tfrecords_tools/shapes_report.py), caption.
-# make test: the test suite (what .ci/run runs).
+# make test: the test suite on every CPU (what .ci/run runs).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -45,8 +45,9 @@ demo: setup
 	  $$(head -n 4 $(DEMO)/data/raw/Flickr_8k.testImages.txt | sed 's|^|$(DEMO)/data/raw/images/|')
 	@echo "data: $(DEMO)/data  run dir: $(DEMO)/run  metrics: $(DEMO)/run/metrics.json  TensorBoard: $(DEMO)/run/logs"
 
+# One worker per CPU, each taking whole test files (their module fixtures are built once).
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 # The benchmark suite (bench/suite.py: ratios side by side, one process); bench-parts: bench/run.py.
 bench: setup

