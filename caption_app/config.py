@@ -182,7 +182,11 @@ def shapes() -> Config:
     """
     return Config(
         name="shapes",
-        data=Data(image_size=64, max_caption_length=32, augment=(), shuffle_buffer=4096, cache=True),
+        # length_buckets=1: batches grouped by caption length hold images of one object count, and the
+        # batch-normalized embedding (and the small CNN's BatchNorm) then normalizes the count away in
+        # training: with 4 buckets every test caption named 2 objects (BLEU-4 0.665, bench/RESULTS.md).
+        data=Data(image_size=64, max_caption_length=32, augment=(), shuffle_buffer=4096, cache=True,
+                  length_buckets=1),
         model=Model(backbone="small_cnn", backbone_weights="none", embedding_size=128,
                     lstm_units=256, lstm_dropout=0.0, embedding_norm=True, image_every_step=True),
         train=Train(epochs=20, batch_size=32, optimizer="adam", learning_rate=2e-3,
