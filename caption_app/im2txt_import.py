@@ -48,6 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from caption_app import config as config_lib
+from caption_app import io_utils
 from caption_app import run_dir as run_dir_lib
 from caption_app.data.pipeline import TensorSizes
 from caption_app.data.vocabulary import PLACEHOLDER, Vocabulary
@@ -139,9 +140,8 @@ def read_word_counts(path: str) -> Im2txtVocabulary:
       Im2txtImportError: unreadable, a malformed line, a duplicate word, or no `<S>` / `</S>`.
     """
     try:
-        with tf.io.gfile.GFile(path, "rb") as f:
-            text = f.read().decode("utf-8")
-    except (OSError, tf.errors.OpError, UnicodeDecodeError) as err:
+        text = io_utils.read_small_file(path, "word counts file").decode("utf-8")
+    except (OSError, ValueError, tf.errors.OpError, UnicodeDecodeError) as err:
         raise Im2txtImportError(f"cannot read the word counts file {path}: {err}") from None
     lines = text.split("\n")
     while lines and not lines[-1].strip():  # a trailing newline (im2txt writes none)

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import uuid
 
@@ -225,6 +226,34 @@ def open(path: str | os.PathLike, mode: str = "r", encoding: str = "utf-8"):  # 
 def read_bytes(path: str | os.PathLike) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+SMALL_FILE_LIMIT = 64 << 20  # vocabularies and word-count files: COCO's is ~100 KB
+
+
+def read_small_file(path: str | os.PathLike, what: str, limit: int = SMALL_FILE_LIMIT) -> bytes:
+    """The bytes of a small text file given from outside (a vocabulary, word counts).
+
+    Raises:
+      ValueError: one line naming `what` and `path` when it is not a regular file (a FIFO,
+        /dev/zero, a folder) or is larger than `limit`, so nothing reads without end.
+      OSError: when it cannot be read.
+    """
+    path = os.fspath(path)
+    if is_remote(path):
+        size = _gfile().stat(path).length
+    else:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{what} {path} is not a regular file (a FIFO, device or folder)")
+        size = info.st_size
+    if size > limit:
+        raise ValueError(f"{what} {path} is {size} bytes, over the {limit} a {what} can be")
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:  # grew while read
+        raise ValueError(f"{what} {path} is over the {limit} bytes a {what} can be")
+    return data
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

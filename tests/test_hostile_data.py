@@ -377,3 +377,22 @@ def test_an_image_with_thousands_of_captions_is_capped(tmp_path, capsys):
     smaller = _convert_jsonl(data, tmp_path / "three", max_captions_per_image=3)
     assert smaller["max_captions_per_image"] == 3 and smaller["caption_cap"]["captions_dropped"] == 2998
     assert source_api.DEFAULT_MAX_CAPTIONS_PER_IMAGE == cap
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "/dev/urandom"])
+def test_a_vocabulary_or_word_counts_file_that_never_ends_is_one_error_line(tmp_path, special):
+    """`--vocab /dev/zero`, a run dir's vocab.txt swapped for a device, word_counts.txt as a FIFO: refused
+    before anything is read, instead of reading without end."""
+    from caption_app.data.vocabulary import Vocabulary
+    from caption_app.im2txt_import import Im2txtImportError, read_word_counts
+    from caption_app.io_utils import read_small_file
+
+    with pytest.raises(ValueError, match="not a regular file"):
+        Vocabulary.load(special)
+    with pytest.raises(Im2txtImportError, match="not a regular file"):
+        read_word_counts(special)
+    big = tmp_path / "vocab.txt"
+    big.write_bytes(b"a 1\n" * 100)
+    with pytest.raises(ValueError, match="over the 64"):
+        read_small_file(big, "vocabulary file", limit=64)
+    assert read_small_file(big, "vocabulary file") == b"a 1\n" * 100

@@ -25,6 +25,8 @@ from typing import Iterable, Iterator, Sequence
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from caption_app import io_utils
+
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNK)
 PAD_ID, START_ID, END_ID, UNK_ID = 0, 1, 2, 3
@@ -146,16 +148,19 @@ class Vocabulary:
             raise FileNotFoundError(f"vocabulary file {path} does not exist; "
                                     "convert a dataset with `python -m tfrecords_tools` first")
         words, counts = [], []
-        with tf.io.gfile.GFile(path, "r") as f:
-            for line_no, line in enumerate(f, 1):
-                line = line.rstrip("\n")
-                if not line:
-                    continue
-                word, _, count = line.rpartition(" ")
-                if not word or not count.isdigit():
-                    raise ValueError(f"{path}:{line_no}: expected `word count`, got {line!r}")
-                words.append(word)
-                counts.append(int(count))
+        try:
+            text = io_utils.read_small_file(path, "vocabulary file").decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"vocabulary file {path} is not UTF-8 text ({err})") from None
+        for line_no, line in enumerate(text.split("\n"), 1):
+            line = line.rstrip("\r")
+            if not line:
+                continue
+            word, _, count = line.rpartition(" ")
+            if not word or not count.isdigit():
+                raise ValueError(f"{path}:{line_no}: expected `word count`, got {line!r}")
+            words.append(word)
+            counts.append(int(count))
         return cls(words, counts)
 
     @property
