@@ -50,6 +50,9 @@ class Model:
     use_cudnn: bool = False  # cuDNN LSTM makes Keras drop XLA silently; keep False with jit_compile
     image_every_step: bool = False  # also feed the image embedding with every word (state [h, c, image])
     image_logits: bool = False  # deep output: logits += a linear map of the image embedding (state [h, c, image])
+    # >0: the decoder attends over the backbone's spatial map, projected to this width per cell, and the
+    # attended context adds to the logits (state [h, c, image with its cells]); 0 = off.
+    attention_size: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +142,7 @@ class Config:
             ("model.embedding_size", m.embedding_size, m.embedding_size >= 1, ">= 1"),
             ("model.lstm_units", m.lstm_units, m.lstm_units >= 1, ">= 1"),
             ("model.lstm_dropout", m.lstm_dropout, 0 <= m.lstm_dropout < 1, "in [0, 1)"),
+            ("model.attention_size", m.attention_size, m.attention_size >= 0, ">= 0 (0: off)"),
             ("eval.batch_size", e.batch_size, e.batch_size >= 1, ">= 1"),
             ("eval.report_images", e.report_images, e.report_images >= 0, ">= 0"),
             ("eval.sample_images", e.sample_images, e.sample_images >= 0, ">= 0 (0: off)"),
@@ -147,6 +151,10 @@ class Config:
         for key, value, ok, rule in checks:
             if isinstance(value, bool) or not ok:  # NaN fails every comparison
                 raise ConfigError(f"{key} must be {rule}, got {value!r} (--set {key}=...)")
+        if t.feature_cache and m.attention_size:
+            raise ConfigError("train.feature_cache keeps pooled backbone features, but model.attention_size "
+                              f"{m.attention_size} needs the spatial map: set train.feature_cache=false or "
+                              "model.attention_size=0")
         try:
             self.decode.resolve()
         except ValueError as err:

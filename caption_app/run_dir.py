@@ -127,6 +127,7 @@ def fingerprint(config: Config, vocab: Vocabulary, sizes: TensorSizes) -> dict:
         # The pixels the model learnt on (not a variable shape, but resuming with others is a mistake).
         **({"preprocess": config.data.preprocess} if config.data.preprocess != "default" else {}),
         **({"image_logits": True} if config.model.image_logits else {}),
+        **({"attention_size": config.model.attention_size} if config.model.attention_size else {}),
     }
 
 

@@ -1,6 +1,7 @@
 """The decoder options that carry the image embedding in the decoding state ([h, c, image]):
-model.image_every_step (the LSTM reads it with every word) and model.image_logits (deep output:
-a linear map of it is added to the logits), each alone and both together."""
+model.image_every_step (the LSTM reads it with every word), model.image_logits (deep output:
+a linear map of it is added to the logits) and model.attention_size (the decoder attends over
+the backbone's spatial cells, which the image input then also carries), alone and together."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ from caption_app.decoding import DecodeSettings
 from caption_app.model.show_and_tell import Captioner, CaptionDecoder, build_model
 from tests.conftest import tiny_config
 
-V, E, H = 20, 8, 12
+V, E, H, A = 20, 8, 12, 4
 SETTINGS = DecodeSettings(beam_size=3, max_length=6)
 
 
 OPTIONS = {"every_step": ["model.image_every_step=true"], "logits": ["model.image_logits=true"],
-           "both": ["model.image_every_step=true", "model.image_logits=true"]}
+           "both": ["model.image_every_step=true", "model.image_logits=true"],
+           "attention": [f"model.attention_size={A}"],
+           "all": ["model.image_every_step=true", "model.image_logits=true", f"model.attention_size={A}"]}
 
 
 @pytest.fixture(scope="module", params=sorted(OPTIONS))
@@ -39,16 +42,24 @@ def test_parameter_counts(model):
     # LSTM input [word; image], 2E wide: 4*((2E + H) * H + H) = 4*((16 + 12) * 12 + 12) = 1392;
     # [word] alone, E wide: 4*((8 + 12) * 12 + 12) = 1008
     assert decoder.lstm.count_params() == (1392 if decoder.image_every_step else 1008)
-    # embedding V*E + LSTM + logits H*V + V (+ image logits E*V, no bias)
+    # embedding V*E + LSTM + logits H*V + V (+ image logits E*V, no bias; + attention query H*A and
+    # context logits A*V, no biases)
     image_logits = E * V if decoder.image_logits else 0
-    assert decoder.count_params() == 160 + decoder.lstm.count_params() + 260 + image_logits
+    attention = H * A + A * V if decoder.attention_size else 0
+    assert decoder.count_params() == 160 + decoder.lstm.count_params() + 260 + image_logits + attention
+
+
+def _cells(model):
+    """The number of spatial cells the image input carries (small_cnn at 32 px: a 4x4 map)."""
+    return 16 if model.decoder.attention_size else 0
 
 
 def test_state_carries_the_image_embedding(model):
     captioner = Captioner(model)
     images = _images(3)
     state = captioner.encode(images)
-    assert [tuple(s.shape) for s in state] == [(3, H), (3, H), (3, E)]
+    assert [tuple(s.shape) for s in state] == [(3, H), (3, H), (3, E + _cells(model) * A)]
+    assert model.decoder.state_sizes()["state_image"] == E + _cells(model) * A
     np.testing.assert_allclose(keras.ops.convert_to_numpy(state[2]),
                                keras.ops.convert_to_numpy(model.image_encoder(images, training=False)), atol=1e-5)
     _, new_state = captioner.decode_step(tf.constant([START_ID] * 3, tf.int32), state)
@@ -95,19 +106,62 @@ def test_beam_search_in_graph(model):
     np.testing.assert_array_equal(in_graph, eager)
 
 
+def test_attention_reads_the_cells(model):
+    """With attention, the cells' part of the image input changes the logits; without, it is absent."""
+    if not model.decoder.attention_size:
+        assert model.decoder.image_width == E
+        return
+    captioner = Captioner(model)
+    state = captioner.encode(_images(2, seed=4))
+    image = keras.ops.convert_to_numpy(state[2])
+    assert image.shape == (2, E + 16 * A) and np.abs(image[:, E:]).max() > 0
+    ids = tf.constant([START_ID, START_ID], tf.int32)
+    logits, _ = model.decoder.step(ids, state)
+    other_cells = np.concatenate([image[:, :E], image[::-1, E:]], axis=1)  # the other image's cells
+    swapped, _ = model.decoder.step(ids, state[:2] + [tf.constant(other_cells)])
+    assert np.abs(keras.ops.convert_to_numpy(swapped) - keras.ops.convert_to_numpy(logits)).max() > 0
+    # Attention weights are a softmax over the cells: identical cells give the cell's own context,
+    # whatever the query, so the context term is W_c cell.
+    cell = image[:1, E:E + A]
+    kernel = keras.ops.convert_to_numpy(model.decoder.context_to_logits.kernel)
+    term = keras.ops.convert_to_numpy(model.decoder._attend(tf.random.normal((1, 3, H)), tf.constant(
+        np.repeat(cell[:, None, :], 16, axis=1))))
+    np.testing.assert_allclose(term, np.repeat((cell @ kernel)[:, None, :], 3, axis=1), rtol=1e-4, atol=1e-7)
+
+
+def test_attention_settings_are_checked():
+    from caption_app.config import ConfigError
+    from caption_app.model import backbones
+
+    with pytest.raises(ConfigError, match="model.attention_size must be >= 0"):
+        tiny_config("model.attention_size=-1").validate()
+    with pytest.raises(ConfigError, match="train.feature_cache.*spatial map"):
+        tiny_config("model.attention_size=4", "train.feature_cache=true").validate()
+    inputs = keras.Input((8, 8, 3))
+    flat = keras.Model(inputs, keras.layers.Flatten()(inputs))
+    with pytest.raises(backbones.BackboneError, match="no global average pooling"):
+        backbones.with_spatial_map(flat, "flat")
+    with pytest.raises(ValueError, match="does not fit"):
+        CaptionDecoder(V, E, H, attention_size=A).build((None, E + 3))
+
+
 def test_config_round_trip():
-    layer = CaptionDecoder(V, E, H, image_every_step=True, image_logits=True, name="decoder")
+    layer = CaptionDecoder(V, E, H, image_every_step=True, image_logits=True, attention_size=A, name="decoder")
     config = layer.get_config()
-    assert config["image_every_step"] is True and config["image_logits"] is True
+    assert config["image_every_step"] is True and config["image_logits"] is True and config["attention_size"] == A
     assert CaptionDecoder.from_config(config).get_config() == config
     assert CaptionDecoder(V, E, H).get_config()["image_every_step"] is False
     assert CaptionDecoder(V, E, H).get_config()["image_logits"] is False
-    assert CaptionDecoder(V, E, H).state_sizes() == {"state_h": H, "state_c": H}
-    assert CaptionDecoder(V, E, H, image_logits=True).state_sizes() == {"state_h": H, "state_c": H, "state_image": E}
+    plain, deep = CaptionDecoder(V, E, H), CaptionDecoder(V, E, H, image_logits=True)
+    plain.build((None, E))
+    deep.build((None, E))
+    assert plain.state_sizes() == {"state_h": H, "state_c": H}
+    assert deep.state_sizes() == {"state_h": H, "state_c": H, "state_image": E}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options", [OPTIONS["every_step"], OPTIONS["logits"]], ids=["every_step", "logits"])
+@pytest.mark.parametrize("options", [OPTIONS["every_step"], OPTIONS["logits"], OPTIONS["all"]],
+                         ids=["every_step", "logits", "attention"])
 def test_export_serves_the_image_state(shapes_data, tmp_path, options):
     """encode_image / decode_step carry state_image; captions and warmup requests work as for Show and Tell."""
     from caption_app import run_dir as run_dir_lib

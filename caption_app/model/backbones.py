@@ -129,6 +129,16 @@ def _small_cnn(image_size: int, weights: str | None) -> keras.Model:
     return keras.Model(inputs, features, name="small_cnn")
 
 
+def with_spatial_map(backbone: keras.Model, name: str) -> keras.Model:
+    """The same layers (and variables), giving the pooled features and the spatial map
+    [B, h, w, C] that the backbone's last global average pooling reads (for attention)."""
+    pools = [layer for layer in backbone.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D)]
+    if not pools:
+        raise BackboneError(f"backbone {name} has no global average pooling, so it gives no spatial map "
+                            "for model.attention_size; set model.attention_size=0")
+    return keras.Model(backbone.inputs, [backbone.outputs[0], pools[-1].input], name=backbone.name)
+
+
 _KERAS_WEIGHTS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 

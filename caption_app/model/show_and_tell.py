@@ -10,7 +10,13 @@ image directly instead of through the LSTM's memory of its first step. With
 `model.image_logits` ("deep output") the image embedding also reaches the
 logits through a linear map of its own: logits = W_h h + W_v v + b, so the
 image's evidence for a word adds to the LSTM's language prior instead of
-passing through it.
+passing through it. With `model.attention_size` A > 0 the image encoder also
+gives the backbone's spatial map, projected to A per cell (plus a learned
+position per cell), and the decoder attends over those cells with each word's
+LSTM output (Luong et al. 2015, without input feeding, so the LSTM still runs
+as one layer): the attended context c_t reaches the logits through a linear
+map of its own, logits += W_c c_t. The encoder's output is then [embedding;
+cells] (E + L*A wide), which the decoding state carries whole.
 
 The backbone runs once per image; its embedding is repeated for the image's C
 captions. The model's two parts are attributes: `model.image_encoder` (an
@@ -59,11 +65,14 @@ class CaptionDecoder(keras.layers.Layer):
         carries the image: [h, c, image].
       image_logits: add a linear map of the image embedding to the logits
         (deep output: W_h h + W_v v + b); the state carries the image as above.
+      attention_size: A > 0: the image input is [embedding (E); L cells x A]
+        and each step's LSTM output attends over the cells; the attended
+        context adds W_c c to the logits. The state carries the image as above.
     """
 
     def __init__(self, vocab_size: int, embedding_size: int, lstm_units: int, dropout: float = 0.0,
                  init_scale: float = 0.08, use_cudnn: bool = False, image_every_step: bool = False, image_logits: bool = False,
-                 **kwargs):
+                 attention_size: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.embedding_size = embedding_size
@@ -73,6 +82,7 @@ class CaptionDecoder(keras.layers.Layer):
         self.use_cudnn = use_cudnn
         self.image_every_step = image_every_step
         self.image_logits = image_logits
+        self.attention_size = attention_size
         init = keras.initializers.RandomUniform(-init_scale, init_scale)
         self.word_embedding = keras.layers.Embedding(vocab_size, embedding_size, embeddings_initializer=init,
                                                      name="word_embedding")
@@ -86,22 +96,53 @@ class CaptionDecoder(keras.layers.Layer):
         if image_logits:
             self.image_to_logits = keras.layers.Dense(vocab_size, use_bias=False, kernel_initializer=init,
                                                       name="image_logits", dtype="float32")
+        self.attention_query = self.context_to_logits = None
+        if attention_size:
+            self.attention_query = keras.layers.Dense(attention_size, use_bias=False, kernel_initializer=init,
+                                                      name="attention_query")
+            self.context_to_logits = keras.layers.Dense(vocab_size, use_bias=False, kernel_initializer=init,
+                                                        name="context_logits", dtype="float32")
 
     @property
     def carries_image(self) -> bool:
-        """Whether the decoding state carries the image embedding ([h, c, image])."""
-        return self.image_every_step or self.image_logits
+        """Whether the decoding state carries the image input ([h, c, image])."""
+        return self.image_every_step or self.image_logits or bool(self.attention_size)
+
+    def _split_image(self, image_input):
+        """The encoder's output [N, E (+ L*A)] -> (embedding [N, E], cells [N, L, A] or None)."""
+        if not self.attention_size:
+            return image_input, None
+        cells = image_input[:, self.embedding_size:]
+        return image_input[:, :self.embedding_size], ops.reshape(cells, (ops.shape(cells)[0], -1, self.attention_size))
+
+    def _attend(self, outputs, cells):
+        """outputs [N, T, H], cells [N, L, A] -> the logits' context term [N, T, V]."""
+        query = self.attention_query(outputs)  # [N, T, A]
+        scores = ops.einsum("nta,nla->ntl", query, ops.cast(cells, query.dtype)) / float(self.attention_size) ** 0.5
+        weights = ops.softmax(scores, axis=-1)
+        context = ops.einsum("ntl,nla->nta", weights, ops.cast(cells, weights.dtype))  # [N, T, A]
+        return self.context_to_logits(context)
 
     def build(self, image_embedding_shape, input_ids_shape=None):
+        self.image_width = int(image_embedding_shape[-1])  # E, or E + L*A with attention
+        cells_width = self.image_width - self.embedding_size
+        if (cells_width != 0) if not self.attention_size else (cells_width <= 0 or cells_width % self.attention_size):
+            raise ValueError(f"image input width {self.image_width} does not fit embedding_size "
+                             f"{self.embedding_size} and attention_size {self.attention_size}")
         self.word_embedding.build((None, None))
         self.lstm.build((None, None, self.embedding_size * (2 if self.image_every_step else 1)))
         self.logits.build((None, None, self.lstm_units))
         if self.image_to_logits is not None:
             self.image_to_logits.build((None, self.embedding_size))
+        if self.attention_size:
+            self.attention_query.build((None, None, self.lstm_units))
+            self.context_to_logits.build((None, None, self.attention_size))
 
     def call(self, image_embedding, input_ids, training=None):
-        """image_embedding [B, E], input_ids [B, C, T] int -> logits [B, C, T, V]."""
+        """image_embedding [B, E] (with attention [B, E + L*A]), input_ids [B, C, T] int
+        -> logits [B, C, T, V]."""
         batch, num_captions, length = ops.shape(input_ids)
+        image_embedding, cells = self._split_image(image_embedding)
         image = ops.broadcast_to(image_embedding[:, None, :], (batch, num_captions, self.embedding_size))
         image = ops.reshape(image, (-1, 1, self.embedding_size))  # [B*C, 1, E]
         words = self.word_embedding(ops.reshape(input_ids, (-1, length)))  # [B*C, T, E]
@@ -114,41 +155,83 @@ class CaptionDecoder(keras.layers.Layer):
         logits = self.logits(outputs)  # [B*C, T, V]
         if self.image_to_logits is not None:
             logits = logits + self.image_to_logits(image)  # [B*C, 1, V], the same for every step
+        if cells is not None:
+            num_cells = ops.shape(cells)[1]
+            cells = ops.broadcast_to(cells[:, None], (batch, num_captions, num_cells, self.attention_size))
+            logits = logits + self._attend(outputs, ops.reshape(cells, (-1, num_cells, self.attention_size)))
         return ops.reshape(logits, (batch, num_captions, length, self.vocab_size))
 
-    def initial_state(self, image_embedding):
-        """image_embedding [N, E] -> the state after the image step: LSTM [h, c], each [N, H]
-        (and the image embedding [N, E] with `image_every_step` or `image_logits`)."""
+    def initial_state(self, image_input):
+        """image_input [N, E] (with attention [N, E + L*A]) -> the state after the image step:
+        LSTM [h, c], each [N, H] (and the image input with `image_every_step`, `image_logits`
+        or attention)."""
+        image_embedding, _ = self._split_image(image_input)
         zeros = ops.zeros((ops.shape(image_embedding)[0], self.lstm_units), dtype=image_embedding.dtype)
         first = image_embedding
         if self.image_every_step:
             first = ops.concatenate([image_embedding, image_embedding], axis=-1)
         _, state = self.lstm.cell(first, [zeros, zeros], training=False)
-        return list(state) + ([image_embedding] if self.carries_image else [])
+        return list(state) + ([image_input] if self.carries_image else [])
 
     def state_sizes(self) -> dict[str, int]:
         """The decoding state's tensors, by the names the export gives them, and their widths."""
         sizes = {"state_h": self.lstm_units, "state_c": self.lstm_units}
         if self.carries_image:
-            sizes["state_image"] = self.embedding_size
+            sizes["state_image"] = self.image_width
         return sizes
 
     def step(self, ids, state):
         """ids [N] int, state (see `initial_state`) -> (logits [N, V], new state)."""
         words = self.word_embedding(ids)  # [N, E]
+        image_embedding, cells = (None, None) if not self.carries_image else self._split_image(state[2])
         if self.image_every_step:
-            words = ops.concatenate([words, state[2]], axis=-1)
+            words = ops.concatenate([words, image_embedding], axis=-1)
         output, new_state = self.lstm.cell(words, list(state[:2]), training=False)
         logits = self.logits(output)
         if self.image_to_logits is not None:
-            logits = logits + self.image_to_logits(state[2])
+            logits = logits + self.image_to_logits(image_embedding)
+        if cells is not None:
+            logits = logits + self._attend(output[:, None], cells)[:, 0]
         return logits, list(new_state) + list(state[2:])
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "embedding_size": self.embedding_size,
                 "lstm_units": self.lstm_units, "dropout": self.dropout, "init_scale": self.init_scale,
                 "use_cudnn": self.use_cudnn, "image_every_step": self.image_every_step,
-                "image_logits": self.image_logits}
+                "image_logits": self.image_logits, "attention_size": self.attention_size}
+
+
+@keras.saving.register_keras_serializable(package="caption_app")
+class SpatialCells(keras.layers.Layer):
+    """The backbone's spatial map [B, h, w, C] -> cells for attention, flattened [B, h*w*A]:
+    each cell's features projected to A, plus a learned embedding of the cell's position
+    (convolution features say little about where they are)."""
+
+    def __init__(self, attention_size: int, init_scale: float = 0.08, **kwargs):
+        super().__init__(**kwargs)
+        self.attention_size = attention_size
+        self.init_scale = init_scale
+        self.project = keras.layers.Dense(attention_size, name="project",
+                                          kernel_initializer=keras.initializers.RandomUniform(-init_scale, init_scale))
+
+    def build(self, input_shape):
+        _, height, width, channels = input_shape
+        if height is None or width is None:
+            raise ValueError("attention needs a spatial map of static size")
+        self.project.build((None, channels))
+        self.position = self.add_weight(name="position", shape=(height * width, self.attention_size),
+                                        initializer=keras.initializers.RandomUniform(-self.init_scale, self.init_scale))
+
+    def call(self, spatial):
+        _, height, width, channels = spatial.shape
+        cells = self.project(ops.reshape(spatial, (-1, height * width, channels))) + self.position
+        return ops.reshape(cells, (-1, height * width * self.attention_size))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1] * input_shape[2] * self.attention_size)
+
+    def get_config(self):
+        return {**super().get_config(), "attention_size": self.attention_size, "init_scale": self.init_scale}
 
 
 @contextlib.contextmanager
@@ -180,7 +263,8 @@ class _Parts:
 
 class ImageEncoder(keras.Model):
     """image [B, S, S, 3] float32 0-255 -> preprocess -> backbone -> features [B, F]
-    -> image_embedding (linear, no bias) [-> image_embedding_norm] -> embedding [B, E].
+    -> image_embedding (linear, no bias) [-> image_embedding_norm] -> embedding [B, E]
+    (with `model.attention_size` A: [embedding; SpatialCells of the backbone's map], E + L*A).
 
     The one place the image path is put together (`build_image_encoder`); the
     captioning model calls these very layers, the feature cache's head uses
@@ -226,7 +310,11 @@ class ImageEncoder(keras.Model):
         return int(self.feature_extractor.output.shape[-1])
 
     def embed(self, features, training=None):
-        """Backbone features [B, F] -> image embedding [B, E] (the encoder after the backbone)."""
+        """Backbone features [B, F] -> image embedding [B, E] (the encoder after the backbone;
+        not for attention models, whose encoder also needs the spatial map)."""
+        if self._parts.items.get("cells") is not None:
+            raise ValueError("an attention model's image encoder needs the backbone's spatial map, "
+                             "not only its pooled features (train.feature_cache is off for model.attention_size)")
         embedding = self.embedding(features)
         if self.norm is not None:
             embedding = self.norm(embedding, training=training)
@@ -244,9 +332,14 @@ def build_image_encoder(config: Config, image, backbone_weights: str | None = No
     size = int(image.shape[1])
     weights = m.backbone_weights if backbone_weights is None else backbone_weights
     backbone = backbones.build_backbone(m.backbone, weights, size)
+    spatial = None
+    if m.attention_size:  # the same layers, also giving the map the pooled features come from
+        backbone = backbones.with_spatial_map(backbone, m.backbone)
     backbone.name = BACKBONE_LAYER  # one stable name for summaries and the slim import
     preprocess = spec.preprocess_layer()
-    features = backbone(preprocess(image))  # [B, F]
+    features = backbone(preprocess(image))  # [B, F] (with attention: [B, F] and [B, h, w, C])
+    if m.attention_size:
+        features, spatial = features
     init = keras.initializers.RandomUniform(-m.init_scale, m.init_scale)
     embedding_layer = keras.layers.Dense(m.embedding_size, use_bias=False, kernel_initializer=init,
                                          name="image_embedding")
@@ -255,9 +348,13 @@ def build_image_encoder(config: Config, image, backbone_weights: str | None = No
     if m.embedding_norm:
         norm = keras.layers.BatchNormalization(momentum=0.9, name="image_embedding_norm")
         embedding = norm(embedding)
+    cells_layer = None
+    if spatial is not None:
+        cells_layer = SpatialCells(m.attention_size, m.init_scale, name="image_cells")
+        embedding = keras.layers.Concatenate(name="image_and_cells")([embedding, cells_layer(spatial)])
     encoder = ImageEncoder(image, embedding, features=features, name="image_encoder",
                            parts={"preprocess": preprocess, "backbone": backbone, "embedding": embedding_layer,
-                                  "norm": norm})
+                                  "norm": norm, "cells": cells_layer})
     return encoder, embedding
 
 
@@ -310,7 +407,7 @@ def _build_model(config: Config, vocab_size: int, backbone_weights: str | None) 
     input_ids = keras.Input((None, None), dtype="int32", name="input_ids")
     decoder = CaptionDecoder(vocab_size, m.embedding_size, m.lstm_units, m.lstm_dropout, m.init_scale,
                              m.use_cudnn, image_every_step=m.image_every_step, image_logits=m.image_logits,
-                             name="decoder")
+                             attention_size=m.attention_size, name="decoder")
     logits = decoder(image_embedding, input_ids)
     return ShowAndTell({"image": image, "input_ids": input_ids}, logits, name="show_and_tell",
                        parts={"image_encoder": image_encoder, "decoder": decoder})
