@@ -131,9 +131,10 @@ def fingerprint(config: Config, vocab: Vocabulary, sizes: TensorSizes) -> dict:
     }
 
 
-def _describe(fp: dict) -> str:
-    return ", ".join(f"{k}={fp.get(k)}" for k in ("backbone", "image_size", "embedding_size", "lstm_units",
-                                                  "vocab_size", "vocab_sha1"))
+def _describe(fp: dict, also: list[str] = ()) -> str:
+    """The fingerprint's main keys, and the keys in `also` (those that differ) where they are other ones."""
+    keys = ["backbone", "image_size", "embedding_size", "lstm_units", "vocab_size", "vocab_sha1"]
+    return ", ".join(f"{k}={fp.get(k, 'off')}" for k in keys + [k for k in also if k not in keys])
 
 
 def has_checkpoint(run_dir: str) -> bool:
@@ -247,8 +248,8 @@ def check_compatible(run_dir: str, new: dict) -> None:
             raise ArchitectureMismatch(
                 f"run dir {run_dir} holds checkpoints of another architecture "
                 f"(differs in {', '.join(diff)}).\n"
-                f"  run dir:  {_describe(old)}\n"
-                f"  this run: {_describe(new)}\n"
+                f"  run dir:  {_describe(old, diff)}\n"
+                f"  this run: {_describe(new, diff)}\n"
                 "Nothing was changed. Train into a new --run-dir, or use the run dir's own settings." + vocab_hint)
     elif has_checkpoint(run_dir) or has_backup(run_dir):
         raise ArchitectureMismatch(

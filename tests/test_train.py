@@ -176,6 +176,7 @@ def test_resume_continues_epochs_and_optimizer(tmp_path, capsys):
 @pytest.mark.parametrize("change,old,new", [
     (["model.lstm_units=24"], "lstm_units=16", "lstm_units=24"),
     (["model.backbone=inception_v3", "data.image_size=75"], "backbone=small_cnn", "backbone=inception_v3"),
+    (["model.attention_size=8"], "attention_size=off", "attention_size=8"),
 ])
 def test_another_architecture_is_refused_and_nothing_is_touched(trained_run, tmp_path, change, old, new):
     assert trained_run.config.model.lstm_units == 16 and trained_run.config.model.backbone == "small_cnn"
