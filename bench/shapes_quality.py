@@ -120,8 +120,12 @@ def _embed_model(model):
     last = "image_embedding_norm" if any(l.name == "image_embedding_norm" for l in model.layers) \
         else "image_embedding"
     image = model.get_layer("image").output
-    return (keras.Model(image, model.get_layer(last).output),
-            keras.Sequential([model.get_layer("preprocess"), model.get_layer("backbone")]))
+    nets = [("image embedding", keras.Model(image, model.get_layer(last).output)),
+            ("backbone features", model.image_encoder.feature_extractor)]
+    if model.decoder.attention_size:  # the cells the decoder attends over, max over the map's positions
+        cells = keras.layers.Reshape((-1, model.decoder.attention_size))(model.get_layer("image_cells").output)
+        nets.append(("attention cells (max over positions)", keras.Model(image, keras.ops.max(cells, axis=1))))
+    return nets
 
 
 def probe(run_dir: str) -> None:
@@ -141,7 +145,8 @@ def probe(run_dir: str) -> None:
     colours = list(truth["scenes"]["colours"])
     shapes = list(truth["scenes"]["shapes"])
     held_out = {tuple(p) for p in truth["scenes"]["held_out_pairs"]}
-    embed, backbone = _embed_model(model)
+    nets = _embed_model(model)
+    embed = nets[0][1]
     size = tensor_sizes.image_size
 
     def single_objects(splits, pairs):
@@ -158,7 +163,7 @@ def probe(run_dir: str) -> None:
     train_x, train_y = single_objects(["train"], "seen")
     test_x, test_y = single_objects(["test"], "seen")
     held_x, held_y = single_objects(["val", "test"], "held")
-    for name, net in (("image embedding", embed), ("backbone features", backbone)):
+    for name, net in nets:
         f_train, f_test, f_held = (net.predict(x, batch_size=64, verbose=0) for x in (train_x, test_x, held_x))
         mean, std = f_train.mean(0), f_train.std(0) + 1e-6
         for k, (attribute, classes) in enumerate((("colour", colours), ("shape", shapes))):
