@@ -53,6 +53,7 @@ class Model:
     # >0: the decoder attends over the backbone's spatial map, projected to this width per cell, and the
     # attended context adds to the logits (state [h, c, image with its cells]); 0 = off.
     attention_size: int = 0
+    word_dropout: float = 0.0  # training: each input word (not <start>) -> <unk> with this probability
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +144,7 @@ class Config:
             ("model.lstm_units", m.lstm_units, m.lstm_units >= 1, ">= 1"),
             ("model.lstm_dropout", m.lstm_dropout, 0 <= m.lstm_dropout < 1, "in [0, 1)"),
             ("model.attention_size", m.attention_size, m.attention_size >= 0, ">= 0 (0: off)"),
+            ("model.word_dropout", m.word_dropout, 0 <= m.word_dropout < 1, "in [0, 1)"),
             ("eval.batch_size", e.batch_size, e.batch_size >= 1, ">= 1"),
             ("eval.report_images", e.report_images, e.report_images >= 0, ">= 0"),
             ("eval.sample_images", e.sample_images, e.sample_images >= 0, ">= 0 (0: off)"),

@@ -42,7 +42,7 @@ from keras import ops
 
 from caption_app.beam_search import BeamSearchResult, beam_search
 from caption_app.config import Config
-from caption_app.data.vocabulary import END_ID, START_ID
+from caption_app.data.vocabulary import END_ID, START_ID, UNK_ID
 from caption_app.decoding import DecodeSettings
 from caption_app.model import backbones
 
@@ -65,6 +65,9 @@ class CaptionDecoder(keras.layers.Layer):
         carries the image: [h, c, image].
       image_logits: add a linear map of the image embedding to the logits
         (deep output: W_h h + W_v v + b); the state carries the image as above.
+      word_dropout: in training, each input word (not <start> or padding) is
+        replaced by <unk> with this probability, so that a word's prediction
+        cannot always lean on the words before it (the targets are kept).
       attention_size: A > 0: the image input is [embedding (E); L cells x A]
         and each step's LSTM output attends over the cells; the attended
         context adds W_c c to the logits. The state carries the image as above.
@@ -72,7 +75,7 @@ class CaptionDecoder(keras.layers.Layer):
 
     def __init__(self, vocab_size: int, embedding_size: int, lstm_units: int, dropout: float = 0.0,
                  init_scale: float = 0.08, use_cudnn: bool = False, image_every_step: bool = False, image_logits: bool = False,
-                 attention_size: int = 0, **kwargs):
+                 attention_size: int = 0, word_dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.embedding_size = embedding_size
@@ -83,6 +86,8 @@ class CaptionDecoder(keras.layers.Layer):
         self.image_every_step = image_every_step
         self.image_logits = image_logits
         self.attention_size = attention_size
+        self.word_dropout = word_dropout
+        self.seed_generator = keras.random.SeedGenerator(0) if word_dropout else None
         init = keras.initializers.RandomUniform(-init_scale, init_scale)
         self.word_embedding = keras.layers.Embedding(vocab_size, embedding_size, embeddings_initializer=init,
                                                      name="word_embedding")
@@ -145,7 +150,11 @@ class CaptionDecoder(keras.layers.Layer):
         image_embedding, cells = self._split_image(image_embedding)
         image = ops.broadcast_to(image_embedding[:, None, :], (batch, num_captions, self.embedding_size))
         image = ops.reshape(image, (-1, 1, self.embedding_size))  # [B*C, 1, E]
-        words = self.word_embedding(ops.reshape(input_ids, (-1, length)))  # [B*C, T, E]
+        ids = ops.reshape(input_ids, (-1, length))
+        if training and self.word_dropout:
+            drop = keras.random.uniform(ops.shape(ids), seed=self.seed_generator) < self.word_dropout
+            ids = ops.where(ops.logical_and(drop, ids > START_ID), UNK_ID, ids)
+        words = self.word_embedding(ids)  # [B*C, T, E]
         sequence = ops.concatenate([image, words], axis=1)  # [B*C, T+1, E]
         if self.image_every_step:
             sequence = ops.concatenate([sequence, ops.broadcast_to(image, ops.shape(sequence))], axis=-1)  # 2E
@@ -198,7 +207,8 @@ class CaptionDecoder(keras.layers.Layer):
         return {**super().get_config(), "vocab_size": self.vocab_size, "embedding_size": self.embedding_size,
                 "lstm_units": self.lstm_units, "dropout": self.dropout, "init_scale": self.init_scale,
                 "use_cudnn": self.use_cudnn, "image_every_step": self.image_every_step,
-                "image_logits": self.image_logits, "attention_size": self.attention_size}
+                "image_logits": self.image_logits, "attention_size": self.attention_size,
+                "word_dropout": self.word_dropout}
 
 
 @keras.saving.register_keras_serializable(package="caption_app")
@@ -407,7 +417,7 @@ def _build_model(config: Config, vocab_size: int, backbone_weights: str | None) 
     input_ids = keras.Input((None, None), dtype="int32", name="input_ids")
     decoder = CaptionDecoder(vocab_size, m.embedding_size, m.lstm_units, m.lstm_dropout, m.init_scale,
                              m.use_cudnn, image_every_step=m.image_every_step, image_logits=m.image_logits,
-                             attention_size=m.attention_size, name="decoder")
+                             attention_size=m.attention_size, word_dropout=m.word_dropout, name="decoder")
     logits = decoder(image_embedding, input_ids)
     return ShowAndTell({"image": image, "input_ids": input_ids}, logits, name="show_and_tell",
                        parts={"image_encoder": image_encoder, "decoder": decoder})
