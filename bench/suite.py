@@ -322,12 +322,13 @@ def bucket_rows(args) -> list[Row]:
                             f"{SHARED_FLICKR8K} not found"))
         else:
             load = _load()
-            r = length_buckets.token_ratios(data)
+            settings = {k: length_buckets.TOKEN_SETTINGS[k] for k in ("one length", "buckets")}
+            r = length_buckets.token_ratios(data, settings)
+            one, buckets = r["one length"]["positions per real"], r["buckets"]["positions per real"]
             load += " -> " + _load()
             rows.append(Row("length buckets", "decoder positions per real target token (Flickr8k, im2txt batches)",
-                            f"one length {r['one length']:.2f}", f"buckets {r['buckets']:.2f}",
-                            r["one length"] / r["buckets"],
-                            f"lengths {'/'.join(map(str, r['buckets lengths']))}", load))
+                            f"one length {one:.2f}", f"buckets {buckets:.2f}", one / buckets,
+                            f"lengths {'/'.join(map(str, r['buckets']['lengths']))}", load))
         from tfrecords_tools.shapes import convert_shapes
 
         convert_shapes(os.path.join(tmp, "shapes"), progress=False, verbose=False)

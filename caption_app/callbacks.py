@@ -37,7 +37,7 @@ class PerplexityCallback(keras.callbacks.Callback):
     def __init__(self, dataset: tf.data.Dataset, *, announce: bool = True):
         super().__init__()
         self.dataset = dataset
-        self.announce = announce  # False under Keras' progress bar, which shows logs["val_perplexity"]
+        self.announce = announce  # False when Keras prints the epoch's logs (fit verbose 1 or 2): they hold it
         self._nll = None
 
     def on_epoch_end(self, epoch, logs=None):

@@ -36,6 +36,9 @@ class Data:
     # bucket_lengths: explicit padded lengths in tokens (<start> and <end> included), e.g. 14,18,24.
     length_buckets: int = 4
     bucket_lengths: tuple[int, ...] = ()
+    # Which caption of a train image, by length (1 = the longest), picks its bucket; with k > 1 the
+    # image's longer captions are cut to the bucket (they lose <end>). Validation is never cut.
+    bucket_caption_rank: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +143,9 @@ class Config:
             ("data.length_buckets", d.length_buckets, d.length_buckets >= 1, ">= 1 (1: one length, no buckets)"),
             ("data.bucket_lengths", d.bucket_lengths, all(n >= 3 for n in d.bucket_lengths),
              "token counts >= 3 (<start>, a word, <end>), or empty to choose from the data"),
+            ("data.bucket_caption_rank", d.bucket_caption_rank,
+             d.bucket_caption_rank >= 1 and d.bucket_caption_rank <= (d.captions_per_image or d.bucket_caption_rank),
+             ">= 1 (1: the longest caption, nothing cut) and <= data.captions_per_image when that is set"),
             ("model.embedding_size", m.embedding_size, m.embedding_size >= 1, ">= 1"),
             ("model.lstm_units", m.lstm_units, m.lstm_units >= 1, ">= 1"),
             ("model.lstm_dropout", m.lstm_dropout, 0 <= m.lstm_dropout < 1, "in [0, 1)"),

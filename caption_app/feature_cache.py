@@ -214,7 +214,8 @@ def make_cached_dataset(ctx: run_dir_lib.RunContext, cache_dir: str, split: str,
         ds = ds.cache().shuffle(config.data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(to_ids, num_parallel_calls=pipeline.AUTOTUNE)
     buckets = pipeline.resolve_bucket_lengths(config, manifest, sizes.caption_length) if training else ()
-    ds = pipeline.batch_by_length(ds, batch_size or config.train.batch_size, buckets, training=training)
+    ds = pipeline.batch_by_length(ds, batch_size or config.train.batch_size, buckets, training=training,
+                                  caption_rank=config.data.bucket_caption_rank)
     return ds.map(finish, num_parallel_calls=pipeline.AUTOTUNE).prefetch(pipeline.AUTOTUNE)
 
 

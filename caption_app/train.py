@@ -208,11 +208,14 @@ class _Trainer:
               f"{' (from the feature cache)' if fit_target is not model else ''}, XLA {history['xla']}, "
               f"{strategy.num_replicas_in_sync} replica(s), precision {t.precision}", flush=True)
 
+        fit_verbose = self.verbose if self.chief else 0
+
         def callbacks(first_step: int) -> list:
             logs = os.path.join(checkpoints.write_dir, run_dir_lib.LOGS)
             out = [StopOnNonFiniteLoss(ctx.run_dir, phase.learning_rate)]
             if fit_val_ds is not None:
-                out.append(PerplexityCallback(fit_val_ds, announce=self.verbose != 1))
+                # Keras' epoch line (progress bar or verbose=2) shows val_perplexity; without one, print it.
+                out.append(PerplexityCallback(fit_val_ds, announce=fit_verbose == 0))
             if t.backup_every_steps > 0:
                 out.append(BackupCallback(checkpoints.backup_manager(phase.name, optimizer), checkpoints.epoch,
                                           checkpoints.step, t.backup_every_steps, self.steps, model, optimizer,
@@ -243,7 +246,7 @@ class _Trainer:
             with strategy.scope(), _naming_damaged_shards(ctx.manifest):
                 fit = fit_model.fit(fit_train_ds, epochs=epochs, initial_epoch=initial_epoch,
                                     steps_per_epoch=epoch_steps, callbacks=callbacks(first_step),
-                                    verbose=self.verbose if self.chief else 0, shuffle=False)
+                                    verbose=fit_verbose, shuffle=False)
             if fit.history.get("val_perplexity"):
                 history["val_perplexity"] = fit.history["val_perplexity"][-1]
         history["epochs_done"] = phase.last_epoch

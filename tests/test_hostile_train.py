@@ -265,6 +265,7 @@ def test_an_edited_run_vocabulary_is_refused_by_caption_and_resume(trained_run, 
     ("train.batch_size=0", "train.batch_size"),
     ("data.max_caption_length=1", "data.max_caption_length"),
     ("data.captions_per_image=-1", "data.captions_per_image"),
+    ("data.bucket_caption_rank=0", "data.bucket_caption_rank"),
 ])
 def test_out_of_range_config_values_are_refused_before_writing(shapes_data, tmp_path, capsys, assignment, key):
     run = tmp_path / "run"

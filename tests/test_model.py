@@ -13,7 +13,8 @@ import tensorflow as tf
 from caption_app.data.vocabulary import END_ID, START_ID
 from caption_app.decoding import DecodeSettings
 from caption_app.model import backbones
-from caption_app.model.show_and_tell import Captioner, CaptionDecoder, build_model
+from caption_app.model.loss import MaskedCrossEntropy
+from caption_app.model.show_and_tell import Captioner, CaptionDecoder, PhiloxDropout, build_model
 from tests.conftest import tiny_config
 
 V, E, H = 20, 8, 12  # vocabulary (ids), embedding and LSTM widths of the parameter-count tests
@@ -107,6 +108,47 @@ def test_generate_runs_a_beam_search(model):
     assert tuple(result.ids.shape) == (2, 3, 5)
     scores = result.scores.numpy()
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_decoder_dropout_drops_at_its_rate_in_training_only(jit):
+    """PhiloxDropout (the decoder's dropout, cheap under XLA) keeps Dropout's meaning: an independent
+    keep-mask per element at 1 - rate, kept values scaled by 1 / (1 - rate), a new mask per call,
+    identity outside training; eagerly and compiled with XLA."""
+    layer = PhiloxDropout(0.3, seed=3)
+    train = tf.function(lambda x: layer(x, training=True), jit_compile=True) if jit else (
+        lambda x: layer(x, training=True))
+    x = tf.ones([400, 500])
+    first, second = train(x).numpy(), train(x).numpy()
+    for y in (first, second):
+        kept = y != 0
+        assert kept.mean() == pytest.approx(0.7, abs=0.005)  # 200,000 draws: standard deviation 0.001
+        np.testing.assert_allclose(y[kept], 1 / 0.7, rtol=1e-6)
+        # Independent per position and unit: rows (and columns) are not copies of one mask.
+        assert (kept[0] != kept[1:]).any(axis=1).all() and (kept[:, 0:1] != kept[:, 1:]).any(axis=0).all()
+    assert (first != second).mean() == pytest.approx(2 * 0.3 * 0.7, abs=0.01)  # a fresh mask per call
+    np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())
+    np.testing.assert_array_equal(layer(x).numpy(), x.numpy())
+    assert isinstance(build_model(tiny_config("model.lstm_dropout=0.3"), V).decoder.input_dropout, PhiloxDropout)
+
+
+def test_a_train_step_with_decoder_dropout_under_xla_is_finite(model):
+    images = _images(2, seed=5)
+    ids = np.random.default_rng(1).integers(1, V, (2, 3, 6)).astype(np.int32)
+    inputs, targets = {"image": images, "input_ids": ids[..., :-1]}, ids[..., 1:]
+    weights = model.decoder.trainable_variables
+
+    @tf.function(jit_compile=True)
+    def step():
+        with tf.GradientTape() as tape:
+            loss = MaskedCrossEntropy()(targets, model(inputs, training=True))
+        return loss, tape.gradient(loss, weights)
+
+    (loss_a, grads), (loss_b, _) = step(), step()
+    assert np.isfinite(float(loss_a)) and all(np.isfinite(tf.convert_to_tensor(g).numpy()).all() for g in grads)
+    assert float(loss_a) != float(loss_b)  # dropout is on in training: another mask, another loss
+    evaluation = MaskedCrossEntropy()(targets, model(inputs, training=False))
+    assert float(evaluation) == float(MaskedCrossEntropy()(targets, model(inputs, training=False)))
 
 
 def test_caption_decoder_config_round_trip():
@@ -230,7 +272,8 @@ def test_the_image_encoder_is_the_models_own():
 def test_checkpoint_paths_did_not_move(tmp_path):
     """The variables' checkpoint paths are those of checkpoints written before the model's parts
     became attributes (the functional graph's `_operations` indices), so old run dirs restore."""
-    model = build_model(tiny_config("model.embedding_norm=true"), V)
+    # Dropout on: its layers (and their seed generators) add no checkpoint variable.
+    model = build_model(tiny_config("model.embedding_norm=true", "model.lstm_dropout=0.3"), V)
     path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
     names = {n.removesuffix("/.ATTRIBUTES/VARIABLE_VALUE") for n, _ in tf.train.list_variables(path)}
     names -= {"_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter"}

@@ -261,6 +261,18 @@ def test_perplexity_callback_logs_val_loss_and_perplexity():
     assert logs["val_perplexity"] == pytest.approx(math.exp(expected_nll / expected_tokens), rel=1e-5)
 
 
+@pytest.mark.parametrize("verbose", [0, 2])
+def test_the_validation_perplexity_is_printed_once_an_epoch(shapes_data, tmp_path, capsys, verbose):
+    """verbose=2: Keras' epoch line carries val_perplexity, and the callback adds no line of its own;
+    verbose=0 (Keras prints nothing): the callback's line is the only one."""
+    train(tiny_config("train.epochs=2", "train.jit_compile=false"), shapes_data, str(tmp_path / "run"),
+          verbose=verbose)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "val_perplexity" in line]
+    assert len(lines) == 2, lines
+    own = [line for line in lines if line.startswith("epoch ")]
+    assert len(own) == (2 if verbose == 0 else 0), lines
+
+
 # ----------------------------------------------------------------------------- learning-rate schedules
 
 def _phase(config, learning_rate: float, steps: int, epochs: float):

@@ -74,7 +74,11 @@ def describe_buckets(config: Config, manifest: Manifest, caption_length: int) ->
         origin = "the manifest has no caption length histogram: re-convert the data, or set data.bucket_lengths"
     else:
         origin = f"data.length_buckets={config.data.length_buckets} from the train captions' lengths"
-    return (f"length buckets: captions padded to {'/'.join(map(str, lengths))} tokens ({origin}); "
+    cut = ""
+    if config.data.bucket_caption_rank > 1 and len(lengths) > 1:
+        cut = (f"; an image's bucket holds its caption no. {config.data.bucket_caption_rank} by length, "
+               "longer captions are cut to it (data.bucket_caption_rank)")
+    return (f"length buckets: captions padded to {'/'.join(map(str, lengths))} tokens ({origin}{cut}); "
             f"at most {len(lengths)} train-step shape(s) compiled per phase")
 
 
@@ -199,25 +203,46 @@ def split_inputs_targets(image: tf.Tensor, ids: tf.Tensor):
     return {"image": image, "input_ids": inputs}, targets
 
 
+def cut_to_bucket(ids: tf.Tensor, bucket_lengths: tuple[int, ...], caption_rank: int = 1) -> tf.Tensor:
+    """One image's caption ids [C, T] (0-padded rows) -> [C, L], L = the tokens its train batch needs.
+
+    caption_rank 1: L = its longest caption's tokens; nothing is cut. caption_rank k > 1: the
+    image's bucket is the first of `bucket_lengths` (ascending, the last = T) that holds its k-th
+    longest caption (its shortest when it has fewer than k), L = min(that bucket, its longest
+    caption's tokens), and longer captions are cut to L tokens by the rule `caption_ids` applies
+    at T: `<start>` and the first L - 1 tokens are kept, so a cut caption loses its `<end>`.
+    """
+    lengths = tf.reduce_sum(tf.cast(tf.not_equal(ids, PAD_ID), tf.int32), axis=-1)  # [C]
+    length = tf.reduce_max(lengths)
+    if caption_rank > 1:
+        captions = tf.reduce_sum(tf.cast(lengths > 0, tf.int32))
+        ranked = tf.sort(lengths, direction="DESCENDING")[tf.minimum(caption_rank, captions) - 1]
+        buckets = tf.constant(bucket_lengths, tf.int32)
+        bucket = tf.gather(buckets, tf.searchsorted(buckets, ranked[None])[0])  # the first >= ranked
+        length = tf.minimum(bucket, length)
+    return ids[:, :length]
+
+
 def batch_by_length(ds: tf.data.Dataset, batch_size: int, bucket_lengths: tuple[int, ...], *,
-                    training: bool) -> tf.data.Dataset:
+                    training: bool, caption_rank: int = 1) -> tf.data.Dataset:
     """Elements {..., "ids": [C, T]} -> batches {..., "ids": [B, C, L]} of `batch_size` images.
 
     Not training, or one length: plain batches, L = T (the last partial batch
     dropped when training). Training with several `bucket_lengths`: an image
     goes to the bucket of its longest caption (the first length that holds it;
-    no caption is cut beyond the T rule) and a bucket's batch pads to its
-    length. The stream is repeated first, so an image left in a bucket when a
-    pass ends waits for the next pass's images: no image is dropped, every
-    batch holds B images, and the dataset is infinite (an epoch is the
-    budget's `steps_per_epoch` steps of B images, as without buckets).
+    no caption is cut beyond the T rule), or with `caption_rank` k > 1 of its
+    k-th longest, its longer captions cut to the bucket (`cut_to_bucket`); a
+    bucket's batch pads to its length. The stream is repeated first, so an
+    image left in a bucket when a pass ends waits for the next pass's images:
+    no image is dropped, every batch holds B images, and the dataset is
+    infinite (an epoch is the budget's `steps_per_epoch` steps of B images, as
+    without buckets).
     """
     if not training or len(bucket_lengths) <= 1:
         return ds.batch(batch_size, drop_remainder=training)
 
-    def trim(r):  # ids [C, T] -> [C, longest caption's tokens]
-        longest = tf.reduce_max(tf.reduce_sum(tf.cast(tf.not_equal(r["ids"], PAD_ID), tf.int32), axis=-1))
-        return {**r, "ids": r["ids"][:, :longest]}
+    def trim(r):  # ids [C, T] -> [C, L]
+        return {**r, "ids": cut_to_bucket(r["ids"], bucket_lengths, caption_rank)}
 
     def static_batch(r):  # group_by_window leaves the batch size unknown; under a strategy it must show
         return {k: tf.ensure_shape(v, [batch_size] + [None] * (v.shape.rank - 1)) for k, v in r.items()}
@@ -311,7 +336,7 @@ def make_dataset(config: Config, manifest: Manifest, vocab: Vocabulary, split: s
 
     ds = ds.map(to_ids, num_parallel_calls=AUTOTUNE)
     buckets = resolve_bucket_lengths(config, manifest, sizes.caption_length) if training else ()
-    ds = batch_by_length(ds, batch_size, buckets, training=training)
+    ds = batch_by_length(ds, batch_size, buckets, training=training, caption_rank=config.data.bucket_caption_rank)
     augment = make_augmenter(config.data.augment, sizes.image_size, seed) if training else None
     if augment is not None:
         ds = ds.map(lambda r: {**r, "image": augment(r["image"])}, num_parallel_calls=AUTOTUNE)
