@@ -197,8 +197,7 @@ def shapes() -> Config:
     (`attention_size`): with one pooled vector for the whole image the decoder
     learnt (colour, shape) pairs as wholes and renamed pairs never seen in
     training to seen ones; attending to the object it is naming, it names them
-    (bench/RESULTS.md, "Learning quality"). No LSTM dropout: under XLA on CPU
-    it costs 6x the decoder's step time.
+    (bench/RESULTS.md, "Learning quality"). No LSTM dropout.
     """
     return Config(
         name="shapes",

@@ -145,6 +145,29 @@ def test_attention_settings_are_checked():
         CaptionDecoder(V, E, H, attention_size=A).build((None, E + 3))
 
 
+def test_word_dropout_replaces_words_in_training_only():
+    from caption_app.data.vocabulary import PAD_ID, UNK_ID
+
+    decoder = CaptionDecoder(V, E, H, word_dropout=0.4)
+    ids = np.random.default_rng(0).integers(4, V, (50, 2, 40)).astype(np.int32)
+    ids[..., 0] = START_ID
+    ids[..., 30:] = PAD_ID
+    dropped = keras.ops.convert_to_numpy(decoder.drop_words(ids))
+    changed = dropped != ids
+    assert (dropped[changed] == UNK_ID).all()
+    assert not changed[..., 0].any() and not changed[..., 30:].any()  # <start> and padding stay
+    assert 0.36 < changed[..., 1:30].mean() < 0.44
+    again = keras.ops.convert_to_numpy(decoder.drop_words(ids))
+    assert (again != dropped).any()  # a new draw each call
+    image = np.zeros((50, E), np.float32)
+    inference = [keras.ops.convert_to_numpy(decoder(image, ids, training=False)) for _ in range(2)]
+    np.testing.assert_array_equal(inference[0], inference[1])
+    assert np.abs(keras.ops.convert_to_numpy(decoder(image, ids, training=True)) - inference[0]).max() > 0
+    assert CaptionDecoder.from_config(decoder.get_config()).word_dropout == 0.4
+    with pytest.raises(Exception, match="model.word_dropout must be in"):
+        tiny_config("model.word_dropout=1").validate()
+
+
 def test_config_round_trip():
     layer = CaptionDecoder(V, E, H, image_every_step=True, image_logits=True, attention_size=A, name="decoder")
     config = layer.get_config()

@@ -142,6 +142,11 @@ class CaptionDecoder(keras.layers.Layer):
         """Whether the decoding state carries the image input ([h, c, image])."""
         return self.image_every_step or self.image_logits or bool(self.attention_size)
 
+    def drop_words(self, ids):
+        """ids [...] int -> the same with each word (not padding or <start>) -> <unk> at `word_dropout`."""
+        drop = keras.random.uniform(ops.shape(ids), seed=self.seed_generator) < self.word_dropout
+        return ops.where(ops.logical_and(drop, ids > START_ID), UNK_ID, ids)
+
     def _split_image(self, image_input):
         """The encoder's output [N, E (+ L*A)] -> (embedding [N, E], cells [N, L, A] or None)."""
         if not self.attention_size:
@@ -181,8 +186,7 @@ class CaptionDecoder(keras.layers.Layer):
         image = ops.reshape(image, (-1, 1, self.embedding_size))  # [B*C, 1, E]
         ids = ops.reshape(input_ids, (-1, length))
         if training and self.word_dropout:
-            drop = keras.random.uniform(ops.shape(ids), seed=self.seed_generator) < self.word_dropout
-            ids = ops.where(ops.logical_and(drop, ids > START_ID), UNK_ID, ids)
+            ids = self.drop_words(ids)
         words = self.word_embedding(ids)  # [B*C, T, E]
         sequence = ops.concatenate([image, words], axis=1)  # [B*C, T+1, E]
         if self.image_every_step:
