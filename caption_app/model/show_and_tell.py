@@ -50,6 +50,13 @@ from caption_app.model import backbones
 BACKBONE_LAYER = "backbone"
 
 
+def philox_seed(seed_generator: keras.random.SeedGenerator) -> tf.Tensor:
+    """The generator's next seed as int32 [2] for TF's stateless ops with alg "philox" (see
+    PhiloxDropout: under XLA on CPU, Keras' "auto_select" redoes the key derivation per element);
+    folded into int32 as Keras' TensorFlow backend does."""
+    return tf.cast(tf.math.floormod(seed_generator.next(), tf.int32.max - 1), tf.int32)
+
+
 @keras.saving.register_keras_serializable(package="caption_app")
 class PhiloxDropout(keras.layers.Dropout):
     """`keras.layers.Dropout` whose keep-mask is drawn with TensorFlow's Philox generator named explicitly.
@@ -67,8 +74,7 @@ class PhiloxDropout(keras.layers.Dropout):
     def call(self, inputs, training=False):
         if not training or self.rate == 0:
             return inputs
-        # int32 seeds for XLA, folded as Keras' TensorFlow backend does.
-        seed = tf.cast(tf.math.floormod(self.seed_generator.next(), tf.int32.max - 1), tf.int32)
+        seed = philox_seed(self.seed_generator)
         noise_shape = None
         if self.noise_shape is not None:
             shape = tf.shape(inputs)
@@ -144,7 +150,8 @@ class CaptionDecoder(keras.layers.Layer):
 
     def drop_words(self, ids):
         """ids [...] int -> the same with each word (not padding or <start>) -> <unk> at `word_dropout`."""
-        drop = keras.random.uniform(ops.shape(ids), seed=self.seed_generator) < self.word_dropout
+        uniform = tf.random.stateless_uniform(tf.shape(ids), philox_seed(self.seed_generator), alg="philox")
+        drop = uniform < self.word_dropout
         return ops.where(ops.logical_and(drop, ids > START_ID), UNK_ID, ids)
 
     def _split_image(self, image_input):
@@ -197,10 +204,9 @@ class CaptionDecoder(keras.layers.Layer):
         logits = self.logits(outputs)  # [B*C, T, V]
         if self.image_to_logits is not None:
             logits = logits + self.image_to_logits(image)  # [B*C, 1, V], the same for every step
-        if cells is not None:
-            num_cells = ops.shape(cells)[1]
-            cells = ops.broadcast_to(cells[:, None], (batch, num_captions, num_cells, self.attention_size))
-            logits = logits + self._attend(outputs, ops.reshape(cells, (-1, num_cells, self.attention_size)))
+        if cells is not None:  # an image's C captions attend over its cells, not over C copies of them
+            per_image = ops.reshape(outputs, (batch, num_captions * length, self.lstm_units))
+            logits = logits + ops.reshape(self._attend(per_image, cells), (-1, length, self.vocab_size))
         return ops.reshape(logits, (batch, num_captions, length, self.vocab_size))
 
     def initial_state(self, image_input):
