@@ -54,13 +54,15 @@ class PerplexityCallback(keras.callbacks.Callback):
 
 class EpochSummaries(keras.callbacks.Callback):
     """Each epoch's logs to TensorBoard at step epoch + 1 (epochs finished): `val_X` as
-    validation/X, the others as train/X, plus train/perplexity (exp of the mean batch loss)
-    and train/learning_rate. Replaces keras.callbacks.TensorBoard, whose epoch scalars sit
-    one step before the checkpoint of the same epoch."""
+    validation/X, the others as train/X, plus train/perplexity (exp of the mean batch loss;
+    not written when the loss is label-smoothed, `loss_is_nll=False`: it would not be a
+    perplexity) and train/learning_rate. Replaces keras.callbacks.TensorBoard, whose epoch
+    scalars sit one step before the checkpoint of the same epoch."""
 
-    def __init__(self, log_dir: str):
+    def __init__(self, log_dir: str, loss_is_nll: bool = True):
         super().__init__()
         self.log_dir, self._writers = log_dir, {}
+        self.loss_is_nll = loss_is_nll
 
     def _writer(self, name: str):
         if name not in self._writers:
@@ -75,7 +77,7 @@ class EpochSummaries(keras.callbacks.Callback):
             else:
                 scalars["train"][key] = value
         train = scalars["train"]
-        if "loss" in train and "perplexity" not in train:
+        if self.loss_is_nll and "loss" in train and "perplexity" not in train:
             train["perplexity"] = math.exp(min(float(train["loss"]), 700.0))
         optimizer = getattr(self.model, "optimizer", None)
         optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's

@@ -57,6 +57,7 @@ class Model:
     # attended context adds to the logits (state [h, c, image with its cells]); 0 = off.
     attention_size: int = 0
     word_dropout: float = 0.0  # training: each input word (not <start>) -> <unk> with this probability
+    image_first: bool = True  # False (attention only): the LSTM's first input is zeros, not the image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +73,7 @@ class Train:
     warmup_epochs: float = 0.0  # linear warmup from 0, in passes (staircase and cosine)
     reference_batch_pairs: int = 0  # >0: the rates are for batches of this many pairs; scaled linearly
     clip_gradient_norm: float = 5.0  # global norm; 0 = off
+    label_smoothing: float = 0.0  # the training loss only; perplexity stays the plain cross-entropy
     weight_decay: float = 0.0  # adam only (AdamW)
     freeze_backbone: bool = True  # phase 1 trains the decoder and image embedding only
     feature_cache: bool = False  # phase 1 from backbone features computed once (caption_app/feature_cache.py)
@@ -133,6 +135,7 @@ class Config:
             ("train.max_checkpoints_to_keep", t.max_checkpoints_to_keep, t.max_checkpoints_to_keep >= 1, ">= 1"),
             ("train.backup_every_steps", t.backup_every_steps, t.backup_every_steps >= 0, ">= 0 (0: off)"),
             ("train.clip_gradient_norm", t.clip_gradient_norm, t.clip_gradient_norm >= 0, ">= 0 (0: off)"),
+            ("train.label_smoothing", t.label_smoothing, 0 <= t.label_smoothing < 1, "in [0, 1) (0: off)"),
             ("data.max_caption_length", d.max_caption_length, d.max_caption_length >= 2,
              ">= 2 (<start> and <end> included)"),
             ("data.captions_per_image", d.captions_per_image, d.captions_per_image >= 0,
@@ -159,6 +162,10 @@ class Config:
         for key, value, ok, rule in checks:
             if isinstance(value, bool) or not ok:  # NaN fails every comparison
                 raise ConfigError(f"{key} must be {rule}, got {value!r} (--set {key}=...)")
+        if not m.image_first and not (m.attention_size or m.image_every_step or m.image_logits):
+            raise ConfigError("model.image_first=false leaves the decoder no way to see the image: set "
+                              "model.attention_size (or model.image_every_step / model.image_logits), "
+                              "or model.image_first=true")
         if t.feature_cache and m.attention_size:
             raise ConfigError("train.feature_cache keeps pooled backbone features, but model.attention_size "
                               f"{m.attention_size} needs the spatial map: set train.feature_cache=false or "

@@ -249,11 +249,11 @@ def compile_for_fit(model: keras.Model, optimizer, config: Config, strategy: tf.
         trainer = ReplicaTrainer(model, clip_norm=t.clip_gradient_norm, multi_worker=num_workers(strategy) > 1,
                                  jit_compile=t.jit_compile)
         with strategy.scope():
-            trainer.compile(optimizer=optimizer, loss=MaskedCrossEntropy(), jit_compile=False)
+            trainer.compile(optimizer=optimizer, loss=MaskedCrossEntropy(t.label_smoothing), jit_compile=False)
         return trainer
     fit_model = FitModel(model)
     with strategy.scope():
-        fit_model.compile(optimizer=optimizer, loss=MaskedCrossEntropy(), jit_compile=t.jit_compile)
+        fit_model.compile(optimizer=optimizer, loss=MaskedCrossEntropy(t.label_smoothing), jit_compile=t.jit_compile)
     if t.jit_compile and not fit_model.jit_compile:
         raise RuntimeError("Keras turned XLA off for this model (an LSTM that may use cuDNN?); "
                            "keep model.use_cudnn=false with train.jit_compile=true")

@@ -128,13 +128,15 @@ def fingerprint(config: Config, vocab: Vocabulary, sizes: TensorSizes) -> dict:
         **({"preprocess": config.data.preprocess} if config.data.preprocess != "default" else {}),
         **({"image_logits": True} if config.model.image_logits else {}),
         **({"attention_size": config.model.attention_size} if config.model.attention_size else {}),
+        **({"image_first": False} if not config.model.image_first else {}),
     }
 
 
 def _describe(fp: dict, also: list[str] = ()) -> str:
     """The fingerprint's main keys, and the keys in `also` (those that differ) where they are other ones."""
     keys = ["backbone", "image_size", "embedding_size", "lstm_units", "vocab_size", "vocab_sha1"]
-    return ", ".join(f"{k}={fp.get(k, 'off')}" for k in keys + [k for k in also if k not in keys])
+    absent = {"image_first": True}  # what a key left out of a fingerprint means; others: off
+    return ", ".join(f"{k}={fp.get(k, absent.get(k, 'off'))}" for k in keys + [k for k in also if k not in keys])
 
 
 def has_checkpoint(run_dir: str) -> bool:

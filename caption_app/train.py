@@ -225,7 +225,7 @@ class _Trainer:
             if self.samples is not None:
                 settings = ctx.config.decode.resolve(beam_size=ctx.config.eval.sample_beam_size, num_captions=1)
                 out.append(SampleCaptions(model, self.samples, ctx.vocab, settings, logs))
-            out.append(EpochSummaries(logs))
+            out.append(EpochSummaries(logs, loss_is_nll=not t.label_smoothing))
             return out + ([compile_notice] if self.verbose and self.chief and history["xla"] != "off" else [])
 
         compile_notice = CompileNotice(f"{phase.name}: compiling the training step with XLA "

@@ -1,7 +1,8 @@
 """The decoder options that carry the image embedding in the decoding state ([h, c, image]):
 model.image_every_step (the LSTM reads it with every word), model.image_logits (deep output:
 a linear map of it is added to the logits) and model.attention_size (the decoder attends over
-the backbone's spatial cells, which the image input then also carries), alone and together."""
+the backbone's spatial cells, which the image input then also carries), alone and together,
+and attention alone without the image as the first LSTM input (model.image_first=false)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ SETTINGS = DecodeSettings(beam_size=3, max_length=6)
 
 # Each option alone where it changes the state's meaning, and all three together (attention with the others).
 OPTIONS = {"every_step": ["model.image_every_step=true"], "logits": ["model.image_logits=true"],
-           "all": ["model.image_every_step=true", "model.image_logits=true", f"model.attention_size={A}"]}
+           "all": ["model.image_every_step=true", "model.image_logits=true", f"model.attention_size={A}"],
+           "attention_only": [f"model.attention_size={A}", "model.image_first=false"]}
 
 
 @pytest.fixture(scope="module", params=sorted(OPTIONS))
@@ -128,6 +130,25 @@ def test_attention_reads_the_cells(model):
     np.testing.assert_allclose(term, np.repeat((cell @ kernel)[:, None, :], 3, axis=1), rtol=1e-4, atol=1e-7)
 
 
+def test_attention_only_ignores_the_pooled_embedding(model):
+    """model.image_first=false: the LSTM starts from zeros; the pooled embedding part of the image
+    input changes nothing, the cells do (the logits come from them alone)."""
+    if model.decoder.image_first:
+        return
+    captioner = Captioner(model)
+    state = captioner.encode(_images(2, seed=6))
+    image = keras.ops.convert_to_numpy(state[2])
+    ids = tf.constant([START_ID, START_ID], tf.int32)
+    logits, _ = model.decoder.step(ids, state)
+    other = np.concatenate([image[::-1, :E], image[:, E:]], axis=1)  # the other image's embedding
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.decoder.initial_state(tf.constant(other))[0]),
+                                  keras.ops.convert_to_numpy(state[0]))  # the same LSTM state for both images
+    same, _ = model.decoder.step(ids, state[:2] + [tf.constant(other)])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(same), keras.ops.convert_to_numpy(logits), atol=1e-6)
+    assert np.abs(keras.ops.convert_to_numpy(state[0][0] - state[0][1])).max() == 0  # no image in h
+    assert CaptionDecoder.from_config(model.decoder.get_config()).image_first is False
+
+
 def test_attention_settings_are_checked():
     from caption_app.config import ConfigError
     from caption_app.model import backbones
@@ -142,6 +163,8 @@ def test_attention_settings_are_checked():
         backbones.with_spatial_map(flat, "flat")
     with pytest.raises(ValueError, match="does not fit"):
         CaptionDecoder(V, E, H, attention_size=A).build((None, E + 3))
+    with pytest.raises(ConfigError, match="model.image_first=false leaves the decoder no way to see the image"):
+        tiny_config("model.image_first=false").validate()
 
 
 def test_word_dropout_replaces_words_in_training_only():

@@ -177,6 +177,7 @@ def test_resume_continues_epochs_and_optimizer(tmp_path, capsys):
     (["model.lstm_units=24"], "lstm_units=16", "lstm_units=24"),
     (["model.backbone=inception_v3", "data.image_size=75"], "backbone=small_cnn", "backbone=inception_v3"),
     (["model.attention_size=8"], "attention_size=off", "attention_size=8"),
+    (["model.attention_size=8", "model.image_first=false"], "image_first=True", "image_first=False"),
 ])
 def test_another_architecture_is_refused_and_nothing_is_touched(trained_run, tmp_path, change, old, new):
     assert trained_run.config.model.lstm_units == 16 and trained_run.config.model.backbone == "small_cnn"
@@ -329,3 +330,51 @@ def test_make_optimizer():
     assert isinstance(scaled.inner_optimizer, keras.optimizers.Adam)
     with pytest.raises(ValueError, match="train.optimizer"):
         make_optimizer(tiny_config("train.optimizer=rmsprop"), 0.01)
+
+
+def test_label_smoothing_is_in_the_training_loss_only(tmp_path):
+    """(1 - e) * nll + e * mean over the vocabulary of -log p, padding masked; perplexity stays the
+    plain cross-entropy, and TensorBoard gets no train/perplexity from a smoothed loss."""
+    from caption_app.callbacks import EpochSummaries
+
+    rng = np.random.default_rng(7)
+    logits = rng.normal(0, 3, (3, 2, 6, 11))  # far from uniform, so the two terms differ
+    targets = rng.integers(1, 11, (3, 2, 6))
+    targets[0, 1, 3:] = 0
+    targets[2, 0, :] = 0
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    mask = targets != 0
+    nll = -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+    uniform = -log_probs.mean(-1)
+    plain = float(MaskedCrossEntropy()(targets, logits.astype(np.float32)))
+    assert plain == pytest.approx(nll[mask].sum() / mask.sum(), rel=1e-5)
+    for e in (0.1, 0.5):
+        expected = (((1 - e) * nll + e * uniform)[mask]).sum() / mask.sum()
+        loss = float(MaskedCrossEntropy(label_smoothing=e)(targets, logits.astype(np.float32)))
+        assert loss == pytest.approx(expected, rel=1e-5)
+        assert abs(loss - plain) > 0.01
+    assert MaskedCrossEntropy.from_config(MaskedCrossEntropy(0.1).get_config()).label_smoothing == 0.1
+    # The validation loss and perplexity do not depend on the training loss.
+    model, dataset, expected_nll, expected_tokens = _nll_fixture()
+    callback = PerplexityCallback(dataset)
+    callback.set_model(model)
+    logs: dict = {}
+    callback.on_epoch_end(0, logs)
+    assert logs["val_loss"] == pytest.approx(expected_nll / expected_tokens, rel=1e-5)
+
+    def tags(loss_is_nll: bool) -> set[str]:
+        summaries = EpochSummaries(str(tmp_path / str(loss_is_nll)), loss_is_nll=loss_is_nll)
+        summaries.on_epoch_end(0, {"loss": 1.5, "val_loss": 1.2, "val_perplexity": 3.3})
+        summaries.on_train_end()
+        found = set()
+        for path in (tmp_path / str(loss_is_nll)).rglob("events.out.tfevents.*"):
+            for event in tf.compat.v1.train.summary_iterator(str(path)):
+                found |= {f"{path.parent.name}/{v.tag}" for v in event.summary.value}
+        return found
+
+    assert tags(True) == {"train/loss", "train/perplexity", "validation/loss", "validation/perplexity"}
+    assert tags(False) == {"train/loss", "validation/loss", "validation/perplexity"}
+    for bad in ("1", "-0.1", "nan"):
+        with pytest.raises(config_lib.ConfigError, match="train.label_smoothing must be in"):
+            tiny_config(f"train.label_smoothing={bad}").validate()

@@ -105,11 +105,15 @@ class CaptionDecoder(keras.layers.Layer):
       attention_size: A > 0: the image input is [embedding (E); L cells x A]
         and each step's LSTM output attends over the cells; the attended
         context adds W_c c to the logits. The state carries the image as above.
+      image_first: False: the LSTM's first input is zeros instead of the image
+        embedding, so the image reaches the words only through `attention_size`
+        (or `image_every_step` / `image_logits`): the LSTM's state cannot tie
+        one attribute of an object to another through a pooled image vector.
     """
 
     def __init__(self, vocab_size: int, embedding_size: int, lstm_units: int, dropout: float = 0.0,
                  init_scale: float = 0.08, use_cudnn: bool = False, image_every_step: bool = False, image_logits: bool = False,
-                 attention_size: int = 0, word_dropout: float = 0.0, **kwargs):
+                 attention_size: int = 0, word_dropout: float = 0.0, image_first: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.embedding_size = embedding_size
@@ -121,6 +125,7 @@ class CaptionDecoder(keras.layers.Layer):
         self.image_logits = image_logits
         self.attention_size = attention_size
         self.word_dropout = word_dropout
+        self.image_first = image_first
         self.seed_generator = keras.random.SeedGenerator(0) if word_dropout else None
         init = keras.initializers.RandomUniform(-init_scale, init_scale)
         self.word_embedding = keras.layers.Embedding(vocab_size, embedding_size, embeddings_initializer=init,
@@ -195,7 +200,8 @@ class CaptionDecoder(keras.layers.Layer):
         if training and self.word_dropout:
             ids = self.drop_words(ids)
         words = self.word_embedding(ids)  # [B*C, T, E]
-        sequence = ops.concatenate([image, words], axis=1)  # [B*C, T+1, E]
+        first = image if self.image_first else ops.zeros_like(image)
+        sequence = ops.concatenate([first, words], axis=1)  # [B*C, T+1, E]
         if self.image_every_step:
             sequence = ops.concatenate([sequence, ops.broadcast_to(image, ops.shape(sequence))], axis=-1)  # 2E
         sequence = self.input_dropout(sequence, training=training)
@@ -215,9 +221,9 @@ class CaptionDecoder(keras.layers.Layer):
         or attention)."""
         image_embedding, _ = self._split_image(image_input)
         zeros = ops.zeros((ops.shape(image_embedding)[0], self.lstm_units), dtype=image_embedding.dtype)
-        first = image_embedding
+        first = image_embedding if self.image_first else ops.zeros_like(image_embedding)
         if self.image_every_step:
-            first = ops.concatenate([image_embedding, image_embedding], axis=-1)
+            first = ops.concatenate([first, image_embedding], axis=-1)
         _, state = self.lstm.cell(first, [zeros, zeros], training=False)
         return list(state) + ([image_input] if self.carries_image else [])
 
@@ -247,7 +253,7 @@ class CaptionDecoder(keras.layers.Layer):
                 "lstm_units": self.lstm_units, "dropout": self.dropout, "init_scale": self.init_scale,
                 "use_cudnn": self.use_cudnn, "image_every_step": self.image_every_step,
                 "image_logits": self.image_logits, "attention_size": self.attention_size,
-                "word_dropout": self.word_dropout}
+                "word_dropout": self.word_dropout, "image_first": self.image_first}
 
 
 @keras.saving.register_keras_serializable(package="caption_app")
@@ -456,7 +462,8 @@ def _build_model(config: Config, vocab_size: int, backbone_weights: str | None) 
     input_ids = keras.Input((None, None), dtype="int32", name="input_ids")
     decoder = CaptionDecoder(vocab_size, m.embedding_size, m.lstm_units, m.lstm_dropout, m.init_scale,
                              m.use_cudnn, image_every_step=m.image_every_step, image_logits=m.image_logits,
-                             attention_size=m.attention_size, word_dropout=m.word_dropout, name="decoder")
+                             attention_size=m.attention_size, word_dropout=m.word_dropout,
+                             image_first=m.image_first, name="decoder")
     logits = decoder(image_embedding, input_ids)
     return ShowAndTell({"image": image, "input_ids": input_ids}, logits, name="show_and_tell",
                        parts={"image_encoder": image_encoder, "decoder": decoder})
