@@ -5,11 +5,12 @@
     python bench/shapes_quality.py score DATA RUN     evaluate and score an already trained RUN
     python bench/shapes_quality.py words RUN          per-word-class validation loss at every kept checkpoint
     python bench/shapes_quality.py probe RUN          colour probe on the image embedding + single-colour patches
+    python bench/shapes_quality.py veto RUN           the reference words' log-probabilities on single objects
 
 `run` trains the `shapes` preset (plus overrides) on DATA, evaluates the test
 split and prints `tfrecords_tools.shapes_report`'s report plus one JSON line
 (BLEU-4, the report's headline numbers, training seconds, load average) to
-collect into bench/RESULTS.md ("Learning quality"). `words` and `probe` are
+collect into bench/RESULTS.md ("Learning quality"). `words`, `probe` and `veto` are
 the evidence for why a recipe learns colour or not: the validation loss of
 colour, shape and size words against all other words, checkpoint by
 checkpoint; and whether the image embedding carries each object's colour
@@ -114,6 +115,59 @@ def words(run_dir: str) -> None:
         print(f"{os.path.basename(path):<10} {mean[1]:7.3f} {mean[2]:7.3f} {mean[3]:7.3f} {mean[0]:7.3f}", flush=True)
 
 
+def veto(run_dir: str) -> None:
+    """Teacher-forced on the references of single-object val + test images: for the colour and the
+    shape word, the mean log-probability of the right word, how often it is the likeliest of its
+    class, and its log-probability margin over the likeliest wrong word of the class; seen pairs
+    against held-out pairs (where the words before have never been followed by the right one)."""
+    import tensorflow as tf
+
+    from caption_app import run_dir as run_dir_lib
+    from caption_app.data.pipeline import decode_image
+
+    manifest = run_dir_lib.load_manifest(run_dir)
+    truth = shapes_lib.load_objects(objects_file(manifest.data_dir))
+    scenes = truth["scenes"]
+    held_out = {tuple(p) for p in scenes["held_out_pairs"]}
+    model, config, vocab, sizes, _ = run_dir_lib.load_model(run_dir)
+    raw = os.path.join(manifest.data_dir, "raw")
+    references: dict[str, list[str]] = {}
+    with open(os.path.join(raw, "Flickr8k.token.txt")) as f:
+        for line in f:
+            name, caption = line.rstrip("\n").split("\t", 1)
+            references.setdefault(name.split("#")[0], []).append(caption)
+    classes = {"colour": [vocab.word_to_id(w) for w in scenes["colours"]],
+               "shape": [vocab.word_to_id(w) for w in scenes["shapes"]]}
+    stats = {(group, kind): [] for group in ("seen", "held-out") for kind in classes}
+    for name, info in sorted(truth["images"].items()):
+        if info["split"] == "train" or len(info["objects"]) != 1:
+            continue
+        _, colour, shape = info["objects"][0]
+        group = "held-out" if (colour, shape) in held_out else "seen"
+        encoded = [vocab.encode(c) for c in references[name]]
+        length = max(map(len, encoded))
+        ids = np.array([e + [0] * (length - len(e)) for e in encoded], np.int32)
+        with open(os.path.join(raw, "images", name), "rb") as f:
+            image = decode_image(tf.constant(f.read()), sizes.image_size, config.data.preprocess)
+        logits = model({"image": image[None], "input_ids": tf.constant(ids[None, :, :-1])}, training=False)[0]
+        log_probs = tf.nn.log_softmax(logits, axis=-1).numpy()
+        for c, row in enumerate(ids[:, 1:]):
+            for t, target in enumerate(row):
+                for kind, word in (("colour", colour), ("shape", shape)):
+                    if target == vocab.word_to_id(word):
+                        ranked = log_probs[c, t, classes[kind]]
+                        right = log_probs[c, t, target]
+                        wrong = max(v for i, v in zip(classes[kind], ranked) if i != target)
+                        stats[(group, kind)].append((right, right > wrong, right - wrong))
+    print("single objects (val + test), teacher-forced on every reference caption:")
+    print("group     word    words  mean log p(right)  right is likeliest of its class  mean margin")
+    for (group, kind), rows in stats.items():
+        if rows:
+            a = np.array(rows, np.float64)
+            print(f"{group:<9} {kind:<7} {len(a):5d}  {a[:, 0].mean():16.3f}  {a[:, 1].mean():30.1%}  "
+                  f"{a[:, 2].mean():11.3f}")
+
+
 def _embed_model(model):
     import keras
 
@@ -210,7 +264,7 @@ def main(argv=None) -> int:
     sc = sub.add_parser("score")
     sc.add_argument("data")
     sc.add_argument("run_dir")
-    for name in ("words", "probe"):
+    for name in ("words", "probe", "veto"):
         sub.add_parser(name).add_argument("run_dir")
     args = p.parse_args(argv)
     if args.command == "data":
@@ -221,6 +275,8 @@ def main(argv=None) -> int:
         score(args.data, args.run_dir, {})
     elif args.command == "words":
         words(args.run_dir)
+    elif args.command == "veto":
+        veto(args.run_dir)
     else:
         probe(args.run_dir)
     return 0
