@@ -30,7 +30,7 @@ import keras
 import tensorflow as tf
 
 from caption_app.config import Config
-from caption_app.model.loss import MaskedCrossEntropy, token_nll
+from caption_app.model.loss import MaskedCrossEntropy, token_loss
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -168,9 +168,10 @@ class ReplicaTrainer(FitModel):
     """
 
     def __init__(self, model: keras.Model, *, clip_norm: float = 0.0, multi_worker: bool = False,
-                 jit_compile: bool = True, **kwargs):
+                 jit_compile: bool = True, label_smoothing: float = 0.0, **kwargs):
         super().__init__(model, name=f"{model.name}_replica_trainer", **kwargs)
         self.clip_norm = clip_norm
+        self.label_smoothing = label_smoothing
         self.multi_worker = multi_worker
         self.per_replica_jit_compile = jit_compile
         self._grads_fn = tf.function(self._loss_and_gradients, jit_compile=jit_compile, reduce_retracing=True)
@@ -186,10 +187,10 @@ class ReplicaTrainer(FitModel):
         return [self.loss_tracker] if getattr(self, "loss_tracker", None) is not None else []
 
     def _loss_and_gradients(self, inputs, targets, loss_scale):
-        """One replica's (sum of token nll, token count, d(sum nll * loss_scale)/d weights), in XLA."""
+        """One replica's (sum of token losses, token count, d(sum loss * loss_scale)/d weights), in XLA."""
         with tf.GradientTape() as tape:
             logits = self.inner(inputs, training=True)  # [b, C, T, V] float32
-            nll, mask = token_nll(targets, logits)
+            nll, mask = token_loss(targets, logits, self.label_smoothing)
             nll_sum = tf.reduce_sum(nll)
             scaled = nll_sum * loss_scale
         grads = tape.gradient(scaled, self.inner.trainable_variables)
@@ -247,7 +248,7 @@ def compile_for_fit(model: keras.Model, optimizer, config: Config, strategy: tf.
     t = config.train
     if needs_replica_trainer(strategy):
         trainer = ReplicaTrainer(model, clip_norm=t.clip_gradient_norm, multi_worker=num_workers(strategy) > 1,
-                                 jit_compile=t.jit_compile)
+                                 jit_compile=t.jit_compile, label_smoothing=t.label_smoothing)
         with strategy.scope():
             trainer.compile(optimizer=optimizer, loss=MaskedCrossEntropy(t.label_smoothing), jit_compile=False)
         return trainer

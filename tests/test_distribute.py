@@ -31,7 +31,7 @@ from tests.conftest import REPO_ROOT, cli_env, set_args, start_cli, tiny_config
 # for its second moment; with a binding clip Keras takes the norm over those unmerged slices.
 SAME_AS_ONE_REPLICA = ["train.batch_size=4", "train.freeze_backbone=true", "train.epochs=1",
                        "model.embedding_norm=false", "model.lstm_dropout=0.0", "data.captions_per_image=0",
-                       "train.clip_gradient_norm=5.0"]
+                       "train.clip_gradient_norm=5.0", "train.label_smoothing=0.1"]
 
 
 # ----------------------------------------------------------------------------- settings

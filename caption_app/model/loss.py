@@ -21,15 +21,26 @@ def token_nll(targets, logits):
     return nll * mask, mask
 
 
-@keras.saving.register_keras_serializable(package="caption_app")
-class MaskedCrossEntropy(keras.losses.Loss):
-    """Mean cross-entropy over real (non-pad) target tokens of the batch (im2txt's loss).
+def token_loss(targets, logits, label_smoothing: float = 0.0):
+    """The training loss per token: (loss [..., T] float32, mask [..., T] float32).
 
     label_smoothing=e trains towards (1 - e) on the target word and e spread evenly
     over the vocabulary: (1 - e) * nll + e * mean over words of -log p. Words never
     seen after a context are then not pushed towards probability 0. Perplexity is
-    always measured on the plain cross-entropy (`token_nll`), never the smoothed loss.
+    always measured on the plain cross-entropy (`token_nll`), never on this.
     """
+    nll, mask = token_nll(targets, logits)
+    if label_smoothing:
+        log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
+        uniform = -ops.mean(log_probs, axis=-1) * mask
+        nll = (1.0 - label_smoothing) * nll + label_smoothing * uniform
+    return nll, mask
+
+
+@keras.saving.register_keras_serializable(package="caption_app")
+class MaskedCrossEntropy(keras.losses.Loss):
+    """Mean cross-entropy over real (non-pad) target tokens of the batch (im2txt's loss), optionally
+    label-smoothed (`token_loss`)."""
 
     def __init__(self, label_smoothing: float = 0.0, name="masked_cross_entropy", **kwargs):
         kwargs.pop("reduction", None)
@@ -37,12 +48,8 @@ class MaskedCrossEntropy(keras.losses.Loss):
         self.label_smoothing = float(label_smoothing)
 
     def call(self, y_true, y_pred):
-        nll, mask = token_nll(y_true, y_pred)
-        if self.label_smoothing:
-            log_probs = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
-            uniform = -ops.mean(log_probs, axis=-1) * mask
-            nll = (1.0 - self.label_smoothing) * nll + self.label_smoothing * uniform
-        return ops.sum(nll) / ops.maximum(ops.sum(mask), 1.0)
+        loss, mask = token_loss(y_true, y_pred, self.label_smoothing)
+        return ops.sum(loss) / ops.maximum(ops.sum(mask), 1.0)
 
     def get_config(self):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
