@@ -351,6 +351,7 @@ def build_model(config: Config, vocab_size: int):
     return show_and_tell.build_model(config, vocab_size)
 
 
-def caption_loss() -> MaskedCrossEntropy:
-    """The training loss: mean cross-entropy over the real (non-padding) target tokens."""
-    return MaskedCrossEntropy()
+def caption_loss(label_smoothing: float = 0.0) -> MaskedCrossEntropy:
+    """The training loss: mean cross-entropy over the real (non-padding) target tokens, optionally
+    label-smoothed (pass `config.train.label_smoothing` to train as `train` does)."""
+    return MaskedCrossEntropy(label_smoothing)

@@ -355,6 +355,9 @@ def test_label_smoothing_is_in_the_training_loss_only(tmp_path):
         assert loss == pytest.approx(expected, rel=1e-5)
         assert abs(loss - plain) > 0.01
     assert MaskedCrossEntropy.from_config(MaskedCrossEntropy(0.1).get_config()).label_smoothing == 0.1
+    from caption_app import caption_loss  # the Python API's loss, for a model.fit of one's own
+
+    assert caption_loss().label_smoothing == 0.0 and caption_loss(0.1).label_smoothing == 0.1
     # The validation loss and perplexity do not depend on the training loss.
     model, dataset, expected_nll, expected_tokens = _nll_fixture()
     callback = PerplexityCallback(dataset)
