@@ -13,28 +13,30 @@ from keras import ops
 from caption_app.data.vocabulary import PAD_ID
 
 
-def token_nll(targets, logits):
-    """targets [..., T] int, logits [..., T, V] -> (nll [..., T] float32, mask [..., T] float32)."""
-    targets = ops.cast(targets, "int32")
-    nll = keras.losses.sparse_categorical_crossentropy(targets, ops.cast(logits, "float32"), from_logits=True)
-    mask = ops.cast(ops.not_equal(targets, PAD_ID), "float32")
-    return nll * mask, mask
-
-
 def token_loss(targets, logits, label_smoothing: float = 0.0):
-    """The training loss per token: (loss [..., T] float32, mask [..., T] float32).
+    """targets [..., T] int, logits [..., T, V] -> (loss [..., T] float32, mask [..., T] float32).
 
-    label_smoothing=e trains towards (1 - e) on the target word and e spread evenly
-    over the vocabulary: (1 - e) * nll + e * mean over words of -log p. Words never
-    seen after a context are then not pushed towards probability 0. Perplexity is
-    always measured on the plain cross-entropy (`token_nll`), never on this.
+    The cross-entropy -log p(target) = logsumexp(logits) - logits[target], computed without
+    materializing the log-probabilities (bench/RESULTS.md, "The loss's form").
+    label_smoothing=e trains towards (1 - e) on the target word and e spread evenly over the
+    vocabulary: (1 - e) * nll + e * mean over words of -log p, where the mean of -log p is
+    logsumexp - mean(logits). Words never seen after a context are then not pushed towards
+    probability 0. Perplexity is always measured without smoothing (`token_nll`).
     """
-    nll, mask = token_nll(targets, logits)
+    targets = ops.cast(targets, "int32")
+    logits = ops.cast(logits, "float32")
+    target_logit = ops.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    loss = ops.logsumexp(logits, axis=-1) - target_logit
     if label_smoothing:
-        log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
-        uniform = -ops.mean(log_probs, axis=-1) * mask
-        nll = (1.0 - label_smoothing) * nll + label_smoothing * uniform
-    return nll, mask
+        loss = loss - label_smoothing * (ops.mean(logits, axis=-1) - target_logit)
+    mask = ops.cast(ops.not_equal(targets, PAD_ID), "float32")
+    return loss * mask, mask
+
+
+def token_nll(targets, logits):
+    """targets [..., T] int, logits [..., T, V] -> (nll [..., T] float32, mask [..., T] float32):
+    the plain cross-entropy per real token (what perplexity reads)."""
+    return token_loss(targets, logits)
 
 
 @keras.saving.register_keras_serializable(package="caption_app")
