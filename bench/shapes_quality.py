@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from tfrecords_tools import flickr8k  # noqa: E402
 from tfrecords_tools import shapes as shapes_lib  # noqa: E402
 from tfrecords_tools import shapes_report  # noqa: E402
 
@@ -131,11 +132,7 @@ def veto(run_dir: str) -> None:
     held_out = {tuple(p) for p in scenes["held_out_pairs"]}
     model, config, vocab, sizes, _ = run_dir_lib.load_model(run_dir)
     raw = os.path.join(manifest.data_dir, "raw")
-    references: dict[str, list[str]] = {}
-    with open(os.path.join(raw, "Flickr8k.token.txt")) as f:
-        for line in f:
-            name, caption = line.rstrip("\n").split("\t", 1)
-            references.setdefault(name.split("#")[0], []).append(caption)
+    references, _ = flickr8k.read_token_file(os.path.join(raw, flickr8k.TOKEN_FILE))
     classes = {"colour": [vocab.word_to_id(w) for w in scenes["colours"]],
                "shape": [vocab.word_to_id(w) for w in scenes["shapes"]]}
     stats = {(group, kind): [] for group in ("seen", "held-out") for kind in classes}
