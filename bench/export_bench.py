@@ -44,7 +44,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from caption_app import config as config_lib  # noqa: E402
-from caption_app import run_dir as run_dir_lib  # noqa: E402
+from caption_app.runs import checkpoints as checkpoints_lib  # noqa: E402
+from caption_app.runs import layout as run_layout  # noqa: E402
+from caption_app.runs import loader as run_loader  # noqa: E402
 from caption_app.data.manifest import Manifest  # noqa: E402
 from caption_app.data.pipeline import TensorSizes  # noqa: E402
 from caption_app.data.vocabulary import END_ID, TokenizerSettings, Vocabulary  # noqa: E402
@@ -66,12 +68,12 @@ def make_run_dir(run_dir: str, vocab_size: int, beam_size: int, max_length: int,
     manifest = Manifest(data_dir=data_dir, splits={}, tokenizer=TokenizerSettings(), vocab_size=vocab.size,
                         vocab_file="vocab.txt", max_caption_words=20, max_captions_per_image=5, raw=raw)
     sizes = TensorSizes(image_size=299, num_captions=5, caption_length=22)
-    run_dir_lib.prepare(run_dir, config, manifest, vocab, sizes)
+    run_layout.prepare(run_dir, config, manifest, vocab, sizes)
     model = show_and_tell.build_model(config, vocab.size, backbone_weights="none")
     if never_end:  # <end> gets log-probability ~ -1e4: every beam runs max_length steps
         bias = model.decoder.logits.bias
         bias.assign(tf.tensor_scatter_nd_update(bias, [[END_ID]], [-1e4]))
-    tf.train.CheckpointManager(tf.train.Checkpoint(model=model), run_dir_lib.checkpoint_dir(run_dir),
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=model), checkpoints_lib.checkpoint_dir(run_dir),
                                max_to_keep=1).save()
     return config
 
@@ -112,7 +114,7 @@ def main() -> None:
     caption_images = loaded.signatures["caption_images"]
     serving_default = loaded.signatures["serving_default"]
 
-    model, config, vocab, sizes, _ = run_dir_lib.load_model(run_dir)
+    model, config, vocab, sizes, _ = run_loader.load_model(run_dir)
     extractor = model.image_encoder.feature_extractor  # preprocess + backbone
 
     @tf.function(jit_compile=False)

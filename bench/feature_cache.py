@@ -32,13 +32,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from caption_app import config as config_lib  # noqa: E402
 from caption_app import feature_cache  # noqa: E402
-from caption_app import run_dir as run_dir_lib  # noqa: E402
+from caption_app.runs import context as run_context  # noqa: E402
 from caption_app.data import manifest as manifest_lib  # noqa: E402
 from caption_app.data.pipeline import make_dataset, resolve_bucket_lengths  # noqa: E402
 from caption_app.model import show_and_tell  # noqa: E402
 from caption_app.model.loss import MaskedCrossEntropy  # noqa: E402
-from caption_app.optimizers import make_optimizer  # noqa: E402
-from caption_app.budget import budget_for  # noqa: E402
+from caption_app.training.optimizers import make_optimizer  # noqa: E402
+from caption_app.training.budget import budget_for  # noqa: E402
 from tfrecords_tools import flickr8k  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -80,7 +80,7 @@ def main() -> None:
                                       os.path.join(args.root, "Flickr8k_text"), data_dir,
                                       progress=False, verbose=False)
         # The frozen phase's setup, as `train` does it (seeded model, backbone frozen below).
-        ctx = run_dir_lib.RunContext.create(config, data_dir, os.path.join(tmp, "run"))
+        ctx = run_context.RunContext.create(config, data_dir, os.path.join(tmp, "run"))
         manifest, vocab, sizes, model = ctx.manifest, ctx.vocab, ctx.sizes, ctx.model
         t = config.train
         epoch_steps = budget_for(config, manifest).steps_per_epoch

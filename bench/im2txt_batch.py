@@ -15,7 +15,7 @@ passes over the train pairs, in these settings:
                linear warmup of `--warmup-passes`,
 - `img32x5`:   32 images x 5 captions at 2.0 unscaled (the preset before).
 
-Each run is an ordinary `caption_app.train.train` run (SGD, clip 5.0, init
+Each run is an ordinary `caption_app.training.train.train` run (SGD, clip 5.0, init
 0.08, halving every `--decay-passes`); the validation perplexity after each
 pass comes from its TensorBoard log. Prints a Markdown table, one row per pass.
 The backbone is a randomly initialised `small_cnn` (no download), so the
@@ -38,7 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from caption_app import config as config_lib  # noqa: E402
-from caption_app.train import train  # noqa: E402
+from caption_app.training.train import train  # noqa: E402
 
 SETTINGS = {  # name -> --set assignments
     "pairs32": ["train.batch_size=32", "data.captions_per_image=1"],

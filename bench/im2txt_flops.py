@@ -11,7 +11,7 @@ token. A training step is taken as 3x its forward FLOPs (the backward pass
 `--caption-length` LSTM positions (the pipeline pads to a fixed length for
 XLA: min(data.max_caption_length, longest caption + 2) = 32 on COCO).
 
-Steps per phase come from caption_app.budget on im2txt's COCO split
+Steps per phase come from caption_app.training.budget on im2txt's COCO split
 (117,211 train images, 586,363 captions). Time = FLOPs / `--tflops`
 (sustained, an assumption to state with the numbers; small per-step batches
 are latency-bound and reach a fraction of a GPU's peak).
@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from caption_app import budget as budget_lib  # noqa: E402
+from caption_app.training import budget as budget_lib  # noqa: E402
 from caption_app import config as config_lib  # noqa: E402
 from caption_app.model import show_and_tell  # noqa: E402
 

@@ -33,7 +33,8 @@ def tiny_export(work: str) -> str:
     import tensorflow as tf
 
     from caption_app import config as config_lib
-    from caption_app import run_dir as run_dir_lib
+    from caption_app.runs import checkpoints as checkpoints_lib
+    from caption_app.runs import layout as run_layout
     from caption_app.data.manifest import Manifest
     from caption_app.data.pipeline import TensorSizes
     from caption_app.data.vocabulary import TokenizerSettings, Vocabulary
@@ -50,9 +51,9 @@ def tiny_export(work: str) -> str:
     manifest = Manifest(data_dir=data_dir, splits={}, tokenizer=TokenizerSettings(), vocab_size=vocab.size,
                         vocab_file="vocab.txt", max_caption_words=8, max_captions_per_image=5, raw=raw)
     sizes = TensorSizes(image_size=config.data.image_size, num_captions=5, caption_length=10)
-    run_dir_lib.prepare(run_dir, config, manifest, vocab, sizes)
+    run_layout.prepare(run_dir, config, manifest, vocab, sizes)
     model = show_and_tell.build_model(config, vocab.size, backbone_weights="none")
-    tf.train.CheckpointManager(tf.train.Checkpoint(model=model), run_dir_lib.checkpoint_dir(run_dir),
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=model), checkpoints_lib.checkpoint_dir(run_dir),
                                max_to_keep=1).save()
     return saved_model.export(run_dir, os.path.join(work, "models"), warmup=False)
 

@@ -38,9 +38,9 @@ def _load() -> str:
 
 
 def _context(config, data_dir: str, run_dir: str):
-    from caption_app import run_dir as run_dir_lib
+    from caption_app.runs import context as run_context
 
-    return run_dir_lib.RunContext.create(config, data_dir, run_dir)
+    return run_context.RunContext.create(config, data_dir, run_dir)
 
 
 # Settings compared by `token_ratios`: name -> --set assignments on the im2txt preset.
@@ -73,7 +73,7 @@ def token_ratios(data_dir: str, settings: dict = TOKEN_SETTINGS) -> dict[str, di
     a bucket, losing their <end>), "lengths" (the buckets)."""
     import numpy as np
 
-    from caption_app import budget as budget_lib
+    from caption_app.training import budget as budget_lib
     from caption_app.data import manifest as manifest_lib
     from caption_app.data.pipeline import make_dataset, resolve_bucket_lengths, resolve_tensor_sizes
     from caption_app.data.vocabulary import Vocabulary
@@ -194,10 +194,10 @@ def shapes_epoch_times(data_dir: str, work: str, *, steps: int, rounds: int) -> 
     """Seconds per epoch of the `shapes` preset's training, buckets off vs on."""
     import keras
 
-    from caption_app import budget as budget_lib
+    from caption_app.training import budget as budget_lib
     from caption_app import config as config_lib
     from caption_app.data.pipeline import make_dataset, resolve_bucket_lengths
-    from caption_app.distribute import FitModel
+    from caption_app.training.distribute import FitModel
     from caption_app.model.loss import MaskedCrossEntropy
 
     sides, info = {}, {}

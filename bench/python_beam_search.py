@@ -4,7 +4,7 @@ im2txt's CaptionGenerator fed one image's live partial captions to the
 inference graph per step (a `sess.run` each), took each beam's top words in
 NumPy and kept the best `beam_size` partial and complete captions in heaps.
 This is that loop over the same step function the in-graph
-`caption_app.beam_search` uses, so the benchmark compares the decoding
+`caption_app.inference.beam_search` uses, so the benchmark compares the decoding
 strategy, not the model. Same semantics as the in-graph search without length
 normalization (score = sum of log-probabilities): alive hypotheses are the
 best non-ending candidates, finished ones compete with the finished set.

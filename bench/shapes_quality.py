@@ -52,7 +52,7 @@ def objects_file(data_dir: str) -> str:
 
 def run(data_dir: str, run_dir: str, assignments: list[str], config_name: str) -> dict:
     from caption_app import config as config_lib
-    from caption_app.train import train
+    from caption_app.training.train import train
 
     config = config_lib.override(config_lib.get_preset(config_name), assignments)
     load_before = os.getloadavg()
@@ -63,7 +63,7 @@ def run(data_dir: str, run_dir: str, assignments: list[str], config_name: str) -
 
 def score(data_dir: str, run_dir: str, extra: dict) -> dict:
     """Evaluate RUN's test split, print the shapes report and the RESULT line."""
-    from caption_app.evaluate import evaluate
+    from caption_app.evaluation.evaluate import evaluate
 
     began = time.time()
     metrics = evaluate(run_dir, "test", verbose=False)
@@ -92,16 +92,17 @@ def words(run_dir: str) -> None:
     """Mean validation cross-entropy of colour / shape / size / other target words per checkpoint."""
     import tensorflow as tf
 
-    from caption_app import run_dir as run_dir_lib
+    from caption_app.runs import checkpoints as checkpoints_lib
+    from caption_app.runs import loader as run_loader
     from caption_app.data.pipeline import make_dataset
     from caption_app.model.loss import token_nll
 
-    manifest = run_dir_lib.load_manifest(run_dir)
+    manifest = run_loader.load_manifest(run_dir)
     truth = shapes_lib.load_objects(objects_file(manifest.data_dir))
-    state = tf.train.get_checkpoint_state(run_dir_lib.checkpoint_dir(run_dir))
+    state = tf.train.get_checkpoint_state(checkpoints_lib.checkpoint_dir(run_dir))
     print("checkpoint   colour   shape    size   other   (mean nll per target word, val)")
     for path in state.all_model_checkpoint_paths:
-        model, config, vocab, tensor_sizes, _ = run_dir_lib.load_model(run_dir, path)
+        model, config, vocab, tensor_sizes, _ = run_loader.load_model(run_dir, path)
         classes = tf.constant(_word_classes(vocab, truth["scenes"]))
         sums, counts = np.zeros(4), np.zeros(4)
         for inputs, targets in make_dataset(config, manifest, vocab, "val", training=False, shapes=tensor_sizes,
@@ -123,14 +124,15 @@ def veto(run_dir: str) -> None:
     against held-out pairs (where the words before have never been followed by the right one)."""
     import tensorflow as tf
 
-    from caption_app import run_dir as run_dir_lib
+    from caption_app.runs import checkpoints as checkpoints_lib
+    from caption_app.runs import loader as run_loader
     from caption_app.data.pipeline import decode_image
 
-    manifest = run_dir_lib.load_manifest(run_dir)
+    manifest = run_loader.load_manifest(run_dir)
     truth = shapes_lib.load_objects(objects_file(manifest.data_dir))
     scenes = truth["scenes"]
     held_out = {tuple(p) for p in scenes["held_out_pairs"]}
-    model, config, vocab, sizes, _ = run_dir_lib.load_model(run_dir)
+    model, config, vocab, sizes, _ = run_loader.load_model(run_dir)
     raw = os.path.join(manifest.data_dir, "raw")
     references, _ = flickr8k.read_token_file(os.path.join(raw, flickr8k.TOKEN_FILE))
     classes = {"colour": [vocab.word_to_id(w) for w in scenes["colours"]],
@@ -186,12 +188,13 @@ def probe(run_dir: str) -> None:
     import keras
     import tensorflow as tf
 
-    from caption_app import run_dir as run_dir_lib
+    from caption_app.runs import checkpoints as checkpoints_lib
+    from caption_app.runs import loader as run_loader
     from caption_app.data import records
     from caption_app.data.pipeline import decode_image
 
-    model, config, vocab, tensor_sizes, _ = run_dir_lib.load_model(run_dir)
-    manifest = run_dir_lib.load_manifest(run_dir)
+    model, config, vocab, tensor_sizes, _ = run_loader.load_model(run_dir)
+    manifest = run_loader.load_manifest(run_dir)
     truth = shapes_lib.load_objects(objects_file(manifest.data_dir))
     colours = list(truth["scenes"]["colours"])
     shapes = list(truth["scenes"]["shapes"])

@@ -4,7 +4,7 @@
 
 Rows (every pair is timed interleaved, A B A B ..., median per step):
   train step     XLA vs no XLA; fine-tuning vs frozen backbone; a step of the feature
-                 cache's head (caption_app.feature_cache.build_head) on backbone features vs
+                 cache's head (caption_app.training.feature_cache.build_head) on backbone features vs
                  the in-step frozen backbone
   input pipeline images/s of decode + resize + tokenize (caption_app.data.pipeline
                  on the Flickr8k subset in ../shared, converted with
@@ -100,7 +100,7 @@ def _batch(args, vocab_size: int, batch: int | None = None):
 def _fit_model(model, jit: bool, learning_rate: float = 1e-3):
     import keras
 
-    from caption_app.distribute import FitModel
+    from caption_app.training.distribute import FitModel
     from caption_app.model.loss import MaskedCrossEntropy
 
     fit_model = FitModel(model)
@@ -112,7 +112,7 @@ def _fit_model(model, jit: bool, learning_rate: float = 1e-3):
 def train_step_rows(args, vocab_size: int = 1000) -> tuple[list[Row], dict]:
     import keras
 
-    from caption_app import feature_cache
+    from caption_app.training import feature_cache
     from caption_app.model import show_and_tell
 
     config = _config(args)
@@ -205,9 +205,9 @@ def _with_size(args, size: int):
 def inference_rows(args, model) -> list[Row]:
     import tensorflow as tf
 
-    from caption_app.beam_search import beam_search
+    from caption_app.inference.beam_search import beam_search
     from caption_app.data.vocabulary import END_ID, START_ID
-    from caption_app.decoding import DecodeSettings
+    from caption_app.inference.settings import DecodeSettings
     from caption_app.model.show_and_tell import Captioner
     from python_beam_search import python_beam_search
 

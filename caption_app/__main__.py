@@ -7,7 +7,8 @@ import json
 import os
 import sys
 
-from caption_app import cli, decoding, quiet
+from caption_app import cli, quiet
+from caption_app.inference import settings as decoding
 
 PRESET_NAMES = ("shapes", "im2txt", "tiny")  # config.PRESETS' keys (config.py is not imported for --help)
 
@@ -77,13 +78,14 @@ def _parser() -> argparse.ArgumentParser:
 def _config(args):
     """--config (a preset, a JSON file or a run dir), else the existing run's own; then --set."""
     from caption_app import config as config_lib
-    from caption_app import run_dir as run_dir_lib
+    from caption_app.runs import layout as run_layout
+    from caption_app.runs import loader as run_loader
 
     if args.config is not None:
         config = config_lib.from_name_or_file(args.config)
-    elif os.path.isfile(os.path.join(args.run_dir, run_dir_lib.CONFIG)):
-        config = run_dir_lib.load_config(args.run_dir)
-        print(f"config: the run's own ({os.path.join(args.run_dir, run_dir_lib.CONFIG)})", flush=True)
+    elif os.path.isfile(os.path.join(args.run_dir, run_layout.CONFIG)):
+        config = run_loader.load_config(args.run_dir)
+        print(f"config: the run's own ({os.path.join(args.run_dir, run_layout.CONFIG)})", flush=True)
     else:
         raise ValueError(f"{args.run_dir} holds no run yet: give --config, a preset "
                          f"({', '.join(PRESET_NAMES)}) or a JSON config file such as an earlier RUN/config.json")
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet.import_tensorflow(args.verbose)
     try:
         if args.command == "train":
-            from caption_app.train import train
+            from caption_app.training.train import train
 
             config = _config(args)
             # Keras' progress bar (with ETA) on a terminal; one line per epoch in a log file.
@@ -107,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
                       + ("no validation split" if perplexity is None else f"val perplexity {perplexity:.3f}")
                       + f"; run dir: {args.run_dir}")
         elif args.command == "cache-features":
-            from caption_app.feature_cache import cache_features
+            from caption_app.training.feature_cache import cache_features
 
             print(f"feature cache ready: {cache_features(_config(args), args.data, args.run_dir)}")
         elif args.command == "evaluate":
-            from caption_app import evaluate as evaluate_lib
+            from caption_app.evaluation import evaluate as evaluate_lib
 
             kwargs = dict(data_dir=args.data, json_path=args.json, beam_size=args.beam_size,
                           max_length=args.max_length, length_normalization=args.length_normalization,
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 evaluate_lib.evaluate(args.run_dir, args.split, checkpoint=args.checkpoint, **kwargs)
         elif args.command == "caption":
-            from caption_app.caption import caption_files
+            from caption_app.inference.image_files import caption_files
             from caption_app.data.image_bytes import DEFAULT_MAX_IMAGE_PIXELS
 
             results = caption_files(args.run_dir, args.images, beam_size=args.beam_size,
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                       + ("; nothing was captioned" if not captioned else f"; {captioned} captioned"), file=sys.stderr)
                 return 1
         elif args.command == "import-im2txt":
-            from caption_app import im2txt_import
+            from caption_app.runs import im2txt_import
 
             record = im2txt_import.import_im2txt(args.checkpoint, args.word_counts, args.run_dir)
             print(im2txt_import.describe(record, args.run_dir))

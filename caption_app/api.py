@@ -27,17 +27,18 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from caption_app import budget as budget_lib
+from caption_app.training import budget as budget_lib
 from caption_app import config as config_lib
 from caption_app import io_utils
-from caption_app import run_dir as run_dir_lib
-from caption_app.caption import read_image_file, why_not_decoded
+from caption_app.runs import layout as run_layout
+from caption_app.runs import loader as run_loader
+from caption_app.inference.image_files import read_image_file, why_not_decoded
 from caption_app.config import Config
 from caption_app.data import manifest as manifest_lib
 from caption_app.data.image_bytes import DEFAULT_MAX_IMAGE_PIXELS
 from caption_app.data.pipeline import make_dataset, resolve_tensor_sizes
 from caption_app.data.vocabulary import Vocabulary
-from caption_app.decoding import DecodeSettings, DecodeSettingsError
+from caption_app.inference.settings import DecodeSettings, DecodeSettingsError
 from caption_app.model import show_and_tell
 from caption_app.model.loss import MaskedCrossEntropy
 
@@ -95,7 +96,7 @@ class Captioner:
         """
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if io_utils.isfile(os.path.join(path, run_dir_lib.CONFIG)):
+        if io_utils.isfile(os.path.join(path, run_layout.CONFIG)):
             return cls(_RunDirBackend(path, checkpoint, max_image_pixels), batch_size=batch_size)
         if checkpoint is not None:
             raise ValueError("checkpoint= is for a run dir; an export holds one checkpoint")
@@ -112,7 +113,7 @@ class Captioner:
             (also [H, W], [H, W, 1], [H, W, 4]: grey and alpha are handled) of uint8 or
             of floats in 0-255, any size.
           beam_size, num_captions, max_length, length_normalization: the decode
-            settings, with the meaning they have in `caption` (caption_app/decoding.py):
+            settings, with the meaning they have in `caption` (caption_app/inference/settings.py):
             None or 0 keeps the run's. An export decodes with the settings it was
             exported with; only fewer captions may be asked of it.
         Returns:
@@ -222,15 +223,15 @@ class _RunDirBackend:
 
         if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) or max_image_pixels < 1:
             raise ValueError(f"max_image_pixels must be a positive integer, got {max_image_pixels!r}")
-        config = run_dir_lib.load_config(path)
+        config = run_loader.load_config(path)
         self.default_settings = config.decode
         self.default_settings.resolve()  # the run's own settings are valid
-        model, _, self._vocab, sizes, self.checkpoint = run_dir_lib.load_model(path, checkpoint)
+        model, _, self._vocab, sizes, self.checkpoint = run_loader.load_model(path, checkpoint)
         self._captioner = show_and_tell.Captioner(model)
         self._module_class = CaptionModule
         self.path, self.image_size, self.max_image_pixels = path, sizes.image_size, max_image_pixels
         self._preprocess = config.data.preprocess  # e.g. im2txt's resize for an imported run
-        self._files = (os.path.join(path, run_dir_lib.VOCAB), os.path.join(path, run_dir_lib.CONFIG))
+        self._files = (os.path.join(path, run_layout.VOCAB), os.path.join(path, run_layout.CONFIG))
         self._modules: dict[DecodeSettings, Any] = {}
         self._module(self.default_settings.resolve())  # traced now, not on the first call
 
@@ -298,7 +299,7 @@ def _version_dir(path: str) -> str:
                            and io_utils.isfile(os.path.join(path, d, SAVED_MODEL_FILE))), reverse=True)
         if versions:
             return os.path.join(path, str(versions[0]))
-    raise FileNotFoundError(f"{path} is neither a run dir ({run_dir_lib.CONFIG}) nor an exported SavedModel "
+    raise FileNotFoundError(f"{path} is neither a run dir ({run_layout.CONFIG}) nor an exported SavedModel "
                             f"({SAVED_MODEL_FILE}, or version dirs holding one); train into it or export it first")
 
 

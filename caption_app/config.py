@@ -14,7 +14,8 @@ import typing
 from typing import Any, Callable
 
 from caption_app import io_utils
-from caption_app.decoding import DecodeSettings
+from caption_app.inference.settings import DecodeSettings
+from caption_app.errors import CaptionAppError
 
 
 # data.preprocess: "default" resizes with antialiasing; "im2txt" as im2txt's inference does (TF1
@@ -62,7 +63,7 @@ class Model:
 
 @dataclasses.dataclass(frozen=True)
 class Train:
-    # Durations are passes over the train split's image-caption pairs (caption_app/budget.py).
+    # Durations are passes over the train split's image-caption pairs (caption_app/training/budget.py).
     epochs: float = 16.0  # frozen-backbone phase (or full training when freeze_backbone=False)
     batch_size: int = 32  # images per batch; each image brings its captions
     optimizer: str = "sgd"  # sgd | adam
@@ -76,7 +77,7 @@ class Train:
     label_smoothing: float = 0.0  # the training loss only; perplexity stays the plain cross-entropy
     weight_decay: float = 0.0  # adam only (AdamW)
     freeze_backbone: bool = True  # phase 1 trains the decoder and image embedding only
-    feature_cache: bool = False  # phase 1 from backbone features computed once (caption_app/feature_cache.py)
+    feature_cache: bool = False  # phase 1 from backbone features computed once (caption_app/training/feature_cache.py)
     fine_tune_epochs: float = 0.0  # phase 2: everything trainable
     fine_tune_learning_rate: float = 0.0005
     fine_tune_lr_schedule: str = ""  # phase 2's schedule; "" = lr_schedule
@@ -84,7 +85,7 @@ class Train:
     max_checkpoints_to_keep: int = 5
     seed: int = 0
     # Scale (README "Scaling out"): batch_size is the GLOBAL batch, split over the replicas.
-    strategy: str = "default"  # default | mirrored | multi_worker | tpu (caption_app/distribute.py)
+    strategy: str = "default"  # default | mirrored | multi_worker | tpu (caption_app/training/distribute.py)
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16; logits and loss stay float32
     backup_every_steps: int = 0  # also back up mid-epoch every this many steps (RUN/backup); 0 = epoch ends only
 
@@ -97,11 +98,11 @@ class Eval:
     sample_beam_size: int = 1  # their beam size (1: greedy, cheap)
 
 
-class ConfigError(ValueError):
+class ConfigError(CaptionAppError, ValueError):
     """A config value out of range (the message names the key and the rule)."""
 
 
-# Keys that moved from `eval` to `decode` (caption_app/decoding.py). Old config.json files and
+# Keys that moved from `eval` to `decode` (caption_app/inference/settings.py). Old config.json files and
 # `--set eval.beam_size=...` keep working: both are read as the `decode` key.
 _MOVED_TO_DECODE = ("beam_size", "max_length", "length_normalization")
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from caption_app import cli, decoding, quiet
+from caption_app import cli, quiet
+from caption_app.inference import settings as decoding
 
 
 class _Version(argparse.Action):

@@ -47,14 +47,16 @@ import re
 import tensorflow as tf
 
 from caption_app import io_utils
-from caption_app import run_dir as run_dir_lib
+from caption_app.runs import layout as run_layout
+from caption_app.runs import loader as run_loader
 from caption_app.config import Config
 from caption_app.io_utils import write_json_atomic as write_json
 from caption_app.data.image_bytes import DEFAULT_MAX_IMAGE_PIXELS, decode_images
 from caption_app.data.pipeline import TensorSizes, resize_image
-from caption_app.decoding import DecodeSettings, DecodeSettingsError
+from caption_app.inference.settings import DecodeSettings, DecodeSettingsError
 from caption_app.data.vocabulary import END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, UNK_ID, VOCAB_FILE, Vocabulary
 from caption_app.model.show_and_tell import Captioner
+from caption_app.errors import CaptionAppError
 
 VOCAB_ASSET = VOCAB_FILE
 CONFIG_ASSET = "config.json"
@@ -65,7 +67,7 @@ _VERSION_DIR = re.compile(r"^\d+$")
 _NEG_INF = float("-inf")
 
 
-class ExportError(ValueError):
+class ExportError(CaptionAppError, ValueError):
     """Bad export arguments or an output location that would overwrite a version."""
 
 
@@ -224,7 +226,7 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
       version: the version number; default the highest existing one + 1
         (1 for the first export).
       beam_size, max_length, length_normalization, num_captions: beam search
-        settings (caption_app/decoding.py; None or 0: the run's `decode`
+        settings (caption_app/inference/settings.py; None or 0: the run's `decode`
         config; K = num_captions defaults to the beam size).
       checkpoint: a checkpoint path (default the run's latest).
       warmup: write `assets.extra/tf_serving_warmup_requests`.
@@ -249,7 +251,7 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
     if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) or max_image_pixels < 1:
         raise ExportError(f"--max-image-pixels must be a positive integer, got {max_image_pixels!r}")
     try:  # check the arguments before the slow model load
-        settings = run_dir_lib.load_config(run_dir).decode.resolve(
+        settings = run_loader.load_config(run_dir).decode.resolve(
             beam_size=beam_size, max_length=max_length, length_normalization=length_normalization,
             num_captions=num_captions)
     except DecodeSettingsError as err:
@@ -257,7 +259,7 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
     model_dir = os.path.join(out_dir, name)
     version = _check_version(model_dir, version)
 
-    model, config, vocab, sizes, checkpoint = run_dir_lib.load_model(run_dir, checkpoint)
+    model, config, vocab, sizes, checkpoint = run_loader.load_model(run_dir, checkpoint)
     io_utils.makedirs(model_dir)
     captioner = Captioner(model)
     units = captioner.decoder.lstm_units
@@ -266,7 +268,7 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
         files = os.path.join(staging, "files")
         io_utils.makedirs(files, exist_ok=False)
         vocab_file = os.path.join(files, VOCAB_ASSET)
-        io_utils.copyfile(os.path.join(run_dir, run_dir_lib.VOCAB), vocab_file)
+        io_utils.copyfile(os.path.join(run_dir, run_layout.VOCAB), vocab_file)
         config_file = os.path.join(files, CONFIG_ASSET)
         write_json(config_file, export_config(config, sizes, vocab, settings, run_dir=run_dir, checkpoint=checkpoint,
                                               units=units, max_image_pixels=max_image_pixels), sort_keys=True)

@@ -64,7 +64,7 @@ class TrainedRun:
 @pytest.fixture(scope="session")
 def trained_run(shapes_data, tmp_path_factory) -> TrainedRun:
     """The tiny config trained for 2 epochs on `shapes_data` (shared; copy it before mutating)."""
-    from caption_app.train import train
+    from caption_app.training.train import train
 
     # 2 x 13 steps at 0.02 give a model that says a word or two (not asserted).
     config = tiny_config("train.epochs=2", "train.learning_rate=0.02")
@@ -134,13 +134,14 @@ def start_cli(module: str, *args: str, env: dict | None = None, text: bool = Fal
 def restore_checkpoint(run_dir: str, checkpoint: str, config: config_lib.Config, phase: str = "phase1"):
     """A fresh model and phase `phase`'s optimizer restored from `checkpoint` of `run_dir`, through the
     run's own bookkeeping (run_dir.Checkpoints). Returns (model, optimizer, epoch)."""
-    from caption_app import run_dir as run_dir_lib
+    from caption_app.runs import checkpoints as checkpoints_lib
+    from caption_app.runs import loader as run_loader
     from caption_app.model.show_and_tell import build_model
-    from caption_app.optimizers import make_optimizer
+    from caption_app.training.optimizers import make_optimizer
 
-    model = build_model(config, run_dir_lib.load_vocab(run_dir).size)
+    model = build_model(config, run_loader.load_vocab(run_dir).size)
     optimizer = make_optimizer(config, config.train.learning_rate)
     optimizer.build(model.trainable_variables)
-    checkpoints = run_dir_lib.Checkpoints(run_dir, model)
+    checkpoints = checkpoints_lib.Checkpoints(run_dir, model)
     checkpoints.restore(checkpoint, phase, optimizer).assert_existing_objects_matched()
     return model, optimizer, int(checkpoints.epoch.numpy())

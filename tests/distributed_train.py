@@ -29,8 +29,8 @@ def main() -> None:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args.cpus)
 
-    from caption_app import distribute
-    from caption_app.train import train
+    from caption_app.training import distribute
+    from caption_app.training.train import train
     from tests.conftest import tiny_config
 
     config = tiny_config(*args.set)

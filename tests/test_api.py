@@ -13,8 +13,8 @@ from PIL import Image
 
 import caption_app
 from caption_app import api
-from caption_app.caption import caption_files
-from caption_app.decoding import DecodeSettingsError
+from caption_app.inference.image_files import caption_files
+from caption_app.inference.settings import DecodeSettingsError
 from tests.conftest import encode_image
 
 
@@ -121,10 +121,11 @@ def test_an_export_captions_as_its_run_dir(captioner, trained_run, tmp_path):
 
 def test_a_relative_run_dir_finds_its_checkpoints(trained_run, monkeypatch):
     """get_checkpoint_state joins relative entries to the directory already (they were joined twice)."""
-    from caption_app import run_dir as run_dir_lib
+    from caption_app.runs import checkpoints as checkpoints_lib
+    from caption_app.runs import loader as run_loader
 
     parent, name = os.path.split(trained_run.run_dir)
     monkeypatch.chdir(parent)
-    paths = run_dir_lib.checkpoint_paths(run_dir_lib.checkpoint_dir(name))
+    paths = checkpoints_lib.checkpoint_paths(checkpoints_lib.checkpoint_dir(name))
     assert paths == [os.path.join(name, "checkpoints", "ckpt-2"), os.path.join(name, "checkpoints", "ckpt-1")]
-    assert run_dir_lib.load_model(name)[4] == paths[0]
+    assert run_loader.load_model(name)[4] == paths[0]

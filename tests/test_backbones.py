@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from caption_app import run_dir as run_dir_lib
+from caption_app.runs import layout as run_layout
 from caption_app.data.pipeline import TensorSizes
 from caption_app.data.vocabulary import Vocabulary
 from caption_app.model import backbones, inception_v4, slim_import
@@ -399,9 +399,9 @@ def test_keras_cv_backbones_load_keras_cv_weights_and_caption(tmp_path, name, pa
 def test_an_inception_v3_run_dir_refuses_inception_v4(tmp_path):
     vocab = Vocabulary(["a", "dog"])
     sizes = TensorSizes(image_size=299, num_captions=5, caption_length=20)
-    v3 = run_dir_lib.fingerprint(tiny_config("model.backbone=inception_v3"), vocab, sizes)
-    v4 = run_dir_lib.fingerprint(tiny_config("model.backbone=inception_v4"), vocab, sizes)
-    (tmp_path / run_dir_lib.FINGERPRINT).write_text(json.dumps(v3))
-    with pytest.raises(run_dir_lib.ArchitectureMismatch, match="differs in backbone"):
-        run_dir_lib.check_compatible(str(tmp_path), v4)
-    run_dir_lib.check_compatible(str(tmp_path), v3)
+    v3 = run_layout.fingerprint(tiny_config("model.backbone=inception_v3"), vocab, sizes)
+    v4 = run_layout.fingerprint(tiny_config("model.backbone=inception_v4"), vocab, sizes)
+    (tmp_path / run_layout.FINGERPRINT).write_text(json.dumps(v3))
+    with pytest.raises(run_layout.ArchitectureMismatch, match="differs in backbone"):
+        run_layout.check_compatible(str(tmp_path), v4)
+    run_layout.check_compatible(str(tmp_path), v3)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from caption_app.beam_search import BeamSearchResult, beam_search
+from caption_app.inference.beam_search import BeamSearchResult, beam_search
 
 NEG_INF = float("-inf")
 

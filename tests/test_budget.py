@@ -1,4 +1,4 @@
-"""The training budget in pair exposures (caption_app/budget.py) and the im2txt preset's schedule."""
+"""The training budget in pair exposures (caption_app/training/budget.py) and the im2txt preset's schedule."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import os
 import pytest
 import tensorflow as tf
 
-from caption_app import budget as budget_lib
+from caption_app.training import budget as budget_lib
 from caption_app import config as config_lib
-from caption_app import run_dir as run_dir_lib
+from caption_app.runs import checkpoints as checkpoints_lib
+from caption_app.runs import layout as run_layout
 from caption_app.data import manifest as manifest_lib
-from caption_app.optimizers import learning_rate_schedule
-from caption_app.train import train
+from caption_app.training.optimizers import learning_rate_schedule
+from caption_app.training.train import train
 from tests.conftest import convert_tiny_shapes, tiny_config
 from tfrecords_tools import coco
 
@@ -161,8 +162,8 @@ def test_fractional_passes_end_with_a_short_epoch(tmp_path):
     config = tiny_config("train.batch_size=4", "train.epochs=1.5")  # 6 steps per epoch: 6 + 3
     history = train(config, data, run, verbose=0)
     assert history["steps_per_epoch"] == 6 and history["epochs_done"] == 2
-    assert run_dir_lib.read_state(run) == {"epochs_done": 2, "total_epochs": 2, "finished": True}
-    reader = tf.train.load_checkpoint(run_dir_lib.latest_checkpoint(run))
+    assert run_layout.read_state(run) == {"epochs_done": 2, "total_epochs": 2, "finished": True}
+    reader = tf.train.load_checkpoint(checkpoints_lib.latest_checkpoint(run))
     iterations = next(k for k in reader.get_variable_to_shape_map()
                       if k.startswith("optimizer_phase1/") and "iterations" in k)
     assert int(reader.get_tensor(iterations)) == 9

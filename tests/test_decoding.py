@@ -9,7 +9,7 @@ import os
 import pytest
 
 from caption_app import config as config_lib
-from caption_app.decoding import DecodeSettings, DecodeSettingsError
+from caption_app.inference.settings import DecodeSettings, DecodeSettingsError
 
 RUN = DecodeSettings(beam_size=4, max_length=9, length_normalization=0.5, num_captions=0)
 
@@ -62,8 +62,8 @@ def test_config_decode_section_and_the_old_eval_keys(tmp_path):
 
 @pytest.mark.slow
 def test_the_commands_agree(trained_run, tmp_path):
-    from caption_app.caption import caption_files
-    from caption_app.evaluate import evaluate
+    from caption_app.inference.image_files import caption_files
+    from caption_app.evaluation.evaluate import evaluate
     from export import saved_model
 
     run = trained_run.run_dir

@@ -16,11 +16,11 @@ import keras
 import numpy as np
 import pytest
 
-from caption_app import distribute
-from caption_app import run_dir as run_dir_lib
+from caption_app.training import distribute
+from caption_app.runs import loader as run_loader
 from caption_app.__main__ import main as cli_main
 from caption_app.model.show_and_tell import build_model
-from caption_app.train import train
+from caption_app.training.train import train
 from tests.conftest import REPO_ROOT, cli_env, set_args, start_cli, tiny_config
 
 # Deterministic and replica-independent: the backbone (with its BatchNormalization) frozen, so
@@ -105,7 +105,7 @@ def _history(process: subprocess.Popen, timeout: float = 240) -> dict:
 
 
 def _trainable_weights(run_dir: str) -> list[np.ndarray]:
-    model = run_dir_lib.load_model(run_dir)[0]
+    model = run_loader.load_model(run_dir)[0]
     return [np.asarray(w) for w in model.trainable_weights]
 
 
@@ -125,7 +125,7 @@ def _assert_same_training(history: dict, run: str, reference: dict, reference_ru
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     # Training moved the weights: the comparison is not of two untrained models.
     keras.utils.set_random_seed(0)
-    initial = build_model(tiny_config(*SAME_AS_ONE_REPLICA), run_dir_lib.load_vocab(run).size)
+    initial = build_model(tiny_config(*SAME_AS_ONE_REPLICA), run_loader.load_vocab(run).size)
     assert any(np.abs(np.asarray(a) - b).max() > 1e-3
                for a, b in zip(initial.trainable_weights, _trainable_weights(run)))
 

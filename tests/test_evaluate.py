@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from caption_app import metrics as metrics_lib
-from caption_app import run_dir as run_dir_lib
+from caption_app.evaluation import metrics as metrics_lib
+from caption_app.runs import layout as run_layout
+from caption_app.runs import loader as run_loader
 from caption_app.__main__ import main as cli_main
-from caption_app.caption import caption_files, expand_paths
+from caption_app.inference.image_files import caption_files, expand_paths
 from caption_app.data import manifest as manifest_lib
 from caption_app.data.pipeline import make_dataset
-from caption_app.evaluate import evaluate
+from caption_app.evaluation.evaluate import evaluate
 from caption_app.model.loss import DatasetNLL
 from tests.conftest import encode_image, run_cli
 
@@ -62,7 +63,7 @@ def test_evaluate_returns_and_writes_the_metrics(trained_run, evaluated):
 def test_evaluate_perplexity_and_scores_match_their_inputs(trained_run, evaluated):
     run = trained_run.run_dir
     # Perplexity: the same sums over the same split, computed independently.
-    model, config, vocab, sizes, _ = run_dir_lib.load_model(run)
+    model, config, vocab, sizes, _ = run_loader.load_model(run)
     manifest = manifest_lib.load(trained_run.data_dir)
     dataset = make_dataset(config, manifest, vocab, "test", training=False, sizes=sizes, batch_size=5)
     total_nll, tokens = DatasetNLL(model)(dataset)
@@ -110,7 +111,7 @@ def test_evaluate_cli_runs_once_and_exits(trained_run, tmp_path):
 @pytest.mark.slow
 def test_evaluate_watch_ends_on_a_finished_run(trained_run, tmp_path):
     run = _copy_run(trained_run, tmp_path)
-    assert run_dir_lib.read_state(run)["finished"] is True
+    assert run_layout.read_state(run)["finished"] is True
     proc = run_cli("caption_app", "evaluate", "--run-dir", run, "--split", "val", "--watch",
                    "--poll-seconds", "0.2", "--idle-timeout", "250", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

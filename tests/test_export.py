@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from caption_app import run_dir as run_dir_lib
+from caption_app.runs import loader as run_loader
 from caption_app.data.pipeline import decode_image, resize_image
 from caption_app.data.vocabulary import END_ID, START_ID, Vocabulary
-from caption_app.decoding import DecodeSettings
+from caption_app.inference.settings import DecodeSettings
 from caption_app.model.show_and_tell import Captioner
 from export import saved_model, warmup
 from tests import saved_model_ops
@@ -54,7 +54,7 @@ def exported(trained_run, tmp_path_factory) -> Exported:
     shutil.copytree(trained_run.run_dir, run_copy)
     path = saved_model.export(str(run_copy), str(base / "models"))
     shutil.rmtree(run_copy)  # the export must serve without its run dir
-    model, config, vocab, sizes, _ = run_dir_lib.load_model(trained_run.run_dir)
+    model, config, vocab, sizes, _ = run_loader.load_model(trained_run.run_dir)
     captioner = Captioner(model)
     return Exported(path=path, loaded=tf.saved_model.load(path), captioner=captioner, vocab=vocab,
                     image_size=sizes.image_size, beam_size=config.decode.beam_size,
@@ -361,7 +361,7 @@ def test_versions_are_never_overwritten(trained_run, tmp_path, monkeypatch):
     assert saved_model.existing_versions(str(model_dir)) == [3, 4]
     with pytest.raises(saved_model.ExportError, match="num-captions 3 exceeds --beam-size 2"):
         saved_model.export(trained_run.run_dir, str(out), num_captions=3)
-    # 0 means "the run's config" (caption_app/decoding.py); a negative value is an error.
+    # 0 means "the run's config" (caption_app/inference/settings.py); a negative value is an error.
     with pytest.raises(saved_model.ExportError, match=r"beam_size must be a positive integer, got -1 \(--beam-size\)"):
         saved_model.export(trained_run.run_dir, str(out), beam_size=-1)
     assert sorted(os.listdir(model_dir)) == ["3", "4", "notes"]

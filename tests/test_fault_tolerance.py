@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from caption_app import run_dir as run_dir_lib
+from caption_app.runs import checkpoints as checkpoints_lib
+from caption_app.runs import layout as run_layout
+from caption_app.runs import loader as run_loader
 from caption_app.__main__ import main as cli_main
 from tests.conftest import restore_checkpoint, run_cli, set_args, start_cli, tiny_config
 
@@ -58,7 +60,7 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_from_the_backup(shapes_
     epoch_files = {p.name: (p.read_bytes(), p.stat().st_mtime_ns)
                    for p in (Path(run) / "checkpoints").glob("ckpt-*")}
     finished = sorted(int(m) for m in re.findall(r"ckpt-(\d+)\.index", " ".join(epoch_files)))
-    assert finished and run_dir_lib.read_state(run)["finished"] is False
+    assert finished and run_layout.read_state(run)["finished"] is False
 
     second = run_cli(*command, timeout=240)
     assert second.returncode == 0, second.stdout + second.stderr[-3000:]
@@ -77,16 +79,16 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_from_the_backup(shapes_
         if int(re.search(r"ckpt-(\d+)", name).group(1)) <= epoch and (Path(run) / "checkpoints" / name).exists():
             path = Path(run) / "checkpoints" / name
             assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime, name
-    assert run_dir_lib.read_state(run) == {"epochs_done": epochs, "total_epochs": epochs, "finished": True}
+    assert run_layout.read_state(run) == {"epochs_done": epochs, "total_epochs": epochs, "finished": True}
     # Exactly epochs * steps optimizer steps in all: nothing repeated, nothing skipped.
     config = tiny_config(*assignments)
-    assert _optimizer_iterations(run, run_dir_lib.latest_checkpoint(run), config) == epochs * steps
+    assert _optimizer_iterations(run, checkpoints_lib.latest_checkpoint(run), config) == epochs * steps
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(trained_run, tmp_path, capsys):
     run = str(tmp_path / "run")
     shutil.copytree(trained_run.run_dir, run)
-    assert run_dir_lib.latest_checkpoint(run).endswith("ckpt-2")
+    assert checkpoints_lib.latest_checkpoint(run).endswith("ckpt-2")
     # A fine-tuning phase (epoch 3, a new optimizer) whose learning rate overflows the weights at once.
     code = cli_main(["train", "--config", "tiny", "--data", trained_run.data_dir, "--run-dir", run, "--quiet",
                      *set_args("train.epochs=2", "train.fine_tune_epochs=1", "train.fine_tune_learning_rate=3e38",
@@ -98,13 +100,13 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert "learning_rate" in err  # what to do about it
     # Nothing non-finite was saved: the latest checkpoint is still epoch 2's and it is finite,
     # and so is any mid-epoch backup.
-    assert run_dir_lib.latest_checkpoint(run).endswith("ckpt-2")
+    assert checkpoints_lib.latest_checkpoint(run).endswith("ckpt-2")
     assert not os.path.exists(os.path.join(run, "checkpoints", "ckpt-3.index"))
-    assert _all_finite(run_dir_lib.load_model(run)[0])
+    assert _all_finite(run_loader.load_model(run)[0])
     backup = tf.train.latest_checkpoint(os.path.join(run, "backup"))
     if backup:
-        assert _all_finite(run_dir_lib.load_model(run, backup)[0])
-    assert run_dir_lib.read_state(run)["epochs_done"] == 2
+        assert _all_finite(run_loader.load_model(run, backup)[0])
+    assert run_layout.read_state(run)["epochs_done"] == 2
 
 
 def test_interrupted_save_is_ignored_and_max_checkpoints_to_keep_is_honoured(trained_run, tmp_path):
@@ -117,8 +119,8 @@ def test_interrupted_save_is_ignored_and_max_checkpoints_to_keep_is_honoured(tra
     (checkpoints / "ckpt-3_temp").mkdir()
     (checkpoints / "ckpt-3.data-00000-of-00001").write_bytes(b"\0" * 64)
     (checkpoints / "ckpt-3.index").write_bytes(b"truncated")
-    assert run_dir_lib.latest_checkpoint(run).endswith("ckpt-2")
-    assert _all_finite(run_dir_lib.load_model(run)[0])  # loads the complete one
+    assert checkpoints_lib.latest_checkpoint(run).endswith("ckpt-2")
+    assert _all_finite(run_loader.load_model(run)[0])  # loads the complete one
 
     code = cli_main(["train", "--config", "tiny", "--data", trained_run.data_dir, "--run-dir", run, "--quiet",
                      *set_args("train.epochs=2", "train.fine_tune_epochs=2", "train.fine_tune_learning_rate=0.005",
@@ -128,10 +130,10 @@ def test_interrupted_save_is_ignored_and_max_checkpoints_to_keep_is_honoured(tra
     assert indexes == ["ckpt-3.index", "ckpt-4.index"]  # 1 and 2 deleted, 3 rewritten whole
     state = tf.train.get_checkpoint_state(str(checkpoints))
     assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == ["ckpt-3", "ckpt-4"]
-    assert _all_finite(run_dir_lib.load_model(run, str(checkpoints / "ckpt-3"))[0])
+    assert _all_finite(run_loader.load_model(run, str(checkpoints / "ckpt-3"))[0])
     phase2 = tf.train.load_checkpoint(str(checkpoints / "ckpt-4"))
     names = phase2.get_variable_to_shape_map()
-    phase2_optimizer = run_dir_lib.optimizer_key("phase2") + "/"
+    phase2_optimizer = checkpoints_lib.optimizer_key("phase2") + "/"
     iterations = next(n for n in names if n.startswith(phase2_optimizer) and "iteration" in n)
     learning_rate = next(n for n in names if n.startswith(phase2_optimizer) and "learning_rate" in n)
     assert int(phase2.get_tensor(iterations)) == 2 * trained_run.history["steps_per_epoch"]
@@ -143,9 +145,9 @@ def test_a_relative_run_dir_finds_and_restores_its_checkpoints(trained_run, tmp_
     """`--run-dir runs/x`: the `checkpoint` file's relative entries are joined to the directory once."""
     shutil.copytree(trained_run.run_dir, tmp_path / "runs" / "x")
     monkeypatch.chdir(tmp_path)
-    paths = run_dir_lib.checkpoint_paths(os.path.join("runs", "x", run_dir_lib.CHECKPOINTS))
+    paths = checkpoints_lib.checkpoint_paths(os.path.join("runs", "x", checkpoints_lib.CHECKPOINTS))
     assert paths and all(os.path.exists(p + ".index") for p in paths)
-    assert run_dir_lib.load_model(os.path.join("runs", "x"))[4] == paths[0]
+    assert run_loader.load_model(os.path.join("runs", "x"))[4] == paths[0]
 
 
 def test_checkpoints_of_a_relative_run_dir_are_found(tmp_path, monkeypatch):
@@ -155,6 +157,6 @@ def test_checkpoints_of_a_relative_run_dir_are_found(tmp_path, monkeypatch):
                                          max_to_keep=2)
     manager.save(checkpoint_number=3)
     manager.save(checkpoint_number=4)
-    paths = run_dir_lib.checkpoint_paths("run/checkpoints")
+    paths = checkpoints_lib.checkpoint_paths("run/checkpoints")
     assert paths == ["run/checkpoints/ckpt-4", "run/checkpoints/ckpt-3"]
     assert all(os.path.exists(p + ".index") for p in paths)

@@ -8,22 +8,23 @@ import os
 import numpy as np
 import pytest
 
-from caption_app import feature_cache
-from caption_app import run_dir as run_dir_lib
+from caption_app.training import feature_cache
+from caption_app.runs import context as run_context
+from caption_app.runs import loader as run_loader
 from caption_app.__main__ import main as cli_main
 from caption_app.data import manifest as manifest_lib
 from caption_app.data.pipeline import make_dataset
 from caption_app.model import show_and_tell
 from caption_app.model.loss import MaskedCrossEntropy
-from caption_app.train import train
+from caption_app.training.train import train
 from tests.conftest import convert_tiny_shapes, tiny_config
 
 CACHED = ("train.freeze_backbone=true", "train.feature_cache=true")
 
 
-def _setup(data_dir: str, run_dir: str, *assignments: str) -> run_dir_lib.RunContext:
+def _setup(data_dir: str, run_dir: str, *assignments: str) -> run_context.RunContext:
     """The run's context as `train` sets it up (seed 0), the backbone frozen."""
-    ctx = run_dir_lib.RunContext.create(tiny_config(*CACHED, *assignments), data_dir, run_dir)
+    ctx = run_context.RunContext.create(tiny_config(*CACHED, *assignments), data_dir, run_dir)
     show_and_tell.set_backbone_trainable(ctx.model, False)
     return ctx
 
@@ -123,10 +124,10 @@ def test_train_from_cache_restores_into_the_full_model_and_fine_tunes(shapes_dat
     assert os.listdir(os.path.join(run, feature_cache.CACHE_DIR)) == built
 
     # The checkpoint is a full-model checkpoint: every variable restores.
-    model, _, vocab, sizes, _ = run_dir_lib.load_model(run)
+    model, _, vocab, sizes, _ = run_loader.load_model(run)
     manifest = manifest_lib.load(shapes_data)
     key = feature_cache.load_info(os.path.join(run, feature_cache.CACHE_DIR, built[0]))["key"]
-    trained = run_dir_lib.RunContext.create(config, shapes_data, run, write_description=False)  # restored
+    trained = run_context.RunContext.create(config, shapes_data, run, write_description=False)  # restored
     assert feature_cache.cache_key(trained) == key  # backbone untouched by phase 1
     fresh = show_and_tell.build_model(config, vocab.size)
     assert not np.allclose(model.image_encoder.embedding.kernel, fresh.image_encoder.embedding.kernel)
@@ -138,7 +139,7 @@ def test_train_from_cache_restores_into_the_full_model_and_fine_tunes(shapes_dat
     out = capsys.readouterr().out
     assert "phase2: epochs 2-2" in out and "backbone trainable, XLA on" in out
     assert tuned["epochs_done"] == 2
-    tuned_ctx = run_dir_lib.RunContext.create(config, shapes_data, run, write_description=False)
+    tuned_ctx = run_context.RunContext.create(config, shapes_data, run, write_description=False)
     assert feature_cache.cache_key(tuned_ctx)["backbone_weights_sha1"] != key["backbone_weights_sha1"]
 
 

@@ -384,7 +384,7 @@ def test_a_vocabulary_or_word_counts_file_that_never_ends_is_one_error_line(tmp_
     """`--vocab /dev/zero`, a run dir's vocab.txt swapped for a device, word_counts.txt as a FIFO: refused
     before anything is read, instead of reading without end."""
     from caption_app.data.vocabulary import Vocabulary
-    from caption_app.im2txt_import import Im2txtImportError, read_word_counts
+    from caption_app.runs.im2txt_import import Im2txtImportError, read_word_counts
     from caption_app.io_utils import read_small_file
 
     with pytest.raises(ValueError, match="not a regular file"):

@@ -17,17 +17,19 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from caption_app import run_dir as run_dir_lib
+from caption_app.runs import checkpoints as checkpoints_lib
+from caption_app.runs import context as run_context
+from caption_app.runs import loader as run_loader
 from caption_app.__main__ import main as cli_main
-from caption_app.caption import caption_files
+from caption_app.inference.image_files import caption_files
 from caption_app.data import manifest as manifest_lib
 from caption_app.data import records
 from caption_app.data.pipeline import make_dataset
 from caption_app.data.vocabulary import Vocabulary
-from caption_app.evaluate import evaluate
+from caption_app.evaluation.evaluate import evaluate
 from tests.conftest import REPO_ROOT, cli_env, run_cli, set_args, tiny_config
 
-LOCK_FILE = "run.lock"  # caption_app.run_lock.LOCK_FILE (spelt out: the names below are what users see)
+LOCK_FILE = "run.lock"  # caption_app.runs.lock.LOCK_FILE (spelt out: the names below are what users see)
 
 
 def _train_args(data: str, run: str, *assignments: str) -> list[str]:
@@ -105,7 +107,7 @@ def test_lock_left_by_a_dead_process_is_taken_over_with_a_note(shapes_data, tmp_
     assert cli_main(_train_args(shapes_data, str(run))) == 0
     err = capsys.readouterr().err
     assert f"taking over the lock of {run} left by pid {dead.pid}" in err
-    assert run_dir_lib.has_checkpoint(str(run))
+    assert checkpoints_lib.has_checkpoint(str(run))
 
 
 # ---------------------------------------------------------------------------
@@ -150,7 +152,7 @@ def _damage(run: Path, how: str) -> None:
 def test_resume_skips_a_damaged_newest_checkpoint_and_says_why(trained_run, tmp_path, capsys, how):
     run = _copy_run(trained_run, tmp_path)
     _damage(run, how)
-    ctx = run_dir_lib.RunContext.create(tiny_config("train.epochs=2", "train.learning_rate=0.02"),
+    ctx = run_context.RunContext.create(tiny_config("train.epochs=2", "train.learning_rate=0.02"),
                                         trained_run.data_dir, str(run), lock="train")
     ctx.release()
     assert ctx.resume.path.endswith("ckpt-1") and ctx.resume.epoch == 1
@@ -183,7 +185,7 @@ def test_caption_and_evaluate_fall_back_past_a_damaged_checkpoint(trained_run, t
     assert "skipped checkpoint" in capsys.readouterr().err
     # A damaged checkpoint asked for by name is an error naming it.
     with pytest.raises(RuntimeError, match="ckpt-2.*does not restore"):  # run_dir.CheckpointError
-        run_dir_lib.load_model(str(run), str(run / "checkpoints" / "ckpt-2"))
+        run_loader.load_model(str(run), str(run / "checkpoints" / "ckpt-2"))
 
 
 # ---------------------------------------------------------------------------

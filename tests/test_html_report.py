@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from caption_app import eval_report, html_report
+from caption_app import html_report
+from caption_app.evaluation import report as eval_report
 from tests.conftest import encode_image
 
 MAX_PIXELS = 40_000_000
@@ -187,7 +188,7 @@ def test_validation_loss_is_the_log_of_the_perplexity_and_samples_are_text(train
 @pytest.fixture(scope="module")
 def evaluated_copy(trained_run, tmp_path_factory):
     """evaluate(copy of the shared run, "val"), once: (run dir, metrics)."""
-    from caption_app.evaluate import evaluate
+    from caption_app.evaluation.evaluate import evaluate
 
     run = str(tmp_path_factory.mktemp("report") / "run")
     shutil.copytree(trained_run.run_dir, run, ignore=shutil.ignore_patterns("metrics.json", "eval", "eval_*"))

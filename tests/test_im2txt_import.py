@@ -21,12 +21,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from caption_app import im2txt_import
-from caption_app import run_dir as run_dir_lib
+from caption_app.runs import im2txt_import
+from caption_app.runs import checkpoints as checkpoints_lib
+from caption_app.runs import context as run_context
+from caption_app.runs import layout as run_layout
+from caption_app.runs import loader as run_loader
 from caption_app.data import manifest as manifest_lib
 from caption_app.data.pipeline import decode_image, im2txt_resize
 from caption_app.data.vocabulary import UNK, UNK_ID, Vocabulary
-from caption_app.im2txt_import import Im2txtImportError, basic_lstm_to_keras, read_word_counts
+from caption_app.runs.im2txt_import import Im2txtImportError, basic_lstm_to_keras, read_word_counts
 from tests.conftest import cli_env, run_cli
 
 # shared/ lies beside the repo (its parent's folder, or further up for a git worktree).
@@ -278,7 +281,7 @@ def test_the_imported_model_computes_what_im2txt_computed(im2txt_run):
     from caption_app.model.show_and_tell import Captioner
 
     run, _, golden = im2txt_run
-    model, config, vocab, sizes, _ = run_dir_lib.load_model(str(run))
+    model, config, vocab, sizes, _ = run_loader.load_model(str(run))
     record = json.loads((run / im2txt_import.IMPORT_FILE).read_text())
     im2txt_id = np.asarray(record["im2txt_id_of"])  # project id -> im2txt id
     ours = np.argsort(np.where(im2txt_id < 0, 10 ** 6, im2txt_id))[:64]  # im2txt id -> project id
@@ -340,7 +343,7 @@ def test_where_the_project_beam_search_differs_from_im2txt(im2txt_run):
     from caption_app.model.show_and_tell import Captioner
 
     run, _, golden = im2txt_run
-    model, config, vocab, _, _ = run_dir_lib.load_model(str(run))
+    model, config, vocab, _, _ = run_loader.load_model(str(run))
     captioner = Captioner(model)
     x = tf.constant(sin_images()["sin0"][None])
     every_word = captioner.generate(x, dataclasses.replace(config.decode, words_per_beam=0).resolve())
@@ -375,8 +378,8 @@ def test_old_lstm_names_v1_format_slots_and_bytes_words_import_the_same(im2txt_r
     assert set(record["ignored"]) == {"global_step", "beta1_power", "lstm/basic_lstm_cell/weights/Adam"}
     assert (tmp_path / "old_run" / "vocab.txt").read_text() == (run / "vocab.txt").read_text()
     assert (tmp_path / "old_run" / "fingerprint.json").read_text() == (run / "fingerprint.json").read_text()
-    a = tf.train.load_checkpoint(run_dir_lib.latest_checkpoint(str(run)))
-    b = tf.train.load_checkpoint(run_dir_lib.latest_checkpoint(str(tmp_path / "old_run")))
+    a = tf.train.load_checkpoint(checkpoints_lib.latest_checkpoint(str(run)))
+    b = tf.train.load_checkpoint(checkpoints_lib.latest_checkpoint(str(tmp_path / "old_run")))
     names = [n for n in a.get_variable_to_shape_map() if n.endswith("VARIABLE_VALUE") and "save_counter" not in n]
     assert len(names) > 380 and set(names) <= set(b.get_variable_to_shape_map())
     for name in names:
@@ -386,7 +389,7 @@ def test_old_lstm_names_v1_format_slots_and_bytes_words_import_the_same(im2txt_r
 @pytest.mark.slow
 def test_caption_and_the_exported_serving_default_agree_on_the_reference_jpeg(im2txt_run, tmp_path):
     run, _, golden = im2txt_run
-    from caption_app.caption import caption_files
+    from caption_app.inference.image_files import caption_files
 
     image = str(REFERENCE / "test_image.jpg")
     captions = caption_files(str(run), [image])[0]["captions"]
@@ -413,11 +416,11 @@ def test_caption_and_the_exported_serving_default_agree_on_the_reference_jpeg(im
 @pytest.mark.slow
 def test_train_refuses_other_vocabularies_resumes_with_the_runs_and_evaluate_reads_it(im2txt_run, tmp_path,
                                                                                       shapes_data):
-    from caption_app.train import train
+    from caption_app.training.train import train
 
     run, _, _ = im2txt_run
-    config = run_dir_lib.load_config(str(run))
-    with pytest.raises(run_dir_lib.ArchitectureMismatch) as err:
+    config = run_loader.load_config(str(run))
+    with pytest.raises(run_layout.ArchitectureMismatch) as err:
         train(config, shapes_data, str(run), verbose=0)
     assert f"--vocab {run / 'vocab.txt'}" in str(err.value)
     # Converted with the run's vocabulary, the data fits: training would start from the import.
@@ -427,12 +430,12 @@ def test_train_refuses_other_vocabularies_resumes_with_the_runs_and_evaluate_rea
     assert tools.main(["shapes", "--out", str(data), "--num-train", "3", "--num-val", "1", "--num-test", "1",
                        "--image-size", "32", "--vocab", str(run / "vocab.txt"), "--no-progress"]) == 0
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, batch_size=1))  # 3 images
-    ctx = run_dir_lib.RunContext.create(config, str(data), str(run), write_description=False)
+    ctx = run_context.RunContext.create(config, str(data), str(run), write_description=False)
     assert ctx.resume.path.endswith("ckpt-0") and ctx.resume.epoch == 0
-    reference = run_dir_lib.load_model(str(run))[0]
+    reference = run_loader.load_model(str(run))[0]
     np.testing.assert_array_equal(ctx.model.decoder.logits.kernel.numpy(), reference.decoder.logits.kernel.numpy())
     # evaluate reads the imported run as any other (its data named: it was not trained on one).
-    from caption_app.evaluate import evaluate
+    from caption_app.evaluation.evaluate import evaluate
 
     with pytest.raises(FileNotFoundError, match="pass the data dir with --data"):
         evaluate(str(run), "test", verbose=False)

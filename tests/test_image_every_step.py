@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from caption_app.data.vocabulary import START_ID
-from caption_app.decoding import DecodeSettings
+from caption_app.inference.settings import DecodeSettings
 from caption_app.model.show_and_tell import Captioner, CaptionDecoder, build_model
 from tests.conftest import tiny_config
 
@@ -208,8 +208,8 @@ def test_config_round_trip():
 def test_export_serves_the_image_state(shapes_data, tmp_path):
     """With all three options (attention included) encode_image / decode_step carry state_image; captions and
     warmup requests work as for Show and Tell."""
-    from caption_app import run_dir as run_dir_lib
-    from caption_app.train import train
+    from caption_app.runs import loader as run_loader
+    from caption_app.training.train import train
     from export import saved_model
     from tests import saved_model_ops
 
@@ -217,7 +217,7 @@ def test_export_serves_the_image_state(shapes_data, tmp_path):
     train(tiny_config("train.epochs=1", "train.learning_rate=0.02", *OPTIONS["all"]), shapes_data, run, verbose=0)
     path = saved_model.export(run, str(tmp_path / "models"))
     signatures = tf.saved_model.load(path).signatures
-    model, config, vocab, _, _ = run_dir_lib.load_model(run)
+    model, config, vocab, _, _ = run_loader.load_model(run)
     captioner = Captioner(model)
     images = tf.constant(_images(2, seed=5))
 

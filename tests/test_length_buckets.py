@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from caption_app import budget as budget_lib
+from caption_app.training import budget as budget_lib
 from caption_app.data import manifest as manifest_lib
 from caption_app.config import ConfigError
 from caption_app.data.pipeline import (choose_bucket_lengths, cut_to_bucket, describe_buckets, make_dataset,
@@ -217,11 +217,11 @@ def test_same_batch_padded_two_ways_gives_the_same_loss_and_perplexity(shapes_da
 
 
 def test_the_cached_features_dataset_is_bucketed_too(shapes_data, tmp_path):
-    from caption_app import feature_cache
-    from caption_app import run_dir as run_dir_lib
+    from caption_app.training import feature_cache
+    from caption_app.runs import context as run_context
 
     config = tiny_config("train.feature_cache=true", "train.freeze_backbone=true")
-    ctx = run_dir_lib.RunContext.create(config, shapes_data, str(tmp_path / "run"))
+    ctx = run_context.RunContext.create(config, shapes_data, str(tmp_path / "run"))
     try:
         cache = feature_cache.ensure_cache(ctx, verbose=False)
         lengths = resolve_bucket_lengths(config, ctx.manifest, ctx.sizes.caption_length)

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from caption_app import metrics
-from caption_app.metrics import METRIC_KEYS, NO_JAVA_NOTE, caption_metrics, perplexity
+from caption_app.evaluation import metrics
+from caption_app.evaluation.metrics import METRIC_KEYS, NO_JAVA_NOTE, caption_metrics, perplexity
 
 REFERENCES = {
     "1": ["a brown dog runs across the green grass", "a dog running on a lawn"],

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from caption_app.data.vocabulary import END_ID, START_ID
-from caption_app.decoding import DecodeSettings
+from caption_app.inference.settings import DecodeSettings
 from caption_app.model import backbones
 from caption_app.model.loss import MaskedCrossEntropy
 from caption_app.model.show_and_tell import Captioner, CaptionDecoder, PhiloxDropout, build_model

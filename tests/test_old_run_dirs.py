@@ -16,12 +16,13 @@ import shutil
 import tensorflow as tf
 
 from caption_app import config as config_lib
-from caption_app import run_dir as run_dir_lib
-from caption_app.caption import caption_files
+from caption_app.runs import layout as run_layout
+from caption_app.runs import loader as run_loader
+from caption_app.inference.image_files import caption_files
 from caption_app.data import manifest as manifest_lib
 from caption_app.data.pipeline import resolve_tensor_sizes
-from caption_app.evaluate import evaluate
-from caption_app.train import train
+from caption_app.evaluation.evaluate import evaluate
+from caption_app.training.train import train
 from export import saved_model
 
 
@@ -44,9 +45,9 @@ def test_an_old_run_dir_loads_evaluates_captions_exports_and_resumes(trained_run
     run = str(tmp_path / "run")
     _old_layout(trained_run, run)
     config = trained_run.config
-    assert not os.path.exists(os.path.join(run, run_dir_lib.TENSOR_SIZES))
+    assert not os.path.exists(os.path.join(run, run_layout.TENSOR_SIZES))
 
-    model, loaded, vocab, sizes, checkpoint = run_dir_lib.load_model(run)
+    model, loaded, vocab, sizes, checkpoint = run_loader.load_model(run)
     assert loaded == config  # the decode settings came back from the old eval section
     assert sizes == resolve_tensor_sizes(config, manifest_lib.load(trained_run.data_dir))
     assert checkpoint.endswith("ckpt-2")
@@ -66,4 +67,4 @@ def test_an_old_run_dir_loads_evaluates_captions_exports_and_resumes(trained_run
     # Resume: one more epoch on top of the old run's two.
     history = train(config_lib.override(config, ["train.epochs=3"]), trained_run.data_dir, run, verbose=0)
     assert history["resumed_from"].endswith("ckpt-2") and history["epochs_done"] == 3
-    assert run_dir_lib.read_state(run) == {"epochs_done": 3, "total_epochs": 3, "finished": True}
+    assert run_layout.read_state(run) == {"epochs_done": 3, "total_epochs": 3, "finished": True}

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from caption_app import run_dir as run_dir_lib
-from caption_app.caption import caption_files
-from caption_app.decoding import DecodeSettings
+from caption_app.runs import checkpoints as checkpoints_lib
+from caption_app.runs import loader as run_loader
+from caption_app.inference.image_files import caption_files
+from caption_app.inference.settings import DecodeSettings
 from caption_app.model.loss import MaskedCrossEntropy
 from caption_app.model.show_and_tell import Captioner, build_model
-from caption_app.train import train
+from caption_app.training.train import train
 from tests.conftest import tiny_config
 
 
@@ -46,14 +47,14 @@ def test_training_under_mixed_precision_saves_float32_weights(precision, shapes_
     history = train(config, shapes_data, run, verbose=0)
     assert history["xla"] == "on" and history["epochs_done"] == 1
     assert math.isfinite(history["val_perplexity"])
-    checkpoint = run_dir_lib.latest_checkpoint(run)
+    checkpoint = checkpoints_lib.latest_checkpoint(run)
     dtypes = tf.train.load_checkpoint(checkpoint).get_variable_to_dtype_map()
     assert {d for name, d in dtypes.items() if name.startswith("model/")} == {tf.float32}
     if precision == "mixed_float16":  # loss scaling: the scale is part of the optimizer's state
         assert any("dynamic_scale" in name for name in dtypes)
 
     # The run dir loads in float32 (evaluate, caption and export use this) with the trained values.
-    model, *_ = run_dir_lib.load_model(run)
+    model, *_ = run_loader.load_model(run)
     assert model.decoder.lstm.compute_dtype == "float32"
     mixed = build_model(config, model.decoder.vocab_size)
     tf.train.Checkpoint(model=mixed).restore(checkpoint).expect_partial()

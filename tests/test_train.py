@@ -15,19 +15,21 @@ import pytest
 import tensorflow as tf
 
 from caption_app import config as config_lib
-from caption_app import distribute
-from caption_app import metrics as metrics_lib
-from caption_app import run_dir as run_dir_lib
+from caption_app.training import distribute
+from caption_app.evaluation import metrics as metrics_lib
+from caption_app.runs import checkpoints as checkpoints_lib
+from caption_app.runs import layout as run_layout
+from caption_app.runs import loader as run_loader
 from caption_app.__main__ import main as cli_main
-from caption_app.budget import resolve_budget
+from caption_app.training.budget import resolve_budget
 from caption_app.data import manifest as manifest_lib
 from caption_app.data.pipeline import resolve_tensor_sizes
 from caption_app.data.vocabulary import Vocabulary
 from caption_app.model.loss import DatasetNLL, MaskedCrossEntropy
 from caption_app.model.show_and_tell import build_model
-from caption_app.callbacks import PerplexityCallback
-from caption_app.optimizers import learning_rate_schedule, make_optimizer
-from caption_app.train import train
+from caption_app.training.callbacks import PerplexityCallback
+from caption_app.training.optimizers import learning_rate_schedule, make_optimizer
+from caption_app.training.train import train
 from tests.conftest import convert_tiny_shapes, restore_checkpoint, set_args, tiny_config
 
 
@@ -90,21 +92,21 @@ def test_train_writes_the_run_dir(trained_run, tmp_path):
     for name in ("config.json", "fingerprint.json", "vocab.txt", "tensor_sizes.json", "state.json", "manifest.json"):
         assert os.path.isfile(os.path.join(run, name)), name
     assert config_lib.load(os.path.join(run, "config.json")) == config
-    assert json.load(open(os.path.join(run, "fingerprint.json"))) == run_dir_lib.fingerprint(config, vocab, sizes)
+    assert json.load(open(os.path.join(run, "fingerprint.json"))) == run_layout.fingerprint(config, vocab, sizes)
     assert open(os.path.join(run, "vocab.txt"), "rb").read() == open(manifest.vocab_path, "rb").read()
-    assert run_dir_lib.load_tensor_sizes(run) == sizes
+    assert run_loader.load_tensor_sizes(run) == sizes
     assert json.load(open(os.path.join(run, "manifest.json")))["data_dir"] == os.path.abspath(trained_run.data_dir)
-    assert run_dir_lib.read_state(run) == {"epochs_done": 2, "total_epochs": 2, "finished": True}
+    assert run_layout.read_state(run) == {"epochs_done": 2, "total_epochs": 2, "finished": True}
     for n in (1, 2):
         assert os.path.isfile(os.path.join(run, "checkpoints", f"ckpt-{n}.index"))
-    assert run_dir_lib.latest_checkpoint(run).endswith("ckpt-2")
+    assert checkpoints_lib.latest_checkpoint(run).endswith("ckpt-2")
     assert os.listdir(os.path.join(run, "logs", "validation"))  # TensorBoard
     history = trained_run.history
     assert history["epochs_done"] == 2
     assert math.isfinite(history["val_perplexity"]) and 1 < history["val_perplexity"] < vocab.size
     # The restored model is the trained one: every weight equals the last epoch's checkpoint
     # (what training ended with), and differs from a freshly initialized model's.
-    model, loaded_config, _, _, checkpoint = run_dir_lib.load_model(run)
+    model, loaded_config, _, _, checkpoint = run_loader.load_model(run)
     assert loaded_config == config and checkpoint.endswith("ckpt-2")
     restored = tf.train.load_checkpoint(tf.train.Checkpoint(model=model).write(str(tmp_path / "restored")))
     names = [n for n in restored.get_variable_to_shape_map() if n.startswith("model/")]
@@ -144,14 +146,14 @@ def test_resume_continues_epochs_and_optimizer(tmp_path, capsys):
 
     first = train(tiny_config("train.batch_size=4", "train.epochs=1"), data, run, verbose=0)
     assert first["steps_per_epoch"] == steps
-    assert run_dir_lib.read_state(run) == {"epochs_done": 1, "total_epochs": 1, "finished": True}
+    assert run_layout.read_state(run) == {"epochs_done": 1, "total_epochs": 1, "finished": True}
     capsys.readouterr()
 
     config = tiny_config("train.batch_size=4", "train.epochs=2")
     second = train(config, data, run, verbose=0)
     assert "resuming" in capsys.readouterr().out
     assert second["epochs_done"] == 2 and second["steps_per_epoch"] == steps
-    assert run_dir_lib.read_state(run) == {"epochs_done": 2, "total_epochs": 2, "finished": True}
+    assert run_layout.read_state(run) == {"epochs_done": 2, "total_epochs": 2, "finished": True}
     checkpoints = os.path.join(run, "checkpoints")
     assert os.path.isfile(os.path.join(checkpoints, "ckpt-2.index"))
 
@@ -184,7 +186,7 @@ def test_another_architecture_is_refused_and_nothing_is_touched(trained_run, tmp
     run = str(tmp_path / "run")
     shutil.copytree(trained_run.run_dir, run)
     before = _snapshot(run)
-    with pytest.raises(run_dir_lib.ArchitectureMismatch) as err:
+    with pytest.raises(run_layout.ArchitectureMismatch) as err:
         train(tiny_config(*change), trained_run.data_dir, run, verbose=0)
     message = str(err.value)
     assert old in message and new in message
@@ -209,7 +211,7 @@ def test_checkpoints_without_a_fingerprint_are_refused(trained_run, tmp_path):
     shutil.copytree(trained_run.run_dir, run)
     os.remove(os.path.join(run, "fingerprint.json"))
     before = _snapshot(run)
-    with pytest.raises(run_dir_lib.ArchitectureMismatch, match="fingerprint.json"):
+    with pytest.raises(run_layout.ArchitectureMismatch, match="fingerprint.json"):
         train(trained_run.config, trained_run.data_dir, run, verbose=0)
     assert _snapshot(run) == before
 
@@ -335,7 +337,7 @@ def test_make_optimizer():
 def test_label_smoothing_is_in_the_training_loss_only(tmp_path):
     """(1 - e) * nll + e * mean over the vocabulary of -log p, padding masked; perplexity stays the
     plain cross-entropy, and TensorBoard gets no train/perplexity from a smoothed loss."""
-    from caption_app.callbacks import EpochSummaries
+    from caption_app.training.callbacks import EpochSummaries
 
     rng = np.random.default_rng(7)
     logits = rng.normal(0, 3, (3, 2, 6, 11))  # far from uniform, so the two terms differ

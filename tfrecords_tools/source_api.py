@@ -21,6 +21,7 @@ import os
 import stat
 
 from caption_app import io_utils
+from caption_app.errors import CaptionAppError
 
 # The writer's defaults (`write_dataset`; the CLI's --min-word-count, --images-per-shard).
 DEFAULT_MIN_WORD_COUNT = 4
@@ -38,7 +39,7 @@ DEFAULT_MAX_CAPTIONS_PER_IMAGE = 20
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 
 
-class ConversionError(ValueError):
+class ConversionError(CaptionAppError, ValueError):
     """A problem with the input the user has to fix (message says what and how)."""
 
 

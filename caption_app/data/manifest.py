@@ -18,6 +18,7 @@ from typing import Mapping
 
 from caption_app import io_utils
 from caption_app.data.vocabulary import SPECIAL_TOKENS, VOCAB_FILE, TokenizerSettings
+from caption_app.errors import CaptionAppError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -67,7 +68,7 @@ class Manifest:
         return os.path.join(self.data_dir, self.vocab_file)
 
 
-class ManifestError(ValueError):
+class ManifestError(CaptionAppError, ValueError):
     """A data dir's manifest or shards are inconsistent (the message names what and says re-convert)."""
 
 

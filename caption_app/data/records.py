@@ -3,7 +3,7 @@
 Each record holds the encoded image bytes once and every raw caption of that
 image (im2txt wrote each image once per caption, five times over for COCO).
 `tfrecords_tools` writes records with `make_example`; the input pipeline reads
-them with `parse_example`. The feature cache (caption_app/feature_cache.py) stores
+them with `parse_example`. The feature cache (caption_app/training/feature_cache.py) stores
 the same record with the backbone's feature vector in place of the image
 (`make_feature_example` / `parse_feature_example`). Nothing else knows the
 feature names.

@@ -10,7 +10,7 @@ pipeline uses.
 Ids: 0 `<pad>`, 1 `<start>`, 2 `<end>`, 3 `<unk>`, then the words of
 `vocab.txt` in file order. A word `<unused_N>` is a placeholder: an id the
 model has a row for but no word (an imported im2txt model's ids beyond its
-word list, caption_app/im2txt_import.py); it decodes as `<unk>`, as im2txt's
+word list, caption_app/runs/im2txt_import.py); it decodes as `<unk>`, as im2txt's
 `id_to_word` does, and no caption word maps to it (the tokenizer splits `<`,
 `_` and `>` off).
 """

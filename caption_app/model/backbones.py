@@ -25,12 +25,13 @@ from typing import Callable
 import keras
 
 from caption_app.model import inception_v4, slim_import
+from caption_app.errors import CaptionAppError
 
 NONE = "none"
 IMAGENET = "imagenet"
 
 
-class BackboneError(ValueError):
+class BackboneError(CaptionAppError, ValueError):
     """An unknown backbone, an unusable weights setting or image size."""
 
 

@@ -41,10 +41,10 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from caption_app.beam_search import BeamSearchResult, beam_search
+from caption_app.inference.beam_search import BeamSearchResult, beam_search
 from caption_app.config import Config
 from caption_app.data.vocabulary import END_ID, START_ID, UNK_ID
-from caption_app.decoding import DecodeSettings
+from caption_app.inference.settings import DecodeSettings
 from caption_app.model import backbones
 
 BACKBONE_LAYER = "backbone"

@@ -27,11 +27,12 @@ import keras
 import tensorflow as tf
 
 from caption_app.model import inception_v4
+from caption_app.errors import CaptionAppError
 
 _ZOO = "http://download.tensorflow.org/models/"
 
 
-class SlimImportError(ValueError):
+class SlimImportError(CaptionAppError, ValueError):
     """A checkpoint that does not fit the backbone (names listed in the message)."""
 
 

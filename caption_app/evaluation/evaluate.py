@@ -6,7 +6,7 @@ returns once training has finished (or nothing new came for a while).
 
 Each evaluation writes RUN/metrics.json, the captions as
 RUN/eval/<split>-<checkpoint>.json, the HTML report beside it
-(caption_app/eval_report.py), and the metrics to TensorBoard
+(caption_app/evaluation/report.py), and the metrics to TensorBoard
 (RUN/logs/eval_<split>, tags `metrics/<name>`) at the checkpoint's epoch,
 the step the training scalars use.
 """
@@ -18,10 +18,12 @@ import time
 
 import tensorflow as tf
 
-from caption_app import eval_report
+from caption_app.evaluation import report as eval_report
 from caption_app import io_utils
-from caption_app import metrics as metrics_lib
-from caption_app import run_dir as run_dir_lib
+from caption_app.evaluation import metrics as metrics_lib
+from caption_app.runs import checkpoints as checkpoints_lib
+from caption_app.runs import layout as run_layout
+from caption_app.runs import loader as run_loader
 from caption_app.data.image_bytes import DEFAULT_MAX_IMAGE_PIXELS
 from caption_app.io_utils import write_json_atomic as write_json
 from caption_app.data.pipeline import make_dataset
@@ -46,7 +48,7 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
       json_path: where to write the metrics (default RUN/metrics.json).
       checkpoint: a checkpoint path (default: the latest).
       beam_size, max_length, length_normalization: override the run's `decode`
-        config (caption_app/decoding.py: None or 0 keeps the run's value).
+        config (caption_app/inference/settings.py: None or 0 keeps the run's value).
       report_images: thumbnails in the HTML report (default: the run's
         `eval.report_images`).
     Returns:
@@ -59,14 +61,14 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
     # Checked before the slow model load.
     if report_images is not None and report_images < 0:
         raise ValueError(f"report_images (--report-images) must be >= 0, got {report_images}")
-    settings = run_dir_lib.load_config(run_dir).decode.resolve(
+    settings = run_loader.load_config(run_dir).decode.resolve(
         beam_size=beam_size, max_length=max_length, length_normalization=length_normalization, num_captions=1)
-    manifest = run_dir_lib.load_manifest(run_dir, data_dir)
+    manifest = run_loader.load_manifest(run_dir, data_dir)
     if not manifest.split(split).num_images:  # before the slow model load
         others = [s for s, info in manifest.splits.items() if info.num_images]
         raise ValueError(f"the {split} split of {manifest.data_dir} has no images, so there is nothing to evaluate; "
                          f"evaluate another split (--split {' or '.join(others)}) or re-convert with a {split} split")
-    model, config, vocab, sizes, checkpoint = run_dir_lib.load_model(run_dir, checkpoint)
+    model, config, vocab, sizes, checkpoint = run_loader.load_model(run_dir, checkpoint)
     captioner = Captioner(model)
 
     @tf.function(reduce_retracing=True)
@@ -142,7 +144,7 @@ def checkpoint_epoch(checkpoint: str) -> int:
 
 def _write_summaries(run_dir: str, split: str, checkpoint: str, result: dict) -> None:
     """RUN/logs/eval_<split>: `metrics/<name>` for each computed metric, at the checkpoint's epoch."""
-    writer = tf.summary.create_file_writer(os.path.join(run_dir, run_dir_lib.LOGS, f"eval_{split}"))
+    writer = tf.summary.create_file_writer(os.path.join(run_dir, run_layout.LOGS, f"eval_{split}"))
     step = checkpoint_epoch(checkpoint)
     with writer.as_default():
         for key, value in result.items():
@@ -158,11 +160,11 @@ def watch(run_dir: str, split: str = "val", *, poll_seconds: float = 30.0, idle_
     `idle_timeout` seconds. Returns the last metrics (None if none)."""
     evaluated, last, last_change = None, None, time.time()
     while True:
-        latest = tf.train.latest_checkpoint(run_dir_lib.checkpoint_dir(run_dir))
+        latest = tf.train.latest_checkpoint(checkpoints_lib.checkpoint_dir(run_dir))
         if latest is not None and latest != evaluated:
             last = evaluate(run_dir, split, checkpoint=latest, **kwargs)
             evaluated, last_change = latest, time.time()
-        if run_dir_lib.read_state(run_dir).get("finished") and latest == evaluated:
+        if run_layout.read_state(run_dir).get("finished") and latest == evaluated:
             print("training has finished; watch ends", flush=True)
             return last
         if time.time() - last_change > idle_timeout:

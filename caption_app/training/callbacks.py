@@ -21,12 +21,14 @@ import os
 import keras
 import tensorflow as tf
 
-from caption_app import metrics as metrics_lib
-from caption_app import run_dir as run_dir_lib
+from caption_app.evaluation import metrics as metrics_lib
+from caption_app.runs import checkpoints as checkpoints_lib
+from caption_app.runs import layout as run_layout
 from caption_app.data import records
 from caption_app.data.pipeline import decode_image
 from caption_app.model.loss import DatasetNLL
 from caption_app.model.show_and_tell import Captioner
+from caption_app.errors import CaptionAppError
 
 
 class PerplexityCallback(keras.callbacks.Callback):
@@ -157,7 +159,7 @@ def fixed_samples(files: list[str], count: int, image_size: int) -> dict | None:
     return {"images": tf.stack(images), "image_ids": image_ids, "references": references}
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(CaptionAppError, RuntimeError):
     """The loss (or the weights) became NaN/Inf; nothing after the last good checkpoint was saved."""
 
 
@@ -197,7 +199,7 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         if loss is None or math.isfinite(float(loss)):
             return
         self.model.stop_training = True
-        kept = tf.train.latest_checkpoint(run_dir_lib.checkpoint_dir(self.run_dir))
+        kept = tf.train.latest_checkpoint(checkpoints_lib.checkpoint_dir(self.run_dir))
         raise NonFiniteLossError(
             f"training stopped: the loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}. "
             f"Nothing after it was saved; the last good checkpoint is {kept or 'none (no epoch finished)'}. "
@@ -226,7 +228,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.epoch.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
         if self.chief:
-            run_dir_lib.write_state(self.run_dir, epoch + 1, self.total_epochs, finished=False)
+            run_layout.write_state(self.run_dir, epoch + 1, self.total_epochs, finished=False)
 
 
 class BackupCallback(keras.callbacks.Callback):

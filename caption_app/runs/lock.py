@@ -27,11 +27,12 @@ import socket
 import sys
 
 from caption_app import io_utils
+from caption_app.errors import CaptionAppError
 
 LOCK_FILE = "run.lock"
 
 
-class RunDirLocked(RuntimeError):
+class RunDirLocked(CaptionAppError, RuntimeError):
     """Another process is writing into the run dir."""
 
 

@@ -4,17 +4,17 @@ Phase 1 trains with the backbone frozen (or not, `train.freeze_backbone`),
 phase 2 (`train.fine_tune_epochs`) fine-tunes everything at its own learning
 rate. Durations are passes over the train pairs; steps per epoch, phase
 lengths and the learning-rate schedule come from the manifest's counts
-(caption_app/budget.py). Each epoch ends with a checkpoint (model, optimizer, epoch) and the
+(caption_app/training/budget.py). Each epoch ends with a checkpoint (model, optimizer, epoch) and the
 validation perplexity; a restarted run resumes after its last finished epoch,
 or from a mid-epoch backup (`train.backup_every_steps`). A NaN/Inf loss stops
 the run with NonFiniteLossError and nothing non-finite is ever saved.
 
 `train.strategy` picks the tf.distribute strategy (model, optimizer and
 compile under its scope; `train.batch_size` is the global batch) and
-`train.precision` the Keras dtype policy; see caption_app/distribute.py.
+`train.precision` the Keras dtype policy; see caption_app/training/distribute.py.
 
 Where the rest lives: the run's setup and checkpoint bookkeeping in
-run_dir.py (`RunContext`, `Checkpoints`), the optimizer and schedule in
+caption_app/runs/ (`RunContext`, `Checkpoints`), the optimizer and schedule in
 optimizers.py, the callbacks in callbacks.py, compiling for `fit` under a
 strategy in distribute.py, the frozen phase's feature cache in feature_cache.py.
 """
@@ -29,20 +29,23 @@ import time
 
 import tensorflow as tf
 
-from caption_app import budget as budget_lib
-from caption_app import distribute
-from caption_app import feature_cache
-from caption_app import run_dir as run_dir_lib
-from caption_app.callbacks import (BackupCallback, CheckpointCallback, CompileNotice, EpochSummaries,
+from caption_app.training import budget as budget_lib
+from caption_app.training import distribute
+from caption_app.training import feature_cache
+from caption_app.runs import checkpoints as checkpoints_lib
+from caption_app.runs import context as run_context
+from caption_app.runs import layout as run_layout
+from caption_app.training.callbacks import (BackupCallback, CheckpointCallback, CompileNotice, EpochSummaries,
                                    PerplexityCallback, SampleCaptions, StopOnNonFiniteLoss, fixed_samples)
 from caption_app.config import Config
 from caption_app.data import pipeline
 from caption_app.data.pipeline import make_dataset
 from caption_app.model import show_and_tell
-from caption_app.optimizers import learning_rate_schedule, make_optimizer
+from caption_app.training.optimizers import learning_rate_schedule, make_optimizer
+from caption_app.errors import CaptionAppError
 
 
-class DataError(ValueError):
+class DataError(CaptionAppError, ValueError):
     """A shard of the data dir turned out damaged while training (the message names it)."""
 
 
@@ -102,7 +105,7 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
     chief = distribute.is_chief(strategy)
     # Every worker saves (saving may need collectives); only the chief into the run dir.
     write_dir = run_dir if chief else tempfile.mkdtemp(prefix="caption_app_worker_")
-    ctx = run_dir_lib.RunContext.create(config, data_dir, run_dir, strategy=strategy, write_description=chief,
+    ctx = run_context.RunContext.create(config, data_dir, run_dir, strategy=strategy, write_description=chief,
                                         write_dir=write_dir, lock="train" if chief else None)
     try:
         return _train(ctx, strategy, chief=chief, verbose=verbose, write_dir=write_dir)
@@ -110,7 +113,7 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
         ctx.release()
 
 
-def _train(ctx: run_dir_lib.RunContext, strategy: tf.distribute.Strategy, *, chief: bool, verbose: int,
+def _train(ctx: run_context.RunContext, strategy: tf.distribute.Strategy, *, chief: bool, verbose: int,
            write_dir: str) -> dict:
     config, run_dir, replicas = ctx.config, ctx.run_dir, strategy.num_replicas_in_sync
     resume = ctx.resume
@@ -119,7 +122,7 @@ def _train(ctx: run_dir_lib.RunContext, strategy: tf.distribute.Strategy, *, chi
         print(f"{run_dir} has already finished training ({resume.epoch} of {total_epochs} epochs, {resume.path}); "
               "nothing to do (--set train.epochs=N with a larger N trains on; a new --run-dir starts over)", flush=True)
         if chief:
-            run_dir_lib.write_state(run_dir, resume.epoch, total_epochs, finished=True)
+            run_layout.write_state(run_dir, resume.epoch, total_epochs, finished=True)
         return {"steps_per_epoch": None, "epochs_done": resume.epoch, "val_perplexity": None, "replicas": replicas,
                 "resumed_from": resume.path, "xla": None, "seconds": 0.0, "already_finished": True}
     trainer = _Trainer(ctx, strategy, chief=chief, verbose=verbose)
@@ -135,7 +138,7 @@ def _train(ctx: run_dir_lib.RunContext, strategy: tf.distribute.Strategy, *, chi
         if resume.epoch < phase.last_epoch:
             trainer.run_phase(phase, history)
     if chief:
-        run_dir_lib.write_state(run_dir, history["epochs_done"], trainer.total_epochs, finished=True)
+        run_layout.write_state(run_dir, history["epochs_done"], trainer.total_epochs, finished=True)
     else:
         shutil.rmtree(write_dir, ignore_errors=True)
     history["seconds"] = time.time() - began
@@ -145,7 +148,7 @@ def _train(ctx: run_dir_lib.RunContext, strategy: tf.distribute.Strategy, *, chi
 class _Trainer:
     """The datasets of a run and the fitting of one phase."""
 
-    def __init__(self, ctx: run_dir_lib.RunContext, strategy: tf.distribute.Strategy, *, chief: bool,
+    def __init__(self, ctx: run_context.RunContext, strategy: tf.distribute.Strategy, *, chief: bool,
                  verbose: int):
         self.ctx, self.strategy, self.chief, self.verbose = ctx, strategy, chief, verbose
         t = ctx.config.train
@@ -189,7 +192,7 @@ class _Trainer:
             # Same phase as the interrupted run: its optimizer state continues
             # (the model and epoch were restored by RunContext.create).
             with strategy.scope():
-                run_dir_lib.restore_optimizer(resume.path, phase.name, optimizer)
+                checkpoints_lib.restore_optimizer(resume.path, phase.name, optimizer)
                 if not callable(schedule):
                     # Keras keeps a constant learning rate in a variable, which the restore
                     # overwrote: the config's rate wins, as it does for schedules.
@@ -211,7 +214,7 @@ class _Trainer:
         fit_verbose = self.verbose if self.chief else 0
 
         def callbacks(first_step: int) -> list:
-            logs = os.path.join(checkpoints.write_dir, run_dir_lib.LOGS)
+            logs = os.path.join(checkpoints.write_dir, run_layout.LOGS)
             out = [StopOnNonFiniteLoss(ctx.run_dir, phase.learning_rate)]
             if fit_val_ds is not None:
                 # Keras' epoch line (progress bar or verbose=2) shows val_perplexity; without one, print it.

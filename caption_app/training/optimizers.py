@@ -1,6 +1,6 @@
 """The optimizer and learning-rate schedule of a training phase.
 
-The schedule is in steps that caption_app/budget.py derives from the
+The schedule is in steps that caption_app/training/budget.py derives from the
 manifest's counts (passes over the train pairs), never a typed count.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from caption_app.budget import Phase
+from caption_app.training.budget import Phase
 from caption_app.config import Config
 
 

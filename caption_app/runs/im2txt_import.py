@@ -49,12 +49,14 @@ import tensorflow as tf
 
 from caption_app import config as config_lib
 from caption_app import io_utils
-from caption_app import run_dir as run_dir_lib
+from caption_app.runs import checkpoints as checkpoints_lib
+from caption_app.runs import layout as run_layout
 from caption_app.data.pipeline import TensorSizes
 from caption_app.data.vocabulary import PLACEHOLDER, Vocabulary
-from caption_app.decoding import DecodeSettings
+from caption_app.inference.settings import DecodeSettings
 from caption_app.io_utils import write_json_atomic
 from caption_app.model import show_and_tell, slim_import
+from caption_app.errors import CaptionAppError
 
 IM2TXT_START, IM2TXT_END, IM2TXT_UNK = "<S>", "</S>", "<UNK>"
 PAD_LOGIT = -1e9  # the <pad> id's logit bias (its kernel column is 0): never chosen, probability 0
@@ -71,7 +73,7 @@ _IGNORED_SCOPES = ("InceptionV3/AuxLogits/", "InceptionV3/Logits/", "OptimizeLos
 _BYTES_REPR = re.compile(r"""^b(['"]).*\1$""")
 
 
-class Im2txtImportError(ValueError):
+class Im2txtImportError(CaptionAppError, ValueError):
     """The checkpoint or word_counts.txt cannot be imported (one line saying why); nothing was written."""
 
 
@@ -392,18 +394,18 @@ def _write_run_dir(run_dir: str, model, config: config_lib.Config, vocab: Vocabu
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(run_dir))}.import-", dir=parent)
     try:
         os.chmod(staging, 0o755)  # mkdtemp's 0700 is not what a run dir made by `train` gets
-        config_lib.save(config, os.path.join(staging, run_dir_lib.CONFIG))
-        write_json_atomic(os.path.join(staging, run_dir_lib.FINGERPRINT),
-                          run_dir_lib.fingerprint(config, vocab, sizes), sort_keys=True)
-        vocab.save(os.path.join(staging, run_dir_lib.VOCAB))
-        write_json_atomic(os.path.join(staging, run_dir_lib.TENSOR_SIZES), dataclasses.asdict(sizes),
+        config_lib.save(config, os.path.join(staging, run_layout.CONFIG))
+        write_json_atomic(os.path.join(staging, run_layout.FINGERPRINT),
+                          run_layout.fingerprint(config, vocab, sizes), sort_keys=True)
+        vocab.save(os.path.join(staging, run_layout.VOCAB))
+        write_json_atomic(os.path.join(staging, run_layout.TENSOR_SIZES), dataclasses.asdict(sizes),
                           sort_keys=True)
         write_json_atomic(os.path.join(staging, IMPORT_FILE), record, sort_keys=True)
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, epoch=epoch),
-                                             run_dir_lib.checkpoint_dir(staging), max_to_keep=1)
+                                             checkpoints_lib.checkpoint_dir(staging), max_to_keep=1)
         manager.save(checkpoint_number=0)
-        run_dir_lib.write_state(staging, 0, 0, finished=True)
+        run_layout.write_state(staging, 0, 0, finished=True)
         if os.path.isdir(run_dir):
             os.rmdir(run_dir)  # empty (checked): the staging dir takes its place
         os.rename(staging, run_dir)

@@ -20,7 +20,7 @@ import stat
 import tensorflow as tf
 
 from caption_app import io_utils
-from caption_app import run_dir as run_dir_lib
+from caption_app.runs import loader as run_loader
 from caption_app.data import image_bytes
 from caption_app.model.show_and_tell import Captioner
 
@@ -114,7 +114,7 @@ def caption_files(run_dir: str, patterns: list[str], *, beam_size: int | None = 
       run_dir: a trained run dir.
       patterns: image files, folders or globs.
       beam_size, max_length, length_normalization, num_results: beam search
-        settings (caption_app/decoding.py: None or 0 keeps the run's `decode`
+        settings (caption_app/inference/settings.py: None or 0 keeps the run's `decode`
         config; num_results defaults to the beam size and may not exceed it).
       batch_size: images read, decoded and captioned together.
       max_image_pixels: images whose header declares more pixels are not decoded.
@@ -126,10 +126,10 @@ def caption_files(run_dir: str, patterns: list[str], *, beam_size: int | None = 
     if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) or max_image_pixels < 1:
         raise ValueError(f"--max-image-pixels must be a positive integer, got {max_image_pixels!r}")
     # Checked before the slow model load.
-    settings = run_dir_lib.load_config(run_dir).decode.resolve(
+    settings = run_loader.load_config(run_dir).decode.resolve(
         beam_size=beam_size, max_length=max_length, length_normalization=length_normalization,
         num_captions=num_results)
-    model, config, vocab, sizes, _ = run_dir_lib.load_model(run_dir)
+    model, config, vocab, sizes, _ = run_loader.load_model(run_dir)
     captioner = Captioner(model)
 
     @tf.function(input_signature=[tf.TensorSpec([None, sizes.image_size, sizes.image_size, 3], tf.float32)])

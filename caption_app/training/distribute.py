@@ -31,12 +31,13 @@ import tensorflow as tf
 
 from caption_app.config import Config
 from caption_app.model.loss import MaskedCrossEntropy, token_loss
+from caption_app.errors import CaptionAppError
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
-class StrategyError(ValueError):
+class StrategyError(CaptionAppError, ValueError):
     """A strategy that cannot be built here (unknown name, bad TF_CONFIG, no TPU)."""
 
 

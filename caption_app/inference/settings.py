@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from caption_app.errors import CaptionAppError
 
 
-class DecodeSettingsError(ValueError):
+class DecodeSettingsError(CaptionAppError, ValueError):
     """A decode setting out of range (the message names the value and the flag)."""
 
 

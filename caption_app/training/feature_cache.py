@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from caption_app import io_utils
-from caption_app import run_dir as run_dir_lib
+from caption_app.runs import context as run_context
 from caption_app.config import Config
 from caption_app.io_utils import write_json_atomic as write_json
 from caption_app.data import pipeline, records
@@ -82,7 +82,7 @@ def build_head(model: show_and_tell.ShowAndTell) -> keras.Model:
     return keras.Model({"features": features, "input_ids": input_ids}, logits, name="show_and_tell_head")
 
 
-def cache_key(ctx: run_dir_lib.RunContext) -> dict:
+def cache_key(ctx: run_context.RunContext) -> dict:
     """What the cached features depend on: data, backbone and its current weights."""
     config, manifest, sizes = ctx.config, ctx.manifest, ctx.sizes
     weights = hashlib.sha1()
@@ -109,7 +109,7 @@ def _digest(key: dict) -> str:
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def ensure_cache(ctx: run_dir_lib.RunContext, *, batch_size: int | None = None, verbose: bool = True) -> str:
+def ensure_cache(ctx: run_context.RunContext, *, batch_size: int | None = None, verbose: bool = True) -> str:
     """The cache dir of the run model's current backbone on the run's data, built if needed.
 
     Returns:
@@ -178,7 +178,7 @@ def load_info(cache_dir: str) -> dict:
     return io_utils.read_json(os.path.join(cache_dir, CACHE_FILE))
 
 
-def make_cached_dataset(ctx: run_dir_lib.RunContext, cache_dir: str, split: str, *, training: bool,
+def make_cached_dataset(ctx: run_context.RunContext, cache_dir: str, split: str, *, training: bool,
                         batch_size: int | None = None) -> tf.data.Dataset:
     """`pipeline.make_dataset`'s batches with features instead of images.
 
@@ -219,7 +219,7 @@ def make_cached_dataset(ctx: run_dir_lib.RunContext, cache_dir: str, split: str,
     return ds.map(finish, num_parallel_calls=pipeline.AUTOTUNE).prefetch(pipeline.AUTOTUNE)
 
 
-def frozen_phase(ctx: run_dir_lib.RunContext, *, val_batch_size: int | None):
+def frozen_phase(ctx: run_context.RunContext, *, val_batch_size: int | None):
     """What the frozen phase fits with a feature cache: (head model, train dataset
     (repeated), val dataset or None when `val_batch_size` is None). `check_config` has passed."""
     cache_dir = ensure_cache(ctx)
@@ -242,7 +242,7 @@ def cache_features(config: Config, data_dir: str, run_dir: str) -> str:
         raise ValueError("cache-features is for runs with train.feature_cache=true (add --set "
                          "train.feature_cache=true here and when training)")
     config.validate()  # before anything is written
-    ctx = run_dir_lib.RunContext.create(config, data_dir, run_dir, write_description=False, resume_backup=False,
+    ctx = run_context.RunContext.create(config, data_dir, run_dir, write_description=False, resume_backup=False,
                                         lock="cache-features")
     try:
         return ensure_cache(ctx)

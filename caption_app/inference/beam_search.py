@@ -44,7 +44,7 @@ from typing import Any, Callable, NamedTuple
 
 import tensorflow as tf
 
-from caption_app.decoding import DecodeSettings
+from caption_app.inference.settings import DecodeSettings
 
 StepFn = Callable[[tf.Tensor, Any], tuple[tf.Tensor, Any]]
 
@@ -101,7 +101,7 @@ def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: i
       words_per_beam: > 0: each alive hypothesis is continued with only its
         this many most probable words (ties: the lower id); 0: every word.
 
-    These are a `DecodeSettings`' values (caption_app/decoding.py, whose
+    These are a `DecodeSettings`' values (caption_app/inference/settings.py, whose
     `check` validates them here); `Captioner.generate` takes the object itself.
 
     Returns:
