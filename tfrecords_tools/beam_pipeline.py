@@ -40,7 +40,6 @@ from __future__ import annotations
 import bisect
 import collections
 import heapq
-import json
 import math
 import os
 from typing import Mapping, Sequence
@@ -52,6 +51,7 @@ try:
 except ImportError:  # an optional extra: `pip install .[beam]`
     beam = None
 
+from caption_app import io_utils
 from caption_app.data import manifest as manifest_lib
 from caption_app.data import records
 from caption_app.data import vocabulary as vocab_lib
@@ -284,18 +284,15 @@ class _WriteShard(beam.DoFn if beam else object):
 
 
 def _write_summary(_, target: str, counts: dict, words: dict, shards: list) -> None:
-    summary = {"counts": counts, "words": words, "shards": shards}
-    path = os.path.join(target, SUMMARY_FILE)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(summary, f)
-    os.replace(path + ".tmp", path)
+    """The pipeline's results, for the launcher (`_read_summary`); on any file system (io_utils)."""
+    io_utils.write_json_atomic(os.path.join(target, SUMMARY_FILE),
+                               {"counts": counts, "words": words, "shards": shards})
 
 
 def _read_summary(target: str, split_names: Sequence[str], skipped: report.Counted, max_captions: int) -> dict:
     path = os.path.join(target, SUMMARY_FILE)
-    with open(path, encoding="utf-8") as f:
-        summary = json.load(f)
-    os.remove(path)
+    summary = io_utils.read_json(path)
+    io_utils.remove(path)
     counts = summary["counts"]
     for reason, (count, examples) in counts["skipped"].items():
         skipped.merge({reason: {"count": count, "examples": [name for _, name in examples]}})
