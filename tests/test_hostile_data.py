@@ -309,6 +309,32 @@ def test_coco_image_ids_that_are_dicts_or_lists_are_bad_lines(tmp_path):
     assert manifest["splits"]["train"]["num_images"] == 2 and manifest["splits"]["train"]["num_captions"] == 2
 
 
+def test_coco_image_id_listed_twice_with_another_file_name_is_a_counted_skip(tmp_path, capsys):
+    images = tmp_path / "train2014"
+    images.mkdir()
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        _jpeg(images / name)
+    annotations = {
+        "images": [{"id": 7, "file_name": "a.jpg"}, {"id": 8, "file_name": "c.jpg"},
+                   {"id": 7, "file_name": "b.jpg"}],  # id 7 again: whose are its captions?
+        "annotations": [{"image_id": 7, "caption": "a dog on grass"}, {"image_id": 8, "caption": "a cat"},
+                        {"image_id": 7, "caption": "a dog running"}],
+    }
+    path = tmp_path / "captions_train2014.json"
+    path.write_text(json.dumps(annotations))
+    items, skipped = coco.read_annotations(path, [images])
+    assert [(i.image_id, i.captions) for i in items] == [("a.jpg", ("a dog on grass", "a dog running")),
+                                                          ("c.jpg", ("a cat",))]
+    assert skipped == {"duplicate_id": ["captions_train2014.json:id 7 (b.jpg; kept a.jpg)"]}
+
+    manifest = coco.convert_coco([path], [images], tmp_path / "out", min_word_count=1, progress=False)
+    assert manifest["skipped"]["duplicate_id"] == {"count": 1,
+                                                   "examples": ["captions_train2014.json:id 7 (b.jpg; kept a.jpg)"]}
+    assert manifest["splits"]["train"]["num_images"] == 2 and manifest["splits"]["train"]["num_captions"] == 3
+    summary = capsys.readouterr().out
+    assert "duplicate_id: 1 (COCO image entry reuses an earlier entry's id" in summary and "b.jpg" in summary
+
+
 def test_coco_file_nested_too_deep_is_a_clear_error(tmp_path):
     images = tmp_path / "train2014"
     images.mkdir()
