@@ -495,3 +495,29 @@ def test_converter_modules_open_with_one_line_saying_their_idea(module):
     text = (REPO_ROOT / "tfrecords_tools" / f"{module}.py").read_text()
     first = text.split('"""')[1].splitlines()[0]
     assert text.startswith('"""') and first.strip() and first.endswith(".")
+
+
+# ---------------------------------------------------------------------------- inspect
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte"])
+def test_inspect_of_a_damaged_shard_is_one_error_line(tmp_path, capsys, damage):
+    (tmp_path / "a.jpg").write_bytes(_jpeg(1))
+    (tmp_path / "b.jpg").write_bytes(_jpeg(2))
+    items = [source_api.Item(n, str(tmp_path / n), ("a cat on a mat",)) for n in ("a.jpg", "b.jpg")]
+    out = tmp_path / "out"
+    writer.write_dataset(out, {"train": items}, source="unit", min_word_count=1, progress=False, verbose=False)
+    capsys.readouterr()  # the empty val and test splits' warnings
+    shard = out / "train-00000-of-00001.tfrecord"
+    data = shard.read_bytes()
+    if damage == "truncated":
+        shard.write_bytes(data[:len(data) - 100])
+    else:  # same length, so the manifest's count still matches; the record's CRC does not
+        shard.write_bytes(data[:200] + bytes([data[200] ^ 0xFF]) + data[201:])
+    assert cli.main(["inspect", str(out)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    assert lines[0].startswith("error: ") and str(shard) in lines[0] and "re-convert" in lines[0]
+    assert ("truncated" if damage == "truncated" else "damaged") in lines[0]
+    assert not (out / "inspect.html").exists()
