@@ -36,13 +36,84 @@ NOISE = re.compile(
     r"|computation_placer\.cc"
     r"|PTBTokenizer tokenized \d+ tokens")
 
-# A line, or a progress bar's update (tqdm ends none with a newline but starts each with \r).
-_SEGMENT = re.compile(rb"[^\r\n]*(?:\r\n|\n|\r)")
+# Where a line, or a progress bar's update, ends (tqdm ends none with a newline but starts each with \r).
+_LINE_END = re.compile(rb"\r\n|\n|\r")
+# The longest unfinished line held back to be judged: noise lines are short, so a longer one
+# (a huge repr, a line without end) is passed through as it comes, undecided, in bounded memory.
+MAX_HELD_LINE = 1 << 20
 
 
 def wants_quiet(verbose: bool) -> bool:
     """True unless `--verbose` was given or the user set TF_CPP_MIN_LOG_LEVEL themselves."""
     return not verbose and LOG_LEVEL_VAR not in os.environ
+
+
+class LineFilter:
+    """Splits a byte stream into lines (and \\r progress updates) and drops those `noise`
+    matches; everything else comes out byte for byte, in order.
+
+    Linear in its input: each chunk is scanned once for line ends, each finished line
+    searched once; the unfinished line is kept as a list of pieces (never re-joined per
+    chunk). A line longer than `max_held` is passed through undecided (noise lines are
+    short), so at most `max_held` bytes are held. `scanned` counts the bytes the regular
+    expressions looked at (the tests check it stays proportional to the input).
+    """
+
+    def __init__(self, noise: re.Pattern = NOISE, max_held: int = MAX_HELD_LINE):
+        self.noise, self.max_held = noise, max_held
+        self._held: list[bytes] = []  # the unfinished line's pieces
+        self._held_bytes = 0
+        self._cr_pending = False  # the held line ended with the chunk's last byte, a \r
+        self._passing = False  # the unfinished line went over max_held: its rest goes through as it comes
+        self.scanned = 0
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The pieces to write out now, given the next `chunk` of the stream."""
+        out: list[bytes] = []
+        start = 0
+        if self._cr_pending:  # the last chunk ended with \r: a \n here belongs to that line end
+            self._cr_pending = False
+            if chunk.startswith(b"\n"):
+                self._hold(b"\n", out)
+                start = 1
+            self._end_line(out)
+        self.scanned += len(chunk) - start
+        for match in _LINE_END.finditer(chunk, start):
+            end = match.end()
+            self._hold(chunk[start:end], out)
+            start = end
+            if end == len(chunk) and match.group() == b"\r":
+                self._cr_pending = True
+            else:
+                self._end_line(out)
+        if start < len(chunk):
+            self._hold(chunk[start:], out)
+        return out
+
+    def finish(self) -> list[bytes]:
+        """What is left at the end of the stream (a last line without an end)."""
+        out: list[bytes] = []
+        self._cr_pending = False
+        self._end_line(out)
+        return out
+
+    def _hold(self, piece: bytes, out: list[bytes]) -> None:
+        if self._passing:
+            out.append(piece)
+            return
+        self._held.append(piece)
+        self._held_bytes += len(piece)
+        if self._held_bytes > self.max_held:  # too long to be noise: pass it on undecided
+            out.extend(self._held)
+            self._held, self._held_bytes, self._passing = [], 0, True
+
+    def _end_line(self, out: list[bytes]) -> None:
+        if self._held:
+            line = b"".join(self._held)
+            self.scanned += len(line)
+            if not self.noise.search(line.decode("utf-8", errors="replace")):
+                out.append(line)
+        self._held, self._held_bytes, self._passing = [], 0, False
 
 
 class StderrFilter:
@@ -65,20 +136,15 @@ class StderrFilter:
         return self
 
     def _pump(self, read_fd: int, out_fd: int) -> None:
-        pending = b""
+        lines = LineFilter(self.noise)
         while True:
             chunk = os.read(read_fd, 65536)
             if not chunk:
                 break
-            pending += chunk
-            end = 0
-            for match in _SEGMENT.finditer(pending):
-                end = match.end()
-                if not self.noise.search(match.group().decode("utf-8", errors="replace")):
-                    os.write(out_fd, match.group())
-            pending = pending[end:]
-        if pending and not self.noise.search(pending.decode("utf-8", errors="replace")):
-            os.write(out_fd, pending)
+            for piece in lines.feed(chunk):
+                os.write(out_fd, piece)
+        for piece in lines.finish():
+            os.write(out_fd, piece)
         os.close(read_fd)
         os.close(out_fd)
 

@@ -205,3 +205,33 @@ def test_beam_worker_error_fails_cleanly_then_rerun(threaded, tmp_path, monkeypa
     jsonl_csv.convert_records(str(data), "jsonl", out, **kw)
     assert len(calls) > 4
     assert _dataset_of(out) == expected
+
+
+@pytest.mark.slow
+def test_beam_writes_a_data_dir_on_any_file_system(threaded, tmp_path, monkeypatch):
+    """--out on a URL (ram:// for gs://): the shards, the summary the pipeline hands back and the swap
+    all go through caption_app/io_utils.py. In-process runner: ram:// lives in this process only."""
+    from caption_app import io_utils
+    from tfrecords_tools import beam_pipeline, jsonl_csv
+
+    data, expected = threaded
+    monkeypatch.chdir(tmp_path)
+    out = f"ram://beam-{os.getpid()}-{time.monotonic_ns()}/data"
+    manifest = jsonl_csv.convert_records(
+        str(data), "jsonl", out, images_per_shard=3, min_word_count=2, max_captions_per_image=5, progress=False,
+        verbose=False, runner="direct", pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"])
+    assert {k: v for k, v in manifest.items() if k != "created"} == expected["manifest"]
+    assert sorted(io_utils.listdir(out)) == expected["files"]  # no summary file, no staging dir left
+    assert io_utils.read_bytes(f"{out}/vocab.txt").decode() == expected["vocab"]
+    assert {split: read_records(out, split) for split in SPLITS} == expected["records"]
+    assert os.listdir(tmp_path) == []  # nothing went to a local folder named `ram:`
+
+    # The summary's own round trip, on the URL.
+    stage = f"{out}/stage"
+    beam_pipeline._write_summary(None, stage, {"skipped": {}, "reencoded": {}, "cap": [0, 0, []], "max_words": {},
+                                               "max_captions": 2, "longest": {"3": 1}},
+                                 {"dog": 2}, [{"split": "train", "shard": 0, "name": "train-00000-of-00001.tfrecord",
+                                               "num_images": 1, "num_captions": 2}])
+    summary = beam_pipeline._read_summary(stage, ["train"], beam_pipeline.report.Counted(), 5)
+    assert summary["splits"]["train"].files == ("train-00000-of-00001.tfrecord",)
+    assert summary["train_counts"] == {"dog": 2} and not io_utils.exists(f"{stage}/{beam_pipeline.SUMMARY_FILE}")

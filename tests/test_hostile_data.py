@@ -288,6 +288,173 @@ def test_merge_keeps_files_it_did_not_write_in_parts(tmp_path):
     assert not folder.exists()  # the part itself was ours: merged and deleted
 
 
+def _main(capsys, *args: str) -> tuple[int, str]:
+    """`python -m tfrecords_tools args...` in this process: (exit code, its one stderr line)."""
+    from tfrecords_tools.__main__ import main
+
+    capsys.readouterr()
+    code = main([*args, "--no-progress"] if args[0] not in ("merge", "inspect") else list(args))
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err, captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    return code, lines[0]
+
+
+@pytest.mark.parametrize("manifest", [None, {"name": "my project", "splits": {}}, "not json {"])
+def test_files_named_like_outputs_beside_no_manifest_of_ours_are_refused_not_replaced(tmp_path, capsys, manifest):
+    """Ownership is decided by content: a user's vocab.txt and shard-named file, with no manifest the
+    converter wrote (none, another program's, or a broken one), are refused with one line."""
+    data = _jsonl_dataset(tmp_path, ["a.jpg", "b.jpg"])
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "vocab.txt").write_text("my own vocabulary\n")
+    (out / "train-00000-of-00001.tfrecord").write_bytes(b"my own records")
+    if manifest is not None:
+        (out / "manifest.json").write_text(manifest if isinstance(manifest, str) else json.dumps(manifest))
+    before = _tree(out)
+    code, line = _main(capsys, "jsonl", "--file", str(data), "--out", str(out), "--min-word-count", "1")
+    assert code == 2 and line.startswith(f"error: --out {out} is not empty and not a data dir")
+    assert "vocab.txt" in line and "train-00000-of-00001.tfrecord" in line and "no manifest.json" in line
+    assert _tree(out) == before and sorted(p.name for p in out.iterdir()) == sorted(before)  # no lock file left
+
+
+def test_a_manifest_listing_a_path_outside_is_not_ours(tmp_path, capsys):
+    data = _jsonl_dataset(tmp_path, ["a.jpg", "b.jpg"])
+    out = tmp_path / "out"
+    _convert_jsonl(data, out)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("keep me")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["splits"]["train"]["files"] = ["../secret.txt"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert layout.our_manifest(str(out)) is None and layout.previous_outputs(str(out)) == frozenset()
+    code, line = _main(capsys, "jsonl", "--file", str(data), "--out", str(out), "--min-word-count", "1")
+    assert code == 2 and "manifest.json" in line
+    assert secret.read_text() == "keep me"
+
+
+def test_reconversion_replaces_only_what_its_manifest_lists(tmp_path):
+    data = _jsonl_dataset(tmp_path, ["a.jpg", "b.jpg", "c.jpg"])
+    out = tmp_path / "out"
+    _convert_jsonl(data, out, images_per_shard=3)  # train-00000-of-00001
+    (out / "val-00003-of-00004.tfrecord").write_bytes(b"a user's file, named like a shard")
+    _convert_jsonl(data, out, images_per_shard=3)
+    assert (out / "val-00003-of-00004.tfrecord").read_bytes() == b"a user's file, named like a shard"
+
+    # A new shard whose name a user's file holds: refused before anything is deleted.
+    (out / "train-00001-of-00002.tfrecord").write_bytes(b"mine too")
+    before = _tree(out)
+    with pytest.raises(ConversionError, match=r"holds train-00001-of-00002\.tfrecord, which the converter did not"):
+        _convert_jsonl(data, out, images_per_shard=2)
+    assert _tree(out) == before and sorted(p.name for p in out.iterdir()) == sorted(before)
+    assert manifest_lib.load(str(out)).split("train").files == ("train-00000-of-00001.tfrecord",)
+
+
+def test_a_conversion_stopped_while_moving_its_output_in_is_replaced(tmp_path):
+    """Killed inside swap_in: the old manifest gone, some new files moved in, its staging dir
+    (holding the rest) still there. That staging dir is what makes the output-named files ours."""
+    data = _jsonl_dataset(tmp_path, ["a.jpg", "b.jpg"])
+    out = tmp_path / "out"
+    _convert_jsonl(data, out)
+    stage = out / f"{layout.STAGING_PREFIX}data-killed"
+    stage.mkdir()
+    (out / "manifest.json").rename(stage / "manifest.json")
+    (out / "train-00000-of-00001.tfrecord").rename(stage / "train-00000-of-00001.tfrecord")
+    assert layout.our_manifest(str(out)) is None
+    assert layout.check_out_dir(out) == {"vocab.txt"}
+    _convert_jsonl(data, out)
+    assert manifest_lib.load(str(out)).split("train").num_images == 2
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "train-00000-of-00001.tfrecord", "vocab.txt"]
+
+
+# --- one conversion per --out -------------------------------------------------------------------------
+
+def _hold(lock: Path, command: str = "tfrecords_tools jsonl") -> subprocess.Popen:
+    """Another process holding `lock`. The lock's protocol, spelt out: flock on OUT/.convert.lock
+    (a part's: OUT/.convert-part-IIIII-of-NNNNN.lock), the holder described in it as JSON."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, json, os, socket, time; "
+         f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
+         "os.write(fd, json.dumps({'host': socket.gethostname(), 'pid': os.getpid(), "
+         f"'started': '2026-11-29T20:41:07+00:00', 'command': {command!r}}}).encode()); "
+         "print('locked', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def _tfds_args(tmp_path: Path) -> list[str]:
+    pytest.importorskip("tensorflow_datasets", reason="tensorflow-datasets is not installed")
+    return ["tfds", "--name", "coco_captions", "--data-dir", str(tmp_path / "empty_tfds")]
+
+
+@pytest.mark.parametrize("how", ["threaded", "beam", "shapes", "merge", "part", "tfds"])
+def test_a_second_conversion_into_a_busy_out_is_refused_touching_nothing(tmp_path, capsys, how):
+    data = _jsonl_dataset(tmp_path, ["a.jpg", "b.jpg"])
+    out = tmp_path / "out"
+    out.mkdir()
+    live = out / f"{layout.STAGING_PREFIX}data-live"  # the running conversion's work
+    live.mkdir()
+    (live / "train-00000-of-00001.tfrecord").write_bytes(b"being written")
+    jsonl = ["jsonl", "--file", str(data), "--out", str(out), "--min-word-count", "1"]
+    args = {"threaded": jsonl,
+            "beam": jsonl + ["--runner", "direct", "--direct_running_mode=in_memory"],
+            "shapes": ["shapes", "--out", str(out), "--num-train", "2", "--num-val", "0", "--num-test", "0"],
+            "merge": ["merge", "--out", str(out)],
+            "part": jsonl + ["--num-parts", "2", "--part-index", "1"],
+            "tfds": _tfds_args(tmp_path) + ["--out", str(out)] if how == "tfds" else []}[how]
+    lock = out / (".convert-part-00001-of-00002.lock" if how == "part" else ".convert.lock")
+    holder = _hold(lock)
+    try:
+        before, names = _tree(out), sorted(p.name for p in out.iterdir())
+        code, line = _main(capsys, *args)
+        assert _tree(out) == before and sorted(p.name for p in out.iterdir()) == names
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 2
+    where = "part 1 of 2 in --out" if how == "part" else "--out"
+    assert line.startswith(f"error: {where} {out} is in use by pid {holder.pid} on host ")
+    assert "started 2026-11-29T20:41:07+00:00 (tfrecords_tools jsonl)" in line and "another --out" in line
+
+
+def test_merge_waits_for_no_part_it_would_read(tmp_path, capsys):
+    data = _jsonl_dataset(tmp_path, ["a.jpg", "b.jpg", "c.jpg"])
+    out = tmp_path / "out"
+    for index in range(2):
+        _convert_jsonl(data, out, part=(index, 2))
+    holder = _hold(out / ".convert-part-00001-of-00002.lock", "tfrecords_tools jsonl part 1 of 2")
+    try:
+        code, line = _main(capsys, "merge", "--out", str(out))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 2 and line.startswith(f"error: part 1 of 2 in --out {out} is in use by pid {holder.pid}")
+    assert not (out / "manifest.json").exists() and (out / "parts").is_dir()
+    # merge's own locks released and removed; the killed holder's file stays until taken over
+    assert sorted(p.name for p in out.iterdir()) == [".convert-part-00001-of-00002.lock", "parts"]
+    merge.merge_parts(out, verbose=False)
+    assert manifest_lib.load(str(out)).split("train").num_images == 3
+    assert not list(out.glob(".convert*.lock")) and not (out / "parts").exists()
+
+
+def test_the_lock_file_goes_with_its_holder_and_a_dead_holders_is_taken_over(tmp_path, capsys):
+    data = _jsonl_dataset(tmp_path, ["a.jpg", "b.jpg"])
+    out = tmp_path / "out"
+    _convert_jsonl(data, out)
+    assert not (out / ".convert.lock").exists()  # removed on release
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / ".convert.lock").write_text(json.dumps({"host": os.uname().nodename, "pid": dead.pid,
+                                                   "started": "2026-11-29T20:41:07+00:00",
+                                                   "command": "tfrecords_tools jsonl"}))
+    capsys.readouterr()
+    _convert_jsonl(data, out)  # a killed conversion's lock file (its flock died with it)
+    assert f"taking over the lock of {out} left by pid {dead.pid}" in capsys.readouterr().err
+    assert not (out / ".convert.lock").exists()
+
+
 # --- malformed annotations are counted, never a traceback ---------------------------------------------
 
 def test_coco_image_ids_that_are_dicts_or_lists_are_bad_lines(tmp_path):
@@ -307,6 +474,32 @@ def test_coco_image_ids_that_are_dicts_or_lists_are_bad_lines(tmp_path):
                                  verbose=False)
     assert manifest["skipped"]["bad_line"]["count"] == 3
     assert manifest["splits"]["train"]["num_images"] == 2 and manifest["splits"]["train"]["num_captions"] == 2
+
+
+def test_coco_image_id_listed_twice_with_another_file_name_is_a_counted_skip(tmp_path, capsys):
+    images = tmp_path / "train2014"
+    images.mkdir()
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        _jpeg(images / name)
+    annotations = {
+        "images": [{"id": 7, "file_name": "a.jpg"}, {"id": 8, "file_name": "c.jpg"},
+                   {"id": 7, "file_name": "b.jpg"}],  # id 7 again: whose are its captions?
+        "annotations": [{"image_id": 7, "caption": "a dog on grass"}, {"image_id": 8, "caption": "a cat"},
+                        {"image_id": 7, "caption": "a dog running"}],
+    }
+    path = tmp_path / "captions_train2014.json"
+    path.write_text(json.dumps(annotations))
+    items, skipped = coco.read_annotations(path, [images])
+    assert [(i.image_id, i.captions) for i in items] == [("a.jpg", ("a dog on grass", "a dog running")),
+                                                          ("c.jpg", ("a cat",))]
+    assert skipped == {"duplicate_id": ["captions_train2014.json:id 7 (b.jpg; kept a.jpg)"]}
+
+    manifest = coco.convert_coco([path], [images], tmp_path / "out", min_word_count=1, progress=False)
+    assert manifest["skipped"]["duplicate_id"] == {"count": 1,
+                                                   "examples": ["captions_train2014.json:id 7 (b.jpg; kept a.jpg)"]}
+    assert manifest["splits"]["train"]["num_images"] == 2 and manifest["splits"]["train"]["num_captions"] == 3
+    summary = capsys.readouterr().out
+    assert "duplicate_id: 1 (COCO image entry reuses an earlier entry's id" in summary and "b.jpg" in summary
 
 
 def test_coco_file_nested_too_deep_is_a_clear_error(tmp_path):

@@ -452,3 +452,72 @@ def test_cli_part_flags_and_their_deprecated_shard_names(capsys):
         part("--num-parts", "3", "--num-shards", "3", "--part-index", "0")
     with pytest.raises(SystemExit, match="go together"):
         part("--num-parts", "3")
+
+
+# ---------------------------------------------------------------------------- module structure
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """tfrecords_tools module -> the tfrecords_tools modules it imports (at the top or inside a function)."""
+    import ast
+
+    package = REPO_ROOT / "tfrecords_tools"
+    modules = {p.stem for p in package.glob("*.py")}
+    graph = {}
+    for path in package.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "tfrecords_tools":
+                found |= {a.name for a in node.names if a.name in modules}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tfrecords_tools."):
+                found.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("tfrecords_tools.")}
+        graph[path.stem] = found - {path.stem}
+    return graph
+
+
+def test_converter_modules_import_one_way():
+    graph = _package_imports()
+    assert "writer" not in graph["beam_pipeline"] and "items" in graph["beam_pipeline"]
+    assert {"items", "beam_pipeline"} <= graph["writer"]
+
+    def reaches(start: str, goal: str, seen: set) -> bool:
+        return any(m == goal or (m not in seen and not seen.add(m) and reaches(m, goal, seen))
+                   for m in graph.get(start, ()))
+
+    cycles = sorted(m for m in graph if reaches(m, m, set()))
+    assert not cycles, f"import cycles through {cycles}"
+
+
+@pytest.mark.parametrize("module", ["writer", "beam_pipeline", "items"])
+def test_converter_modules_open_with_one_line_saying_their_idea(module):
+    text = (REPO_ROOT / "tfrecords_tools" / f"{module}.py").read_text()
+    first = text.split('"""')[1].splitlines()[0]
+    assert text.startswith('"""') and first.strip() and first.endswith(".")
+
+
+# ---------------------------------------------------------------------------- inspect
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte"])
+def test_inspect_of_a_damaged_shard_is_one_error_line(tmp_path, capsys, damage):
+    (tmp_path / "a.jpg").write_bytes(_jpeg(1))
+    (tmp_path / "b.jpg").write_bytes(_jpeg(2))
+    items = [source_api.Item(n, str(tmp_path / n), ("a cat on a mat",)) for n in ("a.jpg", "b.jpg")]
+    out = tmp_path / "out"
+    writer.write_dataset(out, {"train": items}, source="unit", min_word_count=1, progress=False, verbose=False)
+    capsys.readouterr()  # the empty val and test splits' warnings
+    shard = out / "train-00000-of-00001.tfrecord"
+    data = shard.read_bytes()
+    if damage == "truncated":
+        shard.write_bytes(data[:len(data) - 100])
+    else:  # same length, so the manifest's count still matches; the record's CRC does not
+        shard.write_bytes(data[:200] + bytes([data[200] ^ 0xFF]) + data[201:])
+    assert cli.main(["inspect", str(out)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    assert lines[0].startswith("error: ") and str(shard) in lines[0] and "re-convert" in lines[0]
+    assert ("truncated" if damage == "truncated" else "damaged") in lines[0]
+    assert not (out / "inspect.html").exists()

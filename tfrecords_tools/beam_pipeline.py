@@ -9,10 +9,10 @@ the source's own skips, duplicate ids, the "no train image" error,
 `layout.write_vocab_and_manifest` and `layout.swap_in`, which moves the
 manifest in last); only its image and caption pass runs here, as a pipeline:
 
-1. the unique items (`writer.unique_items`, on the launching machine: ids only)
+1. the unique items (`items.unique_items`, on the launching machine: ids only)
    become a PCollection (`beam.Create`, then `Reshuffle` so that workers share it);
 2. each worker reads and checks its images (`images.check_image`) and cleans
-   their captions (`writer.clean_captions`, a batch of images at a time: one
+   their captions (`items.clean_captions`, a batch of images at a time: one
    tokenizer call), emitting the kept item (id, kept captions, checked size,
    re-encode reason) or why it was skipped; skips and re-encodes are counted
    per reason in Beam metrics ("skipped/REASON", "reencoded/REASON");
@@ -20,7 +20,7 @@ manifest in last); only its image and caption pass runs here, as a pipeline:
    the threaded writer's shards (same names, same records per shard, same
    order: `records.shard_name`); the worker writing a shard reads its images
    again, as the threaded writer's second pass does (`images.stored_bytes`,
-   re-encoded where needed; `writer.serialize`: image bytes never go through
+   re-encoded where needed; `items.serialize`: image bytes never go through
    the shuffle) and writes it
    with `layout.write_shard` (a `.tmp` name renamed when complete, so a
    retried bundle rewrites it whole);
@@ -40,7 +40,6 @@ from __future__ import annotations
 import bisect
 import collections
 import heapq
-import json
 import math
 import os
 from typing import Mapping, Sequence
@@ -52,10 +51,11 @@ try:
 except ImportError:  # an optional extra: `pip install .[beam]`
     beam = None
 
+from caption_app import io_utils
 from caption_app.data import manifest as manifest_lib
 from caption_app.data import records
 from caption_app.data import vocabulary as vocab_lib
-from tfrecords_tools import images, layout, report, writer
+from tfrecords_tools import images, items, layout, report
 from tfrecords_tools.source_api import ConversionError, Item
 
 RUNNERS = ("direct", "DataflowRunner", "FlinkRunner", "SparkRunner")
@@ -99,7 +99,7 @@ def convert(target: str, split_names: Sequence[str], items_by_split: Mapping[str
     """Runs the pipeline writing the shards into `target`; returns what the threaded
     pass (`writer._convert`) returns, with `skipped` holding every skip."""
     check_available()
-    candidates = writer.unique_items(split_names, items_by_split, skipped)
+    candidates = items.unique_items(split_names, items_by_split, skipped)
     work = [(split, pos, item) for pos, (split, item) in
             enumerate((split, item) for split in split_names for item in candidates[split])]
     check = _Check(settings=settings, max_pixels=max_pixels, limits=limits, max_captions=max_captions)
@@ -170,7 +170,7 @@ class _Check(beam.DoFn if beam else object):
             survivors[split].append((pos, item, size, fix))
         for split, group in survivors.items():
             skipped, cap = report.Counted(), report.CaptionCap(self.max_captions)
-            kept, max_words, words, longest = writer.clean_captions(
+            kept, max_words, words, longest = items.clean_captions(
                 split, [item for _, item, _, _ in group], settings=self.settings, max_captions=self.max_captions,
                 skipped=skipped, caption_cap=cap)
             order = {}  # the names clean_captions counts -> their place in the input
@@ -280,22 +280,19 @@ class _WriteShard(beam.DoFn if beam else object):
         item = row["item"]
         data = images.stored_bytes(item, {item.image_id: (row["size"], row["fix"])}, self.limits)
         Metrics.counter(_METRICS, "images_written").inc()
-        return writer.serialize(item, data)
+        return items.serialize(item, data)
 
 
 def _write_summary(_, target: str, counts: dict, words: dict, shards: list) -> None:
-    summary = {"counts": counts, "words": words, "shards": shards}
-    path = os.path.join(target, SUMMARY_FILE)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(summary, f)
-    os.replace(path + ".tmp", path)
+    """The pipeline's results, for the launcher (`_read_summary`); on any file system (io_utils)."""
+    io_utils.write_json_atomic(os.path.join(target, SUMMARY_FILE),
+                               {"counts": counts, "words": words, "shards": shards})
 
 
 def _read_summary(target: str, split_names: Sequence[str], skipped: report.Counted, max_captions: int) -> dict:
     path = os.path.join(target, SUMMARY_FILE)
-    with open(path, encoding="utf-8") as f:
-        summary = json.load(f)
-    os.remove(path)
+    summary = io_utils.read_json(path)
+    io_utils.remove(path)
     counts = summary["counts"]
     for reason, (count, examples) in counts["skipped"].items():
         skipped.merge({reason: {"count": count, "examples": [name for _, name in examples]}})

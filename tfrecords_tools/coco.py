@@ -42,8 +42,11 @@ def read_annotations(path: str | os.PathLike, image_dirs: Sequence[str | os.Path
 
     Captions keep the annotation order. Image entries listed twice are kept
     once (the writer's "duplicate" would count them too; here the second entry
-    is counted and dropped so its captions are not lost or doubled). File
-    names that are absolute or climb out of the image folders are "unsafe_path".
+    is counted and dropped so its captions are not lost or doubled). An entry
+    reusing an earlier entry's id with another file name is skipped and counted
+    as "duplicate_id" (captions name their image by id, so they would be stored
+    with both images). File names that are absolute or climb out of the image
+    folders are "unsafe_path".
 
     Raises:
       ConversionError: the file is not a COCO caption file.
@@ -68,6 +71,7 @@ def read_annotations(path: str | os.PathLike, image_dirs: Sequence[str | os.Path
             continue
         captions[ann["image_id"]].append(ann["caption"])
     items, seen = [], set()
+    names_by_id: dict = {}  # image id -> the file name of its first entry
     for i, image in enumerate(data["images"]):
         if (not isinstance(image, dict) or not _is_id(image.get("id"))
                 or not isinstance(image.get("file_name"), str)):
@@ -76,6 +80,10 @@ def read_annotations(path: str | os.PathLike, image_dirs: Sequence[str | os.Path
         name = image["file_name"]
         if name in seen:
             skipped["duplicate"].append(f"{base}:{name}")
+            continue
+        first = names_by_id.setdefault(image["id"], name)
+        if first != name:  # its captions would go to both images: the first entry keeps them
+            skipped["duplicate_id"].append(f"{base}:id {image['id']} ({name}; kept {first})")
             continue
         seen.add(name)
         found = _find(name, image_dirs)

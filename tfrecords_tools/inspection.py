@@ -23,6 +23,7 @@ from caption_app import io_utils
 from caption_app.data import manifest as manifest_lib
 from caption_app.data import records
 from caption_app.data import vocabulary as vocab_lib
+from tfrecords_tools.source_api import ConversionError
 
 HTML_FILE = "inspect.html"
 BIN_WIDTH, LAST_BIN = 5, 40  # histogram bins of 5 words; one bin for LAST_BIN words and more
@@ -47,14 +48,22 @@ def inspect_data(data_dir: str | os.PathLike, *, html_path: str | os.PathLike | 
       seed: of the random draw.
       verbose: print the report.
 
+    Raises:
+      ConversionError: a manifest, vocabulary or shard that does not read (truncated,
+        damaged), in one line naming the file and saying re-convert.
+      FileNotFoundError: no manifest, or a shard it lists is missing.
+
     Returns:
       {"splits": {split: {"num_images", "num_captions", "length_histogram"
       {bin: captions}, "max_words", "mean_words", "tokens", "in_vocab_tokens",
       "vocab_coverage"}}, "vocab_size", "html"}.
     """
     data_dir = os.fspath(data_dir)
-    manifest = manifest_lib.load(data_dir)
-    vocab = vocab_lib.Vocabulary.load(manifest.vocab_path)
+    try:
+        manifest = manifest_lib.load(data_dir)  # counts each shard's records: a truncated one is named
+        vocab = vocab_lib.Vocabulary.load(manifest.vocab_path)
+    except ValueError as err:  # ManifestError, another format_version, a vocabulary that does not load
+        raise ConversionError(f"cannot inspect {data_dir}: {err}") from None
     known = set(vocab.words)
     rng = random.Random(seed)
     sample: list[tuple[str, str, bytes, list[str]]] = []  # reservoir over all records
@@ -63,19 +72,18 @@ def inspect_data(data_dir: str | os.PathLike, *, html_path: str | os.PathLike | 
     for split in manifest.splits:
         files = manifest.files(split)
         images, captions = 0, []
-        if files:
-            for raw in tf.data.TFRecordDataset(files).map(records.parse_example).as_numpy_iterator():
-                images += 1
-                texts = [c.decode("utf-8") for c in raw["captions"]]
-                captions.extend(texts)
-                seen += 1
-                entry = (split, raw["image_id"].decode("utf-8"), raw["encoded"], texts)
-                if len(sample) < num_examples:
-                    sample.append(entry)
-                else:
-                    j = rng.randrange(seen)
-                    if j < num_examples:
-                        sample[j] = entry
+        for raw in _records(files):
+            images += 1
+            texts = [c.decode("utf-8") for c in raw["captions"]]
+            captions.extend(texts)
+            seen += 1
+            entry = (split, raw["image_id"].decode("utf-8"), raw["encoded"], texts)
+            if len(sample) < num_examples:
+                sample.append(entry)
+            else:
+                j = rng.randrange(seen)
+                if j < num_examples:
+                    sample[j] = entry
         histogram: collections.Counter = collections.Counter()
         tokens = in_vocab = max_words = 0
         for words in vocab_lib.split_words(captions, manifest.tokenizer):
@@ -100,6 +108,18 @@ def inspect_data(data_dir: str | os.PathLike, *, html_path: str | os.PathLike | 
     if verbose:
         print(format_report(report))
     return report
+
+
+def _records(files: list[str]):
+    """The parsed records of `files`, file by file; a record that does not read (a CRC mismatch,
+    a cut) is a ConversionError naming its shard."""
+    for path in files:
+        try:
+            yield from tf.data.TFRecordDataset([path]).map(records.parse_example).as_numpy_iterator()
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as err:
+            reason = (err.message or type(err).__name__).strip().splitlines()[0]
+            raise ConversionError(f"cannot inspect shard {path}: it is damaged ({reason}); re-convert the "
+                                  "dataset (python -m tfrecords_tools ... --out DIR)") from None
 
 
 def format_report(report: dict) -> str:

@@ -7,9 +7,17 @@
     OUT/inspect.html                      `tfrecords_tools inspect`'s page
     OUT/raw/                              the shapes generator's Flickr8k-layout files
 
-A conversion never deletes what it did not write. `check_out_dir` refuses an
-`--out` that holds anything else, unless it is a previous conversion (has a
-manifest or parts; its other files are left alone). The new output is built in
+    OUT/.convert.lock                     `out_lock`: held by the one conversion or merge writing
+                                          into OUT (a part conversion holds .convert-part-*.lock)
+
+A conversion never deletes what it did not write, and what it wrote is known by
+content, never by a name alone: the files a manifest.json that parses as ours
+lists (and the manifest and its vocabulary), the shards a part.json of ours
+lists, our staging dirs. `check_out_dir` refuses an `--out` that holds anything
+else, unless it is a previous conversion (our manifest or parts; its other files
+are left alone) or one that stopped while moving its output in (its staging dir
+is still there). A user's vocab.txt or train-00000-of-00001.tfrecord beside no
+manifest of ours is refused, never replaced. The new output is built in
 a hidden staging dir (`staging`) inside OUT (or OUT/parts), on the same file
 system, and moved into place only when complete (`swap_in`, `swap_in_part`):
 a failed conversion leaves the previous data dir as it was. Every file is
@@ -46,6 +54,8 @@ _OLD_PREFIX = ".replaced-"
 _SHARD_NAME = re.compile(r"^\w+-\d{5}-of-\d{5}\.tfrecord$")
 _PART_NAME = re.compile(r"^part-\d{5}-of-\d{5}$")
 _TFDS_STAGING = ".tfds_staging-"  # tfds_source stages TFDS images here
+LOCK_FILE = ".convert.lock"  # `out_lock`; a part's is .convert-part-IIIII-of-NNNNN.lock
+_LOCK_NAME = re.compile(r"^\.convert(?:-part-\d{5}-of-\d{5})?\.lock$")
 NUM_NAMED = 5  # entries named in a refusal
 
 
@@ -61,93 +71,262 @@ def is_shard_name(name: str, split: str | None = None) -> bool:
     return bool(_SHARD_NAME.match(name))
 
 
-def _is_own_file(name: str) -> bool:
-    """A file name a conversion writes into a data dir or part dir (or its temp name)."""
+def _is_output_name(name: str) -> bool:
+    """A name a conversion writes into a data dir (or its temp name); a name alone proves nothing."""
     name = name.removesuffix(".tmp")
-    return (name in (manifest_lib.MANIFEST, vocab_lib.VOCAB_FILE, PART_FILE, HTML_FILE)
-            or is_shard_name(name))
+    return name in (manifest_lib.MANIFEST, vocab_lib.VOCAB_FILE, HTML_FILE) or is_shard_name(name)
 
 
-def _is_own_entry(folder: str, name: str) -> bool:
-    """Whether `folder/name` is something a conversion writes into OUT."""
+def _read_json(path: str):
+    """The JSON in regular file `path`, or None (missing, not a regular file, too large, not JSON)."""
+    try:
+        if io_utils.islink(path) or not io_utils.isfile(path):  # a FIFO named manifest.json must not block us
+            return None
+        return json.loads(io_utils.read_small_file(path, "file", limit=1 << 24))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def _listed_files(splits) -> set[str] | None:
+    """The shard names a manifest's or part.json's "splits" lists, or None when it is not
+    split -> {"files": [plain shard names of that split]}."""
+    if not isinstance(splits, dict):
+        return None
+    names: set[str] = set()
+    for split, info in splits.items():
+        files = info.get("files", []) if isinstance(info, dict) else None
+        if not isinstance(files, list) or not all(isinstance(f, str) and is_shard_name(f, split) for f in files):
+            return None
+        names.update(files)
+    return names
+
+
+def our_manifest(folder: str) -> dict | None:
+    """`folder/manifest.json` when it parses as one the converter wrote (caption_app/data/manifest.py's
+    format: its version, source, tokenizer and splits listing plain shard names), else None."""
+    raw = _read_json(os.path.join(folder, manifest_lib.MANIFEST))
+    if (not isinstance(raw, dict) or raw.get("format_version") != manifest_lib.FORMAT_VERSION
+            or not isinstance(raw.get("source"), str) or not isinstance(raw.get("tokenizer"), dict)
+            or _listed_files(raw.get("splits")) is None):
+        return None
+    return raw
+
+
+def _our_part(folder: str) -> dict | None:
+    """`folder/part.json` when it parses as the one a part conversion wrote into this part dir."""
+    match = _PART_NAME.match(os.path.basename(folder))
+    raw = _read_json(os.path.join(folder, PART_FILE))
+    if (not match or not isinstance(raw, dict) or raw.get("format_version") != manifest_lib.FORMAT_VERSION
+            or raw.get("part") != [int(os.path.basename(folder)[5:10]), int(os.path.basename(folder)[-5:])]
+            or _listed_files(raw.get("splits")) is None):
+        return None
+    return raw
+
+
+def _manifest_files(manifest: Mapping) -> set[str]:
+    """The files an (our_manifest) data dir's conversion wrote: the manifest, its vocabulary, its shards."""
+    vocab_file = manifest.get("vocab_file", vocab_lib.VOCAB_FILE)
+    plain = isinstance(vocab_file, str) and vocab_file == os.path.basename(vocab_file) and \
+        not vocab_file.startswith(".")
+    return {manifest_lib.MANIFEST} | ({vocab_file} if plain else set()) | _listed_files(manifest["splits"])
+
+
+def part_files(part: Mapping) -> set[str]:
+    """The files a part conversion wrote into its part dir: part.json and the shards it lists."""
+    return {PART_FILE} | (_listed_files(part.get("splits")) or set())
+
+
+def _is_staging_dir(folder: str, name: str) -> bool:
     path = os.path.join(folder, name)
-    if name.startswith((STAGING_PREFIX, _OLD_PREFIX, _TFDS_STAGING)):
-        return True
+    return name.startswith((STAGING_PREFIX, _OLD_PREFIX, _TFDS_STAGING)) and io_utils.isdir(path) \
+        and not io_utils.islink(path)
+
+
+def _stopped_while_moving_in(folder: str, label: str) -> bool:
+    """Whether a conversion into `folder` stopped while moving its output in: its staging dir
+    (`staging(folder, label)`) is still there. Then files named as outputs are that conversion's."""
+    prefix = f"{STAGING_PREFIX}{label}-"
+    return any(n.startswith(prefix) and _is_staging_dir(folder, n) for n in io_utils.listdir(folder))
+
+
+def _is_own_entry(folder: str, name: str, outputs_too: bool) -> bool:
+    """Whether `folder/name` (in OUT) is something a conversion wrote, by what it is: a lock
+    file, a staging dir, parts/ holding part dirs with our part.json, the shapes raw dir; output
+    names (shards, vocab.txt) only when `outputs_too` (a stopped conversion's staging dir is there)."""
+    path = os.path.join(folder, name)
     if io_utils.islink(path):
         return False
+    if _LOCK_NAME.match(name):
+        return io_utils.isfile(path)
+    if name.startswith((STAGING_PREFIX, _OLD_PREFIX, _TFDS_STAGING)):
+        return io_utils.isdir(path)
     if io_utils.isdir(path):
         if name == PARTS_DIR:
-            return all(_PART_NAME.match(n) or n.startswith((STAGING_PREFIX, _OLD_PREFIX))
-                       for n in io_utils.listdir(path))
+            return _is_our_parts(path)
         return name == SHAPES_RAW_DIR and _is_shapes_raw(path)
-    return _is_own_file(name)
+    return outputs_too and _is_output_name(name)
+
+
+def _is_our_parts(path: str) -> bool:
+    """OUT/parts holding only part dirs that hold our part.json (or nothing yet) and staging dirs."""
+    for name in io_utils.listdir(path):
+        if _is_staging_dir(path, name):
+            continue
+        part = os.path.join(path, name)
+        if not _PART_NAME.match(name) or io_utils.islink(part) or not io_utils.isdir(part):
+            return False
+        if _our_part(part) is None and (io_utils.listdir(part)
+                                        and not _stopped_while_moving_in(path, name)):
+            return False
+    return True
 
 
 def _is_shapes_raw(path: str) -> bool:
-    """The shapes generator's raw dir: its text files, ground truth and images/shapes_*.jpg only."""
+    """The shapes generator's raw dir: its ground truth (objects.json as the generator writes it) and
+    text files, or only images/shapes_*.jpg (a generation that was stopped before its text files)."""
     text = {"Flickr8k.token.txt", "Flickr_8k.trainImages.txt", "Flickr_8k.devImages.txt",
             "Flickr_8k.testImages.txt", "objects.json"}
     names = set(io_utils.listdir(path))
     if not names <= text | {"images"}:
         return False
     images = os.path.join(path, "images")
-    return not io_utils.isdir(images) or all(n.startswith("shapes_") for n in io_utils.listdir(images))
+    if io_utils.isdir(images) and not all(n.startswith("shapes_") for n in io_utils.listdir(images)):
+        return False
+    if names <= {"images"}:
+        return True
+    truth = _read_json(os.path.join(path, "objects.json"))
+    return isinstance(truth, dict) and isinstance(truth.get("scenes"), dict) and isinstance(truth.get("images"), dict)
 
 
 def is_previous_conversion(out_dir: str) -> bool:
-    """Whether `out_dir` holds a converter's manifest.json or parts/."""
-    path = os.path.join(out_dir, manifest_lib.MANIFEST)
-    try:
-        if not io_utils.isfile(path):  # a FIFO named manifest.json must not block us
-            raise OSError
-        with io_utils.open(path, "rb") as f:
-            manifest = json.loads(f.read(1 << 24))
-        if isinstance(manifest, dict) and "splits" in manifest and "format_version" in manifest:
-            return True
-    except (OSError, ValueError, RecursionError):
-        pass
+    """Whether `out_dir` holds a manifest.json the converter wrote or its parts/ (by content)."""
+    if our_manifest(out_dir) is not None:
+        return True
     parts = os.path.join(out_dir, PARTS_DIR)
-    return io_utils.isdir(parts) and not io_utils.islink(parts) and _is_own_entry(out_dir, PARTS_DIR)
+    return io_utils.isdir(parts) and not io_utils.islink(parts) and _is_our_parts(parts)
 
 
-def check_out_dir(out_dir: str | os.PathLike) -> None:
+def previous_outputs(out_dir: str) -> frozenset[str]:
+    """The files in `out_dir` a new conversion may replace: those of the conversion its manifest
+    (ours: `our_manifest`) describes, or, with no such manifest, the output-named files of a
+    conversion that stopped while moving its output in. Call it before `staging`."""
+    if not io_utils.isdir(out_dir):
+        return frozenset()
+    manifest = our_manifest(out_dir)
+    if manifest is not None:
+        return frozenset(_manifest_files(manifest))
+    if _stopped_while_moving_in(out_dir, "data"):
+        return frozenset(n for n in io_utils.listdir(out_dir) if _is_output_name(n) and n != HTML_FILE
+                         and io_utils.isfile(os.path.join(out_dir, n)))
+    return frozenset()
+
+
+def check_out_dir(out_dir: str | os.PathLike) -> frozenset[str]:
     """Raises ConversionError unless `out_dir` is absent, empty, a previous conversion
-    or holds only what a conversion writes (a run that was stopped)."""
+    (our manifest, or our parts/) or holds only what a stopped conversion leaves (our
+    staging dirs and lock files). Ownership is decided by content, never by names alone:
+    a user's vocab.txt or train-00000-of-00001.tfrecord beside no manifest of ours is refused.
+
+    Returns:
+      `previous_outputs(out_dir)`: the files a new conversion may replace (`swap_in`).
+    """
     out_dir = os.fspath(out_dir)
     if not io_utils.lexists(out_dir):
-        return
+        return frozenset()
     if not io_utils.isdir(out_dir):
         raise ConversionError(f"--out {out_dir} is a file, not a folder; pass a new folder or a data dir "
                               "to convert again")
     names = sorted(io_utils.listdir(out_dir))
-    if not names or is_previous_conversion(out_dir):
-        return
-    foreign = [n for n in names if not _is_own_entry(out_dir, n)]
+    if not names or our_manifest(out_dir) is not None:
+        return previous_outputs(out_dir)
+    stopped = _stopped_while_moving_in(out_dir, "data")
+    foreign = [n for n in names if not _is_own_entry(out_dir, n, outputs_too=stopped)]
     if foreign:
         shown = ", ".join(foreign[:NUM_NAMED]) + (f" and {len(foreign) - NUM_NAMED} more"
                                                    if len(foreign) > NUM_NAMED else "")
         raise ConversionError(f"--out {out_dir} is not empty and not a data dir of an earlier conversion "
-                              f"(it holds {shown}); the converter writes only into a new or empty folder "
-                              "or a data dir it wrote, so pass another --out")
+                              f"(it holds {shown}, and no {manifest_lib.MANIFEST} the converter wrote); the "
+                              "converter writes only into a new or empty folder or a data dir it wrote, and "
+                              "deletes nothing it did not write, so pass another --out")
+    return previous_outputs(out_dir)
 
 
 def check_part_dir(target: str) -> None:
-    """Raises ConversionError when an existing part dir holds files a conversion did not write."""
+    """Raises ConversionError when an existing part dir holds files its part.json (ours) does not list."""
     if not io_utils.lexists(target):
         return
     if io_utils.islink(target) or not io_utils.isdir(target):
         raise ConversionError(f"{target} is not a folder the converter wrote; move it away and run again")
-    foreign = sorted(n for n in io_utils.listdir(target) if not _is_own_file(n))
+    part = _our_part(target)
+    if part is not None:
+        ours = part_files(part)
+    elif _stopped_while_moving_in(os.path.dirname(target), os.path.basename(target)):
+        ours = {n for n in io_utils.listdir(target) if n.removesuffix(".tmp") == PART_FILE or is_shard_name(
+            n.removesuffix(".tmp"))}
+    else:
+        ours = set()
+    foreign = sorted(n for n in io_utils.listdir(target) if n.removesuffix(".tmp") not in ours)
     if foreign:
-        raise ConversionError(f"{target} holds files the converter did not write ({', '.join(foreign[:NUM_NAMED])}); "
+        raise ConversionError(f"{target} holds files the converter did not write ({', '.join(foreign[:NUM_NAMED])}"
+                              f"{'' if part is not None else f'; no {PART_FILE} of ours lists them'}); "
                               "move them away and run again")
+
+
+class OutDirLocked(ConversionError):
+    """Another conversion is writing into the same --out (or part of it)."""
+
+
+_HELD: dict[tuple[str, str], int] = {}  # (OUT, lock file) -> depth, for the locks this process holds
+
+
+@contextlib.contextmanager
+def out_lock(out_dir: str | os.PathLike, command: str, part: tuple[int, int] | None = None, *,
+             check: bool = True) -> Iterator[None]:
+    """Holds the lock on `out_dir` (one conversion or merge at a time; with `part`, the lock of that
+    part only, so parts convert side by side) while the block runs: caption_app/runs/lock.py's
+    FolderLock on OUT/.convert.lock (OUT/.convert-part-IIIII-of-NNNNN.lock), naming the holder
+    (pid, host, command), removed on release. Taken before anything is written: an `out_dir`
+    that is not ours is refused first (`check_out_dir`; `check=False`: the caller checks what
+    it reads, as merge does its parts), so no lock file goes into it. Nested calls in one
+    process (shapes -> writer) take it once.
+
+    Raises:
+      OutDirLocked: another process holds it (one line naming it); nothing was touched.
+      ConversionError: `out_dir` is not a folder the converter may write into.
+    """
+    from caption_app.runs.lock import FolderLock  # no TensorFlow there
+
+    out_dir = os.fspath(out_dir)
+    lock_file = LOCK_FILE if part is None else f".convert-part-{part[0]:05d}-of-{part[1]:05d}.lock"
+    key = (io_utils.abspath(out_dir), lock_file)
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    if check:
+        check_out_dir(out_dir)
+    io_utils.makedirs(out_dir)
+    what = "--out" if part is None else f"part {part[0]} of {part[1]} in --out"
+    lock = FolderLock(out_dir, command, lock_file=lock_file, what=what, error=OutDirLocked, remove_on_release=True,
+                      advice="one conversion (or merge) at a time may write there. Wait for it to finish (or "
+                             "stop it), or pass another --out").acquire()
+    _HELD[key] = 1
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        lock.release()
 
 
 @contextlib.contextmanager
 def staging(parent: str, label: str) -> Iterator[str]:
     """A hidden, empty dir inside `parent` to build the new output in (same file
     system, so `swap_in` renames); deleted with whatever is left in it, on failure too.
-    Stale staging dirs of the same `label` (left by a killed run) are deleted first."""
+    Stale staging dirs of the same `label` (left by a killed run) are deleted first:
+    hold `out_lock`, so none of them is another conversion's live one."""
     io_utils.makedirs(parent)
     prefix = f"{STAGING_PREFIX}{label}-"
     for stale in io_utils.glob(os.path.join(glob.escape(parent), glob.escape(prefix) + "*")):
@@ -160,25 +339,27 @@ def staging(parent: str, label: str) -> Iterator[str]:
         io_utils.rmtree(stage)
 
 
-def swap_in(stage: str, out_dir: str, splits: Iterable[str]) -> None:
+def swap_in(stage: str, out_dir: str, previous: Iterable[str]) -> None:
     """Moves a complete new data dir from `stage` into `out_dir`.
 
-    Deletes the old manifest first (a data dir without one reads as incomplete),
-    then the old vocabulary and the old shards of `splits`, moves the new shards
-    and vocabulary in, and the manifest last. Nothing else in `out_dir` is touched.
+    `previous` (from `check_out_dir` / `previous_outputs`, taken before the staging dir
+    existed) names the files of the earlier conversion: the old manifest is deleted first
+    (a data dir without one reads as incomplete), then the rest of them; the new shards
+    and vocabulary move in, the manifest last. Nothing else in `out_dir` is touched: a new
+    file whose name is taken by a file the converter did not write is a ConversionError,
+    raised before anything is deleted.
     """
-    manifest_path = os.path.join(out_dir, manifest_lib.MANIFEST)
-    vocab_path = vocab_lib.vocab_path(out_dir)
-    for path in (manifest_path, manifest_path + ".tmp", vocab_path, vocab_path + ".tmp"):
-        if io_utils.lexists(path):
-            io_utils.remove(path)
-    for split in splits:
-        pattern = records.shard_pattern(split)
-        for path in io_utils.glob(os.path.join(glob.escape(out_dir), pattern)) + io_utils.glob(
-                os.path.join(glob.escape(out_dir), pattern + ".tmp")):
-            if is_shard_name(os.path.basename(path).removesuffix(".tmp"), split):
-                io_utils.remove(path)
+    previous = set(previous)
     new = sorted(io_utils.listdir(stage), key=lambda n: n == manifest_lib.MANIFEST)  # the manifest last
+    taken = [n for n in new if n not in previous and io_utils.lexists(os.path.join(out_dir, n))]
+    if taken:
+        raise ConversionError(f"--out {out_dir} holds {', '.join(taken[:NUM_NAMED])}, which the converter did "
+                              "not write (no manifest of its lists it) and the new data dir would replace; move "
+                              "it away and run again")
+    for name in sorted(previous, key=lambda n: n != manifest_lib.MANIFEST):  # the manifest first
+        path = os.path.join(out_dir, name)
+        if io_utils.lexists(path) and not io_utils.isdir(path):
+            io_utils.remove(path)
     for name in new:
         io_utils.replace(os.path.join(stage, name), os.path.join(out_dir, name))
 
@@ -194,11 +375,12 @@ def swap_in_part(stage: str, target: str) -> None:
         io_utils.rmtree(old)
 
 
-def remove_own(folder: str) -> None:
-    """Deletes the files a conversion writes in `folder`, then `folder` if that emptied it."""
-    for name in io_utils.listdir(folder):
+def remove_own(folder: str, names: Iterable[str] = ()) -> None:
+    """Deletes the files `names` (what a conversion wrote into `folder`, known from its content:
+    `part_files`), then `folder` if that emptied it."""
+    for name in names:
         path = os.path.join(folder, name)
-        if _is_own_file(name) and not io_utils.isdir(path):
+        if io_utils.lexists(path) and not io_utils.isdir(path):
             io_utils.remove(path)
     with contextlib.suppress(OSError):
         io_utils.rmdir(folder)

@@ -11,6 +11,7 @@ all train captions) and manifest.
 from __future__ import annotations
 
 import collections
+import contextlib
 import glob
 import json
 import os
@@ -86,82 +87,88 @@ def merge_parts(out_dir: str | os.PathLike, *, keep_parts: bool = False, verbose
         parts that disagree on settings, or no train image in any part.
     """
     out_dir = os.fspath(out_dir)
-    parts_root = os.path.join(out_dir, layout.PARTS_DIR)
-    if io_utils.islink(parts_root):
-        raise ConversionError(f"{parts_root} is a symlink; merge reads only a parts folder the converter wrote")
-    dirs = sorted(io_utils.glob(os.path.join(glob.escape(parts_root), "part-[0-9][0-9][0-9][0-9][0-9]-of-"
-                                                                   "[0-9][0-9][0-9][0-9][0-9]")))
-    if not dirs:
-        raise ConversionError(f"{parts_root} has no parts; convert with --num-parts N --part-index I "
-                              f"(once per I) and --out {out_dir} first")
-    counts = {int(os.path.basename(d)[-5:]) for d in dirs}
-    if len(counts) != 1:
-        raise ConversionError(f"{parts_root} mixes conversions into {sorted(counts)} parts; delete the "
-                              "stale parts and merge again")
-    count = counts.pop()
-    parts = [_read_part(out_dir, index, count) for index in range(count)]
-    first = parts[0]
-    for key in ("format_version", "source", "tokenizer", "min_word_count", "images_per_shard",
-                "caption_limit", "vocab_from"):
-        differing = [p["part"][0] for p in parts if p[key] != first[key]]
-        if differing:
-            raise ConversionError(f"parts {differing} were converted with another {key} than part 0 "
-                                  f"({first[key]!r}); convert every part with the same arguments")
+    # Its own checks (the parts it reads, `previous_outputs`), not check_out_dir: files of yours in OUT
+    # or OUT/parts stay as they are.
+    with layout.out_lock(out_dir, "tfrecords_tools merge", check=False), contextlib.ExitStack() as part_locks:
+        parts_root = os.path.join(out_dir, layout.PARTS_DIR)
+        if io_utils.islink(parts_root):
+            raise ConversionError(f"{parts_root} is a symlink; merge reads only a parts folder the converter wrote")
+        dirs = sorted(io_utils.glob(os.path.join(glob.escape(parts_root), "part-[0-9][0-9][0-9][0-9][0-9]-of-"
+                                                                       "[0-9][0-9][0-9][0-9][0-9]")))
+        if not dirs:
+            raise ConversionError(f"{parts_root} has no parts; convert with --num-parts N --part-index I "
+                                  f"(once per I) and --out {out_dir} first")
+        counts = {int(os.path.basename(d)[-5:]) for d in dirs}
+        if len(counts) != 1:
+            raise ConversionError(f"{parts_root} mixes conversions into {sorted(counts)} parts; delete the "
+                                  "stale parts and merge again")
+        count = counts.pop()
+        for index in range(count):  # no part may be converting while it is merged
+            part_locks.enter_context(layout.out_lock(out_dir, "tfrecords_tools merge", (index, count), check=False))
+        parts = [_read_part(out_dir, index, count) for index in range(count)]
+        previous = layout.previous_outputs(out_dir)  # before the staging dir exists
+        first = parts[0]
+        for key in ("format_version", "source", "tokenizer", "min_word_count", "images_per_shard",
+                    "caption_limit", "vocab_from"):
+            differing = [p["part"][0] for p in parts if p[key] != first[key]]
+            if differing:
+                raise ConversionError(f"parts {differing} were converted with another {key} than part 0 "
+                                      f"({first[key]!r}); convert every part with the same arguments")
 
-    split_names = list(dict.fromkeys(s for p in parts for s in p["splits"]))
-    skipped, reencoded = report.Counted(), report.Counted()
-    caption_cap = report.CaptionCap(first["caption_limit"])
-    train_counts: collections.Counter = collections.Counter()
-    for p in parts:
-        skipped.merge(p["skipped"])
-        reencoded.merge(p["reencoded"])
-        if p.get("caption_cap"):
-            caption_cap.merge(p["caption_cap"])
-        train_counts.update(p["train_word_counts"])
-    with layout.staging(out_dir, "data") as stage:
-        splits_info = {}
-        for split in split_names:
-            in_parts = {p["part"][0]: manifest_lib.SplitInfo.from_dict(p["splits"][split])
-                        for p in parts if split in p["splits"]}
-            sources = [os.path.join(layout.part_dir(out_dir, index, count), f)
-                       for index, info in in_parts.items() for f in info.files]
-            files = []
-            for shard, src in enumerate(sources):
-                name = records.shard_name(split, shard, len(sources))
-                layout.link_or_copy(src, os.path.join(stage, name))
-                files.append(name)
-            splits_info[split] = manifest_lib.SplitInfo(
-                num_images=sum(info.num_images for info in in_parts.values()),
-                num_captions=sum(info.num_captions for info in in_parts.values()), files=tuple(files))
-        if "train" not in splits_info or not splits_info["train"].num_images:
-            raise ConversionError(f"no part of {parts_root} has a usable train image "
-                                  f"({skipped.summary_line()}); check the image and caption paths")
-        converted = {
-            "splits": splits_info, "train_counts": train_counts, "skipped": skipped, "reencoded": reencoded,
-            "max_caption_words": max(p["max_caption_words"] for p in parts),
-            # Parts written before the histogram existed leave it out (one length bucket).
-            "train_longest_caption_words": sum(
-                (collections.Counter({int(k): v for k, v in p["train_longest_caption_words"].items()})
-                 for p in parts), collections.Counter())
-            if all("train_longest_caption_words" in p for p in parts) else None,
-            "max_captions_per_image": max(p["max_captions_per_image"] for p in parts),
-            "caption_cap": caption_cap,
-        }
-        manifest = layout.write_vocab_and_manifest(
-            stage, converted, source=first["source"],
-            settings=vocab_lib.TokenizerSettings.from_dict(first["tokenizer"]),
-            min_word_count=first["min_word_count"], images_per_shard=first["images_per_shard"],
-            source_info=first["source_info"], merged_parts=count, vocab_from=first["vocab_from"])
-        layout.swap_in(stage, out_dir, split_names)
-    if verbose:
-        print(report.format_summary(manifest, out_dir))
-    for warning in report.empty_split_warnings(manifest):
-        print(warning, file=sys.stderr)
-    if not keep_parts:
-        for index in range(count):
-            layout.remove_own(layout.part_dir(out_dir, index, count))
-        layout.remove_own(parts_root)
-    return manifest
+        split_names = list(dict.fromkeys(s for p in parts for s in p["splits"]))
+        skipped, reencoded = report.Counted(), report.Counted()
+        caption_cap = report.CaptionCap(first["caption_limit"])
+        train_counts: collections.Counter = collections.Counter()
+        for p in parts:
+            skipped.merge(p["skipped"])
+            reencoded.merge(p["reencoded"])
+            if p.get("caption_cap"):
+                caption_cap.merge(p["caption_cap"])
+            train_counts.update(p["train_word_counts"])
+        with layout.staging(out_dir, "data") as stage:
+            splits_info = {}
+            for split in split_names:
+                in_parts = {p["part"][0]: manifest_lib.SplitInfo.from_dict(p["splits"][split])
+                            for p in parts if split in p["splits"]}
+                sources = [os.path.join(layout.part_dir(out_dir, index, count), f)
+                           for index, info in in_parts.items() for f in info.files]
+                files = []
+                for shard, src in enumerate(sources):
+                    name = records.shard_name(split, shard, len(sources))
+                    layout.link_or_copy(src, os.path.join(stage, name))
+                    files.append(name)
+                splits_info[split] = manifest_lib.SplitInfo(
+                    num_images=sum(info.num_images for info in in_parts.values()),
+                    num_captions=sum(info.num_captions for info in in_parts.values()), files=tuple(files))
+            if "train" not in splits_info or not splits_info["train"].num_images:
+                raise ConversionError(f"no part of {parts_root} has a usable train image "
+                                      f"({skipped.summary_line()}); check the image and caption paths")
+            converted = {
+                "splits": splits_info, "train_counts": train_counts, "skipped": skipped, "reencoded": reencoded,
+                "max_caption_words": max(p["max_caption_words"] for p in parts),
+                # Parts written before the histogram existed leave it out (one length bucket).
+                "train_longest_caption_words": sum(
+                    (collections.Counter({int(k): v for k, v in p["train_longest_caption_words"].items()})
+                     for p in parts), collections.Counter())
+                if all("train_longest_caption_words" in p for p in parts) else None,
+                "max_captions_per_image": max(p["max_captions_per_image"] for p in parts),
+                "caption_cap": caption_cap,
+            }
+            manifest = layout.write_vocab_and_manifest(
+                stage, converted, source=first["source"],
+                settings=vocab_lib.TokenizerSettings.from_dict(first["tokenizer"]),
+                min_word_count=first["min_word_count"], images_per_shard=first["images_per_shard"],
+                source_info=first["source_info"], merged_parts=count, vocab_from=first["vocab_from"])
+            layout.swap_in(stage, out_dir, previous)
+        if verbose:
+            print(report.format_summary(manifest, out_dir))
+        for warning in report.empty_split_warnings(manifest):
+            print(warning, file=sys.stderr)
+        if not keep_parts:
+            for index, part in enumerate(parts):
+                layout.remove_own(layout.part_dir(out_dir, index, count), layout.part_files(part))
+            layout.remove_own(parts_root)  # when that emptied it
+        return manifest
 
 
 def _read_part(out_dir: str, index: int, count: int) -> dict:

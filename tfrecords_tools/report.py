@@ -25,6 +25,8 @@ SKIP_REASONS = {
     "unsafe_path": "file name is absolute, climbs out of the image root ('..') or is a symlink leading "
                    "outside it (--follow-symlinks trusts symlinks)",
     "duplicate": "image id already written (same split or an earlier one)",
+    "duplicate_id": "COCO image entry reuses an earlier entry's id with another file name (its captions "
+                    "would go to both; the earlier entry kept, this one skipped)",
     "bad_encoding": "caption is not valid UTF-8 (caption dropped)",
     "empty_caption": "caption empty, whitespace or punctuation only (caption dropped)",
     "no_captions": "image has no non-empty caption (image dropped)",

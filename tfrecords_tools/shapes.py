@@ -242,20 +242,20 @@ def convert_shapes(out_dir: str | os.PathLike, *, raw_dir: str | os.PathLike | N
     """
     from tfrecords_tools import layout  # loads TensorFlow, so only when converting (see source_api)
 
-    layout.check_out_dir(out_dir)  # before anything is generated into it
-    raw_dir = (os.fspath(raw_dir) if raw_dir is not None
-               else os.path.join(os.fspath(out_dir), layout.SHAPES_RAW_DIR))
-    dirs = generate_shapes(raw_dir, seed=seed, num_train=num_train, num_val=num_val,
-                           num_test=num_test, image_size=image_size,
-                           progress=writer_kwargs.get("progress", True), scenes=scenes)
-    source_info = {
-        "raw_dir": io_utils.abspath(raw_dir), "seed": seed, "num_train": num_train,
-        "num_val": num_val, "num_test": num_test, "image_size": image_size,
-        "held_out_pairs": [list(p) for p in scenes.held_out_pairs],
-        "objects_file": io_utils.abspath(dirs.objects_file),
-    }
-    return flickr8k.convert_flickr8k(dirs.images_dir, dirs.text_dir, out_dir, source="shapes",
-                                     source_info=source_info, **writer_kwargs)
+    with layout.out_lock(out_dir, "tfrecords_tools shapes"):  # checks out_dir; held while generating too
+        raw_dir = (os.fspath(raw_dir) if raw_dir is not None
+                   else os.path.join(os.fspath(out_dir), layout.SHAPES_RAW_DIR))
+        dirs = generate_shapes(raw_dir, seed=seed, num_train=num_train, num_val=num_val,
+                               num_test=num_test, image_size=image_size,
+                               progress=writer_kwargs.get("progress", True), scenes=scenes)
+        source_info = {
+            "raw_dir": io_utils.abspath(raw_dir), "seed": seed, "num_train": num_train,
+            "num_val": num_val, "num_test": num_test, "image_size": image_size,
+            "held_out_pairs": [list(p) for p in scenes.held_out_pairs],
+            "objects_file": io_utils.abspath(dirs.objects_file),
+        }
+        return flickr8k.convert_flickr8k(dirs.images_dir, dirs.text_dir, out_dir, source="shapes",
+                                         source_info=source_info, **writer_kwargs)
 
 
 def load_objects(path: str | os.PathLike) -> dict:

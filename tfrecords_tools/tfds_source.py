@@ -81,42 +81,42 @@ def convert_tfds(name: str, out_dir: str | os.PathLike, *, data_dir: str | None 
     if part is not None:
         check_part(*part)
 
-    layout.check_out_dir(out_dir)  # before the images are staged into it
-    io_utils.makedirs(out_dir)
-    staging = io_utils.mkdtemp(prefix=".tfds_staging-", dir=out_dir)
-    try:
-        items: dict[str, list[Item]] = {}
-        skipped: dict[str, list[str]] = {}
-        for tfds_split in wanted:
-            try:
-                ds = builder.as_dataset(split=tfds_split, decoders={image_key: tfds.decode.SkipDecoding()})
-            except Exception as e:  # not prepared: AssertionError / FileNotFoundError, by TFDS version
-                raise ConversionError(
-                    f"cannot read split {tfds_split!r} of TFDS dataset {name} in "
-                    f"{data_dir or 'the default TFDS data dir'} ({type(e).__name__}: {str(e)[:300]}). "
-                    "This converter never downloads: prepare it where there is internet "
-                    f"(`tfds build {name} --data_dir D`) and pass --data-dir D") from e
-            ours = split_map[tfds_split]
-            folder = os.path.join(staging, tfds_split)
-            io_utils.makedirs(folder, exist_ok=False)
-            for i, example in enumerate(tfds.as_numpy(ds)):
-                image_id = _as_text(_get(example, id_key))
-                if part is not None and not in_part(image_id, *part):
-                    continue
-                image, captions = _get(example, image_key), _get(example, captions_key)
-                if isinstance(captions, (bytes, str)):
-                    captions = [captions]
-                if not isinstance(image, bytes) or not all(isinstance(c, (bytes, str)) for c in captions):
-                    skipped.setdefault("bad_line", []).append(f"{tfds_split}[{i}]")  # not encoded bytes + text
-                    continue
-                path = os.path.join(folder, f"{i:09d}")
-                with io_utils.open(path, "wb") as f:
-                    f.write(image)
-                items.setdefault(ours, []).append(
-                    Item(image_id=image_id, path=path, captions=tuple(_as_text(c) for c in captions)))
-        items.setdefault("train", [])
-        info = {"tfds_name": name, "data_dir": data_dir, "split_map": {s: split_map[s] for s in wanted}}
-        return writer.write_dataset(out_dir, items, source=f"tfds:{name}", source_info=info, part=part,
-                                    extra_skipped=skipped, **writer_kwargs)
-    finally:
-        io_utils.rmtree(staging)
+    with layout.out_lock(out_dir, f"tfrecords_tools tfds {name}", part):  # checks out_dir, before any staging
+        io_utils.makedirs(out_dir)
+        staging = io_utils.mkdtemp(prefix=".tfds_staging-", dir=out_dir)
+        try:
+            items: dict[str, list[Item]] = {}
+            skipped: dict[str, list[str]] = {}
+            for tfds_split in wanted:
+                try:
+                    ds = builder.as_dataset(split=tfds_split, decoders={image_key: tfds.decode.SkipDecoding()})
+                except Exception as e:  # not prepared: AssertionError / FileNotFoundError, by TFDS version
+                    raise ConversionError(
+                        f"cannot read split {tfds_split!r} of TFDS dataset {name} in "
+                        f"{data_dir or 'the default TFDS data dir'} ({type(e).__name__}: {str(e)[:300]}). "
+                        "This converter never downloads: prepare it where there is internet "
+                        f"(`tfds build {name} --data_dir D`) and pass --data-dir D") from e
+                ours = split_map[tfds_split]
+                folder = os.path.join(staging, tfds_split)
+                io_utils.makedirs(folder, exist_ok=False)
+                for i, example in enumerate(tfds.as_numpy(ds)):
+                    image_id = _as_text(_get(example, id_key))
+                    if part is not None and not in_part(image_id, *part):
+                        continue
+                    image, captions = _get(example, image_key), _get(example, captions_key)
+                    if isinstance(captions, (bytes, str)):
+                        captions = [captions]
+                    if not isinstance(image, bytes) or not all(isinstance(c, (bytes, str)) for c in captions):
+                        skipped.setdefault("bad_line", []).append(f"{tfds_split}[{i}]")  # not encoded bytes + text
+                        continue
+                    path = os.path.join(folder, f"{i:09d}")
+                    with io_utils.open(path, "wb") as f:
+                        f.write(image)
+                    items.setdefault(ours, []).append(
+                        Item(image_id=image_id, path=path, captions=tuple(_as_text(c) for c in captions)))
+            items.setdefault("train", [])
+            info = {"tfds_name": name, "data_dir": data_dir, "split_map": {s: split_map[s] for s in wanted}}
+            return writer.write_dataset(out_dir, items, source=f"tfds:{name}", source_info=info, part=part,
+                                        extra_skipped=skipped, **writer_kwargs)
+        finally:
+            io_utils.rmtree(staging)

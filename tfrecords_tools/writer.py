@@ -3,7 +3,8 @@
 A source module (`flickr8k`, `shapes`, ...) only turns its raw layout into
 `source_api.Item`s per split; `write_dataset` does the rest:
 
-1. refuses an `OUT` that holds files it did not write (`layout.check_out_dir`)
+1. takes the lock on `OUT` (`layout.out_lock`: one conversion at a time), refuses
+   an `OUT` that holds files it did not write (`layout.check_out_dir`, by content)
    and builds everything in a hidden staging dir inside it (`layout.staging`);
 2. reads every image in a thread pool and checks it (`images.check_image`:
    regular files only, inside the image root, size capped before the read,
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import dataclasses
 import functools
 import math
 import os
@@ -45,6 +45,7 @@ from caption_app.data import manifest as manifest_lib
 from caption_app.data import records
 from caption_app.data import vocabulary as vocab_lib
 from tfrecords_tools import images, layout, merge, report, source_api
+from tfrecords_tools.items import clean_captions, serialize, unique_items
 from tfrecords_tools.source_api import ConversionError, Item, check_part, in_part
 
 _T = TypeVar("_T")
@@ -157,59 +158,61 @@ def write_dataset(
     # Threads: PIL decodes and file reads release the GIL; processes would re-import TF.
     workers = num_workers or min(32, (os.cpu_count() or 1) + 4)
     out_dir = os.fspath(out_dir)
-    layout.check_out_dir(out_dir)
-    target = out_dir if part is None else layout.part_dir(out_dir, *part)
-    if part is not None:
-        layout.check_part_dir(target)
-    limits = images.ReadLimits(max_bytes=max_file_bytes, follow_symlinks=follow_symlinks)
+    command = f"tfrecords_tools {source}" + (f" part {part[0]} of {part[1]}" if part is not None else "")
+    with layout.out_lock(out_dir, command, part):  # before anything is written; refused when held
+        previous = layout.check_out_dir(out_dir)  # again, now that the lock is held
+        target = out_dir if part is None else layout.part_dir(out_dir, *part)
+        if part is not None:
+            layout.check_part_dir(target)
+        limits = images.ReadLimits(max_bytes=max_file_bytes, follow_symlinks=follow_symlinks)
 
-    skipped = report.Counted()
-    if part is None or part[0] == 0:  # the source's own skips are counted once, in part 0
-        for reason, names in (extra_skipped or {}).items():
-            for name in names:
-                skipped.add(reason, name)
-    if part is not None:
-        items_by_split = {split: [item for item in items if in_part(item.image_id, *part)]
-                          for split, items in items_by_split.items()}
+        skipped = report.Counted()
+        if part is None or part[0] == 0:  # the source's own skips are counted once, in part 0
+            for reason, names in (extra_skipped or {}).items():
+                for name in names:
+                    skipped.add(reason, name)
+        if part is not None:
+            items_by_split = {split: [item for item in items if in_part(item.image_id, *part)]
+                              for split, items in items_by_split.items()}
 
-    common = dict(source=source, settings=settings, min_word_count=min_word_count,
-                  images_per_shard=images_per_shard, source_info=dict(source_info or {}), vocab_from=vocab_from)
-    if part is not None:
-        with layout.staging(os.path.dirname(target), os.path.basename(target)) as stage:
-            converted = _convert(stage, split_names, items_by_split, skipped, workers=workers,
-                                 images_per_shard=images_per_shard, settings=settings, max_pixels=max_pixels,
-                                 limits=limits, max_captions=max_captions_per_image, progress=progress)
-            info = merge.write_part(stage, part, converted, **common)
-            layout.swap_in_part(stage, target)
+        common = dict(source=source, settings=settings, min_word_count=min_word_count,
+                      images_per_shard=images_per_shard, source_info=dict(source_info or {}), vocab_from=vocab_from)
+        if part is not None:
+            with layout.staging(os.path.dirname(target), os.path.basename(target)) as stage:
+                converted = _convert(stage, split_names, items_by_split, skipped, workers=workers,
+                                     images_per_shard=images_per_shard, settings=settings, max_pixels=max_pixels,
+                                     limits=limits, max_captions=max_captions_per_image, progress=progress)
+                info = merge.write_part(stage, part, converted, **common)
+                layout.swap_in_part(stage, target)
+            if verbose:
+                print(f"Wrote part {part[0]} of {part[1]} to {target}: "
+                      + ", ".join(f"{s} {v['num_images']}" for s, v in info["splits"].items())
+                      + f" images; skipped: {skipped.summary_line()}. "
+                      "Merge with `python -m tfrecords_tools merge --out OUT` when every part is done.")
+            return info
+        with layout.staging(out_dir, "data") as stage:
+            if beam_options is not None:
+                converted = beam_pipeline.convert(
+                    stage, split_names, items_by_split, skipped, options=beam_options,
+                    images_per_shard=images_per_shard, settings=settings, max_pixels=max_pixels, limits=limits,
+                    max_captions=max_captions_per_image, min_word_count=min_word_count, verbose=verbose)
+            else:
+                converted = _convert(stage, split_names, items_by_split, skipped, workers=workers,
+                                     images_per_shard=images_per_shard, settings=settings, max_pixels=max_pixels,
+                                     limits=limits, max_captions=max_captions_per_image, progress=progress)
+            if not converted["splits"]["train"].num_images:
+                raise ConversionError(
+                    "no usable train image remains after skipping bad inputs "
+                    f"({skipped.summary_line()}); check the image and caption paths"
+                    + ("; if the images are symlinks you trust, pass --follow-symlinks"
+                       if skipped.counts["unsafe_path"] else ""))
+            manifest = layout.write_vocab_and_manifest(stage, converted, **common)
+            layout.swap_in(stage, out_dir, previous)
         if verbose:
-            print(f"Wrote part {part[0]} of {part[1]} to {target}: "
-                  + ", ".join(f"{s} {v['num_images']}" for s, v in info["splits"].items())
-                  + f" images; skipped: {skipped.summary_line()}. "
-                  "Merge with `python -m tfrecords_tools merge --out OUT` when every part is done.")
-        return info
-    with layout.staging(out_dir, "data") as stage:
-        if beam_options is not None:
-            converted = beam_pipeline.convert(
-                stage, split_names, items_by_split, skipped, options=beam_options,
-                images_per_shard=images_per_shard, settings=settings, max_pixels=max_pixels, limits=limits,
-                max_captions=max_captions_per_image, min_word_count=min_word_count, verbose=verbose)
-        else:
-            converted = _convert(stage, split_names, items_by_split, skipped, workers=workers,
-                                 images_per_shard=images_per_shard, settings=settings, max_pixels=max_pixels,
-                                 limits=limits, max_captions=max_captions_per_image, progress=progress)
-        if not converted["splits"]["train"].num_images:
-            raise ConversionError(
-                "no usable train image remains after skipping bad inputs "
-                f"({skipped.summary_line()}); check the image and caption paths"
-                + ("; if the images are symlinks you trust, pass --follow-symlinks"
-                   if skipped.counts["unsafe_path"] else ""))
-        manifest = layout.write_vocab_and_manifest(stage, converted, **common)
-        layout.swap_in(stage, out_dir, split_names)
-    if verbose:
-        print(report.format_summary(manifest, out_dir))
-    for warning in report.empty_split_warnings(manifest):
-        print(warning, file=sys.stderr)
-    return manifest
+            print(report.format_summary(manifest, out_dir))
+        for warning in report.empty_split_warnings(manifest):
+            print(warning, file=sys.stderr)
+        return manifest
 
 
 def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[str, Sequence[Item]],
@@ -289,89 +292,6 @@ def _convert(target: str, split_names: Sequence[str], items_by_split: Mapping[st
         "reencoded": reencoded,
         "caption_cap": caption_cap,
     }
-
-
-def unique_items(split_names: Sequence[str], items_by_split: Mapping[str, Sequence[Item]],
-                 skipped: report.Counted) -> dict[str, list[Item]]:
-    """split -> its items, each image id's first one kept (in split order), the others
-    counted as "duplicate"."""
-    candidates: dict[str, list[Item]] = {}
-    seen_ids: set[str] = set()
-    for split in split_names:
-        candidates[split] = []
-        for item in items_by_split.get(split, ()):
-            if item.image_id in seen_ids:
-                skipped.add("duplicate", f"{split}:{item.image_id}")
-                continue
-            seen_ids.add(item.image_id)
-            candidates[split].append(item)
-    return candidates
-
-
-def clean_captions(split: str, survivors: Sequence[Item], *, settings: vocab_lib.TokenizerSettings,
-                   max_captions: int, skipped: report.Counted, caption_cap: report.CaptionCap
-                   ) -> tuple[list[Item], int, collections.Counter, collections.Counter]:
-    """The captions of images that passed the image check: stripped; those that are
-    not valid UTF-8 (sources decode bytes with errors="surrogateescape") or have no
-    word dropped and counted; at most `max_captions` kept per image (the rest
-    counted in `caption_cap`); images left without a caption counted as "no_captions".
-    One tokenizer pass over all of them gives the empty captions, the lengths and
-    (train only) the word counts the vocabulary is built from.
-
-    Returns:
-      (the items kept, with their kept captions; the most words of a kept caption;
-       when `split` is "train", else empty: the word counts of the kept captions, and
-       the kept images by the words of their longest caption (the length buckets')).
-    """
-    stripped = []  # per image: [(index in the source, stripped caption)]
-    for item in survivors:
-        good = []
-        for i, caption in enumerate(item.captions):
-            if _valid_utf8(caption):
-                good.append((i, caption.strip()))
-            else:
-                skipped.add("bad_encoding", f"{item.image_id}#{i}")
-        stripped.append(good)
-    words = vocab_lib.split_words((c for cs in stripped for _, c in cs), settings)
-    kept, max_words, counts, longest = [], 0, collections.Counter(), collections.Counter()
-    for item, captions in zip(survivors, stripped):
-        good, dropped, most = [], 0, 0
-        for i, caption in captions:
-            caption_words = next(words)
-            if not caption_words:
-                skipped.add("empty_caption", f"{item.image_id}#{i}")
-            elif len(good) < max_captions:
-                good.append(caption)
-                max_words = max(max_words, len(caption_words))
-                most = max(most, len(caption_words))
-                if split == "train":
-                    counts.update(caption_words)
-            else:
-                dropped += 1
-        if dropped:
-            caption_cap.add(item.image_id, dropped)
-        if good:
-            kept.append(dataclasses.replace(item, captions=tuple(good)))
-            if split == "train":
-                longest[most] += 1
-        else:
-            skipped.add("no_captions", item.image_id)
-    return kept, max_words, counts, longest
-
-
-def serialize(item: Item, data: bytes) -> bytes:
-    """One record: `item`'s id and (kept) captions with the image bytes `data`.
-    Deterministic: the features map in a fixed order, so reruns (other processes,
-    other machines) give the same bytes."""
-    return records.make_example(item.image_id, data, item.captions).SerializeToString(deterministic=True)
-
-
-def _valid_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _serialized(items: Sequence[Item], encoded: Iterator[bytes], bar) -> Iterator[bytes]:
