@@ -11,7 +11,7 @@ The keep-mask comes from:
 - none: no dropout (the floor: the matmul and its gradient);
 - keras.layers.Dropout: keras.random.dropout -> tf.nn.experimental.stateless_dropout
   with its default rng_alg (auto_select);
-- PhiloxDropout: the decoder's layer (caption_app/model/show_and_tell.py), the same
+- PhiloxDropout: the decoder's layer (caption_app/model/lstm_decoder.py), the same
   op with rng_alg="philox";
 - stateless_uniform <alg>: tf.random.stateless_uniform >= rate, alg philox /
   threefry / auto_select (threefry has no CPU kernel without XLA);
@@ -38,7 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from caption_app.model.show_and_tell import PhiloxDropout  # noqa: E402
+from caption_app.model.lstm_decoder import PhiloxDropout  # noqa: E402
 
 RATE = 0.3
 

@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from caption_app.model import backbones  # noqa: E402
-from caption_app.model.show_and_tell import CaptionDecoder  # noqa: E402
+from caption_app.model.lstm_decoder import LSTMDecoder  # noqa: E402
 
 
 def _time(fn, *args, steps: int) -> float:
@@ -58,7 +58,7 @@ def main() -> None:
         rows[("backbone", jit)] = _time(_grad_step(backbone, lambda x: backbone(x, training=True), jit),
                                         images, steps=args.steps)
         for dropout in (0.0, 0.1):
-            decoder = CaptionDecoder(vocab, width, width, dropout)
+            decoder = LSTMDecoder(vocab, width, width, dropout)
             decoder(embedding, ids)
             rows[(f"decoder dropout={dropout}", jit)] = _time(
                 _grad_step(decoder, lambda e, i: decoder(e, i, training=True), jit), embedding, ids,

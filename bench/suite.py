@@ -208,10 +208,10 @@ def inference_rows(args, model) -> list[Row]:
     from caption_app.inference.beam_search import beam_search
     from caption_app.data.vocabulary import END_ID, START_ID
     from caption_app.inference.settings import DecodeSettings
-    from caption_app.model.show_and_tell import Captioner
+    from caption_app.inference.captioner import TrainedCaptioner
     from python_beam_search import python_beam_search
 
-    captioner = Captioner(model)
+    captioner = TrainedCaptioner(model)
     beam, max_length = args.beam_size, args.max_length
     spec = tf.TensorSpec([None, args.image_size, args.image_size, 3], tf.float32)
 

@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--max-image-pixels", type=int, default=None,
                    help="images whose header declares more pixels (width x height) are reported, not decoded "
                         "(default 40000000)")
+    c.add_argument("--max-file-bytes", type=int, default=None,
+                   help="image files larger than this are reported, not read (default 67108864, as the converters)")
     c.add_argument("--json", action="store_true", help="print JSON")
 
     i = sub.add_parser("import-im2txt", help="an im2txt checkpoint + word_counts.txt -> a run dir (docs/im2txt.md)")
@@ -92,6 +94,14 @@ def _config(args):
     return config_lib.override(config, args.set)
 
 
+def _shown(path: str) -> str:
+    """A path on one line: one with a newline or another control character in its name is escaped
+    (`a\\nb.jpg`), so the output stays one line per image."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return path.encode("unicode_escape").decode("ascii")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     quiet.import_tensorflow(args.verbose)
@@ -115,9 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "evaluate":
             from caption_app.evaluation import evaluate as evaluate_lib
 
-            kwargs = dict(data_dir=args.data, json_path=args.json, beam_size=args.beam_size,
-                          max_length=args.max_length, length_normalization=args.length_normalization,
-                          report_images=args.report_images)
+            kwargs = dict(data_dir=args.data, json_path=args.json, report_images=args.report_images,
+                          **decoding.from_arguments(args))
             if args.watch:
                 evaluate_lib.watch(args.run_dir, args.split, poll_seconds=args.poll_seconds,
                                    idle_timeout=args.idle_timeout, **kwargs)
@@ -127,16 +136,15 @@ def main(argv: list[str] | None = None) -> int:
             from caption_app.inference.image_files import caption_files
             from caption_app.data.image_bytes import DEFAULT_MAX_IMAGE_PIXELS
 
-            results = caption_files(args.run_dir, args.images, beam_size=args.beam_size,
-                                    max_length=args.max_length, length_normalization=args.length_normalization,
-                                    num_results=args.num_captions,
+            results = caption_files(args.run_dir, args.images,
                                     max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS if args.max_image_pixels is None
-                                    else args.max_image_pixels)
+                                    else args.max_image_pixels, max_file_bytes=args.max_file_bytes,
+                                    **decoding.from_arguments(args))
             if args.json:
                 print(json.dumps(results, indent=2))
             else:
                 for r in results:
-                    print(r["image"])
+                    print(_shown(r["image"]))
                     if "error" in r:
                         print(f"  error: {r['error']}")
                         continue

@@ -47,7 +47,8 @@ class Model:
     backbone: str = "inception_v3"  # a name in caption_app.model.backbones.BACKBONES
     backbone_weights: str = "imagenet"  # imagenet | none | path to a weights file
     embedding_size: int = 512  # image and word embedding width
-    lstm_units: int = 512
+    decoder: str = "lstm"  # a name in caption_app.model.decoders (the registry of decoder types)
+    lstm_units: int = 512  # the LSTM decoder's H
     lstm_dropout: float = 0.3  # im2txt: lstm_dropout_keep_prob 0.7
     init_scale: float = 0.08  # uniform initializer range of the decoder
     embedding_norm: bool = False  # batch-normalize the image embedding (keeps LSTM gates out of saturation)
@@ -163,6 +164,11 @@ class Config:
         for key, value, ok, rule in checks:
             if isinstance(value, bool) or not ok:  # NaN fails every comparison
                 raise ConfigError(f"{key} must be {rule}, got {value!r} (--set {key}=...)")
+        from caption_app.model import decoders  # the registry (imports Keras; not needed for --help)
+
+        if m.decoder not in decoders.names():
+            raise ConfigError(f"model.decoder must be one of {', '.join(decoders.names())}, got {m.decoder!r} "
+                              "(--set model.decoder=...)")
         if not m.image_first and not (m.attention_size or m.image_every_step or m.image_logits):
             raise ConfigError("model.image_first=false leaves the decoder no way to see the image: set "
                               "model.attention_size (or model.image_every_step / model.image_logits), "

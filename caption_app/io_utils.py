@@ -228,6 +228,10 @@ def read_bytes(path: str | os.PathLike) -> bytes:
         return f.read()
 
 
+# Image files read by the converters and by `caption` / the Python API: larger ones are refused after a
+# stat, before any byte is read (`--max-file-bytes`, `max_file_bytes=`).
+DEFAULT_MAX_IMAGE_FILE_BYTES = 64 * 1024 * 1024
+
 SMALL_FILE_LIMIT = 64 << 20  # vocabularies and word-count files: COCO's is ~100 KB
 
 

@@ -52,12 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     from export.saved_model import SIGNATURES, export
 
     try:
-        path = export(args.run_dir, args.out, name=args.name, version=args.model_version, beam_size=args.beam_size,
-                      max_length=args.max_length, num_captions=args.num_captions,
-                      length_normalization=args.length_normalization, checkpoint=args.checkpoint,
-                      warmup=not args.no_warmup,
+        path = export(args.run_dir, args.out, name=args.name, version=args.model_version,
+                      checkpoint=args.checkpoint, warmup=not args.no_warmup,
                       max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS if args.max_image_pixels is None
-                      else args.max_image_pixels)
+                      else args.max_image_pixels, **decoding.from_arguments(args))
     except (ValueError, OSError, RuntimeError) as err:  # incl. FileNotFoundError, FileExistsError
         print(f"error: {err}", file=sys.stderr)
         return 2

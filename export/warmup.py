@@ -39,25 +39,25 @@ def _request(model_name: str, signature: str, inputs: dict) -> prediction_log_pb
     return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
 
 
-def requests(model_name: str, lstm_units: int, state_sizes: dict[str, int] | None = None,
+def requests(model_name: str, state_sizes: dict[str, int],
              batch_sizes: tuple[int, ...] = BATCH_SIZES) -> list[prediction_log_pb2.PredictionLog]:
     """One request per signature, `serving_default` at each of `batch_sizes`.
 
     Args:
       model_name: the served model's name (TF Serving checks it).
-      lstm_units: H, the decoder state width.
-      state_sizes: decode_step's state inputs and their widths (default
-        state_h and state_c, H wide; see CaptionDecoder.state_sizes).
+      state_sizes: decode_step's state inputs and their widths, as the decoder declares them
+        (`TrainedCaptioner.state_sizes`).
     """
     pixels = warmup_image()
     jpeg = tf.io.encode_jpeg(pixels).numpy()
     images = pixels[None].astype(np.float32)  # [1, h, w, 3]
-    state_sizes = state_sizes or {"state_h": lstm_units, "state_c": lstm_units}
     state = {name: np.zeros([1, width], np.float32) for name, width in state_sizes.items()}
     logs = [_request(model_name, "serving_default", {"image_bytes": np.array([jpeg] * b, dtype=object)})
             for b in batch_sizes]
     logs += [
         _request(model_name, "caption_images", {"images": images}),
+        _request(model_name, "sample_captions", {"image_bytes": np.array([jpeg], dtype=object),
+                                                 "seed": np.array([0], np.int64)}),
         _request(model_name, "encode_image", {"images": images}),
         _request(model_name, "decode_step", {"input_ids": np.array([START_ID], np.int32), **state}),
         _request(model_name, "ids_to_text", {"ids": np.array([[START_ID, END_ID]], np.int32)}),

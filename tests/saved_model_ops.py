@@ -96,3 +96,38 @@ def main(path: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+
+
+def documented_state_tensors() -> dict[str, list[tuple[str, str]]]:
+    """docs/serving.md's state-tensor table: {first cell's leading `decoder` word + options: [(name, width
+    expression)]}, keyed "lstm", "lstm+image" (image_every_step / image_logits), "lstm+attention"."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text(encoding="utf-8")
+    table = text.split("<!-- state tensors:", 1)[1].split("\n\n", 1)[0]
+    rows = {}
+    for line in table.splitlines()[3:]:  # after the comment, the header and the rule
+        first, second = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        key = re.match(r"`(\w+)`", first).group(1)
+        key += "+attention" if "attention_size" in first else "+image" if "image_every_step" in first else ""
+        rows[key] = re.findall(r"`(\w+)` ([\w+*]+)", second)
+    return rows
+
+
+def check_state_against_docs(path: str, row: str, **sizes: int) -> None:
+    """The export at `path`: encode_image's outputs, decode_step's state inputs and outputs are the
+    documented row's tensors (names, float32, widths evaluated with `sizes`: H, E, L, A)."""
+    documented = documented_state_tensors()[row]
+    want = {name: eval(width, {"__builtins__": {}}, sizes) for name, width in documented}  # noqa: S307
+    signatures = tf.saved_model.load(path).signatures
+    encode = signatures["encode_image"].structured_outputs
+    step_in = signatures["decode_step"].structured_input_signature[1]
+    step_out = signatures["decode_step"].structured_outputs
+    assert {k: v.shape.as_list() for k, v in encode.items()} == {k: [None, w] for k, w in want.items()}
+    assert {k: v.shape.as_list() for k, v in step_in.items() if k != "input_ids"} == \
+        {k: [None, w] for k, w in want.items()}
+    assert {k for k in step_out if k != "log_probs"} == set(want)
+    assert all(v.dtype == tf.float32 for k, v in {**encode, **step_in}.items() if k != "input_ids")
+    described = json.load(open(f"{path}/assets/config.json"))["state"]
+    assert described == want  # assets/config.json "state" says the same (by name: clients feed by name)

@@ -25,7 +25,7 @@ from caption_app.runs import loader as run_loader
 from caption_app.data.pipeline import decode_image, resize_image
 from caption_app.data.vocabulary import END_ID, START_ID, Vocabulary
 from caption_app.inference.settings import DecodeSettings
-from caption_app.model.show_and_tell import Captioner
+from caption_app.inference.captioner import TrainedCaptioner
 from export import saved_model, warmup
 from tests import saved_model_ops
 from tests.conftest import REPO_ROOT, cli_env, encode_image, run_cli
@@ -37,7 +37,7 @@ VENV_BIN = Path(sys.executable).parent
 class Exported:
     path: str  # the version dir
     loaded: object  # tf.saved_model.load(path)
-    captioner: Captioner  # the same checkpoint, in Python
+    captioner: TrainedCaptioner  # the same checkpoint, in Python
     vocab: Vocabulary
     image_size: int
     beam_size: int
@@ -55,7 +55,7 @@ def exported(trained_run, tmp_path_factory) -> Exported:
     path = saved_model.export(str(run_copy), str(base / "models"))
     shutil.rmtree(run_copy)  # the export must serve without its run dir
     model, config, vocab, sizes, _ = run_loader.load_model(trained_run.run_dir)
-    captioner = Captioner(model)
+    captioner = TrainedCaptioner(model)
     return Exported(path=path, loaded=tf.saved_model.load(path), captioner=captioner, vocab=vocab,
                     image_size=sizes.image_size, beam_size=config.decode.beam_size,
                     max_length=config.decode.max_length, num_captions=config.decode.beam_size,
@@ -69,7 +69,7 @@ def _test_images(exported: Exported, n: int) -> list[bytes]:
 
 
 def _python_captions(exported: Exported, images: tf.Tensor):
-    """The in-Python reference: Captioner.generate + Vocabulary.ids_to_text, as `caption` does."""
+    """The in-process reference: TrainedCaptioner.generate + Vocabulary.ids_to_text (eagerly)."""
     result = exported.captioner.generate(images, DecodeSettings(beam_size=exported.beam_size,
                                                                    max_length=exported.max_length,
                                                                    num_captions=exported.num_captions))
@@ -205,7 +205,9 @@ def test_the_op_scan_sees_xla_and_py_function(tmp_path):
     assert "EagerPyFunc" in report["ops"]
 
 
-def test_captions_equal_python_beam_search(exported):
+def test_captions_equal_the_in_process_captioner(exported):
+    """serving_default = the TrainedCaptioner the export was made from, run in this process (the same
+    checkpoint decoded by `generate`, as `caption` and the Python API do)."""
     data = _test_images(exported, 4) + [encode_image(_pixels(48, 40, seed=3), "PNG")]
     out = exported.loaded.signatures["serving_default"](image_bytes=tf.constant(data))
     images = tf.stack([decode_image(tf.constant(d), exported.image_size) for d in data])

@@ -7,7 +7,8 @@ import os
 import re
 import shutil
 import signal
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from caption_app.runs import checkpoints as checkpoints_lib
 from caption_app.runs import layout as run_layout
 from caption_app.runs import loader as run_loader
 from caption_app.__main__ import main as cli_main
-from tests.conftest import restore_checkpoint, run_cli, set_args, start_cli, tiny_config
+from tests.conftest import REPO_ROOT, cli_env, restore_checkpoint, run_cli, set_args, tiny_config
 
 
 def _optimizer_iterations(run: str, checkpoint: str, config) -> int:
@@ -40,23 +41,27 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_from_the_backup(shapes_
     steps = 40  # 40 train images, batch 1
     backup_pointer = Path(run) / "backup" / "checkpoint"
 
-    first = start_cli(*command)
-    deadline = time.time() + 180
-    try:
-        # Kill once an epoch has finished and a later mid-epoch backup exists.
-        while time.time() < deadline and first.poll() is None:
-            if (Path(run) / "checkpoints" / "ckpt-1.index").exists() and backup_pointer.exists():
-                number = int(re.search(r'model_checkpoint_path: "ckpt-(\d+)"', backup_pointer.read_text()).group(1))
-                if number > steps:
-                    break
-            time.sleep(0.01)
-        assert first.poll() is None, "training finished (or failed) before it could be killed"
-        first.send_signal(signal.SIGKILL)
-    finally:
-        if first.poll() is None:
-            first.kill()
-        first.communicate()
-    assert first.returncode == -signal.SIGKILL
+    # The first run kills itself (SIGKILL, no clean-up) at a fixed step of epoch 2, after the epoch-1
+    # checkpoint and the backups of steps 5 and 10 of epoch 2 were written: no race with a poller.
+    kill_at = steps + 2 * every + 2
+    script = f"""
+import os, signal, sys, keras
+from caption_app.config import get_preset, override
+from caption_app.training.train import train
+
+class KillAt(keras.callbacks.Callback):
+    seen = 0
+    def on_train_batch_end(self, batch, logs=None):
+        KillAt.seen += 1
+        if KillAt.seen == {kill_at}:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train(override(get_preset("tiny"), {assignments!r}), {shapes_data!r}, {run!r}, verbose=0, callbacks=[KillAt()])
+"""
+    first = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240,
+                           env=cli_env(), cwd=REPO_ROOT)
+    assert (Path(run) / "checkpoints" / "ckpt-1.index").exists() and backup_pointer.exists(), first.stderr[-3000:]
+    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
     epoch_files = {p.name: (p.read_bytes(), p.stat().st_mtime_ns)
                    for p in (Path(run) / "checkpoints").glob("ckpt-*")}
     finished = sorted(int(m) for m in re.findall(r"ckpt-(\d+)\.index", " ".join(epoch_files)))

@@ -278,7 +278,7 @@ def sin_images() -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 def test_the_imported_model_computes_what_im2txt_computed(im2txt_run):
-    from caption_app.model.show_and_tell import Captioner
+    from caption_app.inference.captioner import TrainedCaptioner
 
     run, _, golden = im2txt_run
     model, config, vocab, sizes, _ = run_loader.load_model(str(run))
@@ -286,7 +286,7 @@ def test_the_imported_model_computes_what_im2txt_computed(im2txt_run):
     im2txt_id = np.asarray(record["im2txt_id_of"])  # project id -> im2txt id
     ours = np.argsort(np.where(im2txt_id < 0, 10 ** 6, im2txt_id))[:64]  # im2txt id -> project id
     start = int(ours[golden["vocabulary"]["start_id"]])
-    captioner = Captioner(model)
+    captioner = TrainedCaptioner(model)
     images = sin_images()
     images["jpeg"] = decode_image(tf.constant((REFERENCE / "test_image.jpg").read_bytes()), 299,
                                   config.data.preprocess).numpy()
@@ -340,11 +340,11 @@ def test_where_the_project_beam_search_differs_from_im2txt(im2txt_run):
     """Expanding every word (decode.words_per_beam=0, the project's default) finds `woman </S>`, which
     scores higher than im2txt's best: im2txt never sees it, because </S> is not among the 3 most probable
     words after `woman`. With words_per_beam=3 (the imported run's setting) the best captions agree."""
-    from caption_app.model.show_and_tell import Captioner
+    from caption_app.inference.captioner import TrainedCaptioner
 
     run, _, golden = im2txt_run
     model, config, vocab, _, _ = run_loader.load_model(str(run))
-    captioner = Captioner(model)
+    captioner = TrainedCaptioner(model)
     x = tf.constant(sin_images()["sin0"][None])
     every_word = captioner.generate(x, dataclasses.replace(config.decode, words_per_beam=0).resolve())
     best = vocab.decode(every_word.ids[0, 0].numpy())
@@ -405,7 +405,7 @@ def test_caption_and_the_exported_serving_default_agree_on_the_reference_jpeg(im
     config = json.loads((tmp_path / "models" / "caption" / "1" / "assets" / "config.json").read_text())
     assert config["config"]["data"]["preprocess"] == "im2txt" and config["decode"]["words_per_beam"] == 3
     # The Python API takes the imported run dir and its export alike, with the same captions.
-    from caption_app import Captioner
+    from caption_app import TrainedCaptioner
 
     for source in (run, tmp_path / "models" / "caption" / "1"):
         result = Captioner.load(str(source)).caption([Path(image).read_bytes()])[0]

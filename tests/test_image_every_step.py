@@ -13,7 +13,9 @@ import tensorflow as tf
 
 from caption_app.data.vocabulary import START_ID
 from caption_app.inference.settings import DecodeSettings
-from caption_app.model.show_and_tell import Captioner, CaptionDecoder, build_model
+from caption_app.inference.captioner import TrainedCaptioner
+from caption_app.model.lstm_decoder import LSTMDecoder
+from caption_app.model.show_and_tell import build_model
 from tests.conftest import tiny_config
 
 V, E, H, A = 20, 8, 12, 4
@@ -56,7 +58,7 @@ def _cells(model):
 
 
 def test_state_carries_the_image_embedding(model):
-    captioner = Captioner(model)
+    captioner = TrainedCaptioner(model)
     images = _images(3)
     state = captioner.encode(images)
     assert [tuple(s.shape) for s in state] == [(3, H), (3, H), (3, E + _cells(model) * A)]
@@ -69,7 +71,7 @@ def test_state_carries_the_image_embedding(model):
 
 
 def test_step_by_step_decoding_equals_teacher_forced_logits(model):
-    captioner = Captioner(model)
+    captioner = TrainedCaptioner(model)
     images = _images(2, seed=3)
     caption = np.array([[START_ID, 7, 4, 11, 9, 2], [START_ID, 19, 19, 3, 6, 8]], np.int32)
     full = keras.ops.convert_to_numpy(
@@ -95,7 +97,7 @@ def test_step_by_step_decoding_equals_teacher_forced_logits(model):
 
 
 def test_beam_search_in_graph(model):
-    captioner = Captioner(model)
+    captioner = TrainedCaptioner(model)
 
     @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32)])
     def generate(images):
@@ -112,7 +114,7 @@ def test_attention_reads_the_cells(model):
     if not model.decoder.attention_size:
         assert model.decoder.image_width == E
         return
-    captioner = Captioner(model)
+    captioner = TrainedCaptioner(model)
     state = captioner.encode(_images(2, seed=4))
     image = keras.ops.convert_to_numpy(state[2])
     assert image.shape == (2, E + 16 * A) and np.abs(image[:, E:]).max() > 0
@@ -135,7 +137,7 @@ def test_attention_only_ignores_the_pooled_embedding(model):
     input changes nothing, the cells do (the logits come from them alone)."""
     if model.decoder.image_first:
         return
-    captioner = Captioner(model)
+    captioner = TrainedCaptioner(model)
     state = captioner.encode(_images(2, seed=6))
     image = keras.ops.convert_to_numpy(state[2])
     ids = tf.constant([START_ID, START_ID], tf.int32)
@@ -146,7 +148,7 @@ def test_attention_only_ignores_the_pooled_embedding(model):
     same, _ = model.decoder.step(ids, state[:2] + [tf.constant(other)])
     np.testing.assert_allclose(keras.ops.convert_to_numpy(same), keras.ops.convert_to_numpy(logits), atol=1e-6)
     assert np.abs(keras.ops.convert_to_numpy(state[0][0] - state[0][1])).max() == 0  # no image in h
-    assert CaptionDecoder.from_config(model.decoder.get_config()).image_first is False
+    assert LSTMDecoder.from_config(model.decoder.get_config()).image_first is False
 
 
 def test_attention_settings_are_checked():
@@ -162,7 +164,7 @@ def test_attention_settings_are_checked():
     with pytest.raises(backbones.BackboneError, match="no global average pooling"):
         backbones.with_spatial_map(flat, "flat")
     with pytest.raises(ValueError, match="does not fit"):
-        CaptionDecoder(V, E, H, attention_size=A).build((None, E + 3))
+        LSTMDecoder(V, E, H, attention_size=A).build((None, E + 3))
     with pytest.raises(ConfigError, match="model.image_first=false leaves the decoder no way to see the image"):
         tiny_config("model.image_first=false").validate()
 
@@ -170,7 +172,7 @@ def test_attention_settings_are_checked():
 def test_word_dropout_replaces_words_in_training_only():
     from caption_app.data.vocabulary import PAD_ID, UNK_ID
 
-    decoder = CaptionDecoder(V, E, H, word_dropout=0.4)
+    decoder = LSTMDecoder(V, E, H, word_dropout=0.4)
     ids = np.random.default_rng(0).integers(4, V, (50, 2, 40)).astype(np.int32)
     ids[..., 0] = START_ID
     ids[..., 30:] = PAD_ID
@@ -185,19 +187,19 @@ def test_word_dropout_replaces_words_in_training_only():
     inference = [keras.ops.convert_to_numpy(decoder(image, ids, training=False)) for _ in range(2)]
     np.testing.assert_array_equal(inference[0], inference[1])
     assert np.abs(keras.ops.convert_to_numpy(decoder(image, ids, training=True)) - inference[0]).max() > 0
-    assert CaptionDecoder.from_config(decoder.get_config()).word_dropout == 0.4
+    assert LSTMDecoder.from_config(decoder.get_config()).word_dropout == 0.4
     with pytest.raises(Exception, match="model.word_dropout must be in"):
         tiny_config("model.word_dropout=1").validate()
 
 
 def test_config_round_trip():
-    layer = CaptionDecoder(V, E, H, image_every_step=True, image_logits=True, attention_size=A, name="decoder")
+    layer = LSTMDecoder(V, E, H, image_every_step=True, image_logits=True, attention_size=A, name="decoder")
     config = layer.get_config()
     assert config["image_every_step"] is True and config["image_logits"] is True and config["attention_size"] == A
-    assert CaptionDecoder.from_config(config).get_config() == config
-    assert CaptionDecoder(V, E, H).get_config()["image_every_step"] is False
-    assert CaptionDecoder(V, E, H).get_config()["image_logits"] is False
-    plain, deep = CaptionDecoder(V, E, H), CaptionDecoder(V, E, H, image_logits=True)
+    assert LSTMDecoder.from_config(config).get_config() == config
+    assert LSTMDecoder(V, E, H).get_config()["image_every_step"] is False
+    assert LSTMDecoder(V, E, H).get_config()["image_logits"] is False
+    plain, deep = LSTMDecoder(V, E, H), LSTMDecoder(V, E, H, image_logits=True)
     plain.build((None, E))
     deep.build((None, E))
     assert plain.state_sizes() == {"state_h": H, "state_c": H}
@@ -218,7 +220,7 @@ def test_export_serves_the_image_state(shapes_data, tmp_path):
     path = saved_model.export(run, str(tmp_path / "models"))
     signatures = tf.saved_model.load(path).signatures
     model, config, vocab, _, _ = run_loader.load_model(run)
-    captioner = Captioner(model)
+    captioner = TrainedCaptioner(model)
     images = tf.constant(_images(2, seed=5))
 
     state = signatures["encode_image"](images=images)
@@ -233,7 +235,7 @@ def test_export_serves_the_image_state(shapes_data, tmp_path):
     np.testing.assert_allclose(step["log_probs"].numpy(), keras.ops.convert_to_numpy(py_log_probs), atol=1e-5)
     np.testing.assert_allclose(step["state_image"].numpy(), state["state_image"].numpy())
 
-    result = captioner.generate(images, config.decode)
+    result = captioner.generate(images, config.decode.resolve())
     out = signatures["caption_images"](images=images)
     assert out["captions"].numpy().tolist() == vocab.ids_to_text(result.ids).numpy().tolist()
     # The warmup requests (decode_step with all three state inputs) run in a TF1 Session, as in TF Serving.
@@ -242,3 +244,8 @@ def test_export_serves_the_image_state(shapes_data, tmp_path):
     assert len(decode) == 1 and sorted(decode[0]) == sorted(["input_ids"] + names)
     outputs = saved_model_ops.run_in_session(path, requests)
     assert all(np.isfinite(o["log_probs"]).all() for o, (name, _) in zip(outputs, requests) if name == "decode_step")
+    # docs/serving.md's row for attention (with the other two options) is what the export carries.
+    m = config.model
+    cells = (py_state[2].shape[-1] - m.embedding_size) // m.attention_size
+    saved_model_ops.check_state_against_docs(path, "lstm+attention", H=m.lstm_units, E=m.embedding_size,
+                                             L=cells, A=m.attention_size)

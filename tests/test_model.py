@@ -14,7 +14,9 @@ from caption_app.data.vocabulary import END_ID, START_ID
 from caption_app.inference.settings import DecodeSettings
 from caption_app.model import backbones
 from caption_app.model.loss import MaskedCrossEntropy
-from caption_app.model.show_and_tell import Captioner, CaptionDecoder, PhiloxDropout, build_model
+from caption_app.inference.captioner import TrainedCaptioner
+from caption_app.model.lstm_decoder import LSTMDecoder, PhiloxDropout
+from caption_app.model.show_and_tell import build_model
 from tests.conftest import tiny_config
 
 V, E, H = 20, 8, 12  # vocabulary (ids), embedding and LSTM widths of the parameter-count tests
@@ -57,7 +59,7 @@ def test_parameter_counts(model):
 
 
 def test_encode_returns_the_lstm_state(model):
-    captioner = Captioner(model)
+    captioner = TrainedCaptioner(model)
     assert captioner.image_size == 32
     state = captioner.encode(_images(3))
     assert len(state) == 2
@@ -69,7 +71,7 @@ def test_encode_returns_the_lstm_state(model):
 
 
 def test_decode_step_returns_log_probabilities(model):
-    captioner = Captioner(model)
+    captioner = TrainedCaptioner(model)
     state = captioner.encode(_images(4))
     log_probs, new_state = captioner.decode_step(tf.constant([START_ID, 4, 5, END_ID], tf.int32), state)
     log_probs = keras.ops.convert_to_numpy(log_probs)
@@ -85,7 +87,7 @@ def _log_softmax(x):
 
 def test_step_by_step_decoding_equals_teacher_forced_logits(model):
     """The inference path feeds the image first, then <start>, then the words, with the trained weights."""
-    captioner = Captioner(model)
+    captioner = TrainedCaptioner(model)
     images = _images(2, seed=3)
     caption = np.array([[START_ID, 7, 4, 11, 9, 2, 5], [START_ID, 19, 19, 3, 6, 8, 10]], np.int32)  # [B, T]
     full = keras.ops.convert_to_numpy(
@@ -104,7 +106,7 @@ def test_step_by_step_decoding_equals_teacher_forced_logits(model):
 
 
 def test_generate_runs_a_beam_search(model):
-    result = Captioner(model).generate(_images(2), DecodeSettings(beam_size=3, max_length=5))
+    result = TrainedCaptioner(model).generate(_images(2), DecodeSettings(beam_size=3, max_length=5))
     assert tuple(result.ids.shape) == (2, 3, 5)
     scores = result.scores.numpy()
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
@@ -152,15 +154,15 @@ def test_a_train_step_with_decoder_dropout_under_xla_is_finite(model):
 
 
 def test_caption_decoder_config_round_trip():
-    layer = CaptionDecoder(V, E, H, dropout=0.25, init_scale=0.05, use_cudnn=False, name="decoder")
+    layer = LSTMDecoder(V, E, H, dropout=0.25, init_scale=0.05, use_cudnn=False, name="decoder")
     config = layer.get_config()
     for key, value in dict(vocab_size=V, embedding_size=E, lstm_units=H, dropout=0.25, init_scale=0.05,
                            use_cudnn=False, name="decoder").items():
         assert config[key] == value
-    clone = CaptionDecoder.from_config(config)
+    clone = LSTMDecoder.from_config(config)
     assert clone.get_config() == config
     revived = keras.layers.deserialize(keras.layers.serialize(layer))
-    assert isinstance(revived, CaptionDecoder) and revived.get_config() == config
+    assert isinstance(revived, LSTMDecoder) and revived.get_config() == config
 
 
 def test_unknown_backbone_lists_the_choices():
@@ -245,7 +247,7 @@ def test_embedding_norm_is_on_the_inference_path_too():
     caption = np.array([[START_ID, 7, 4], [START_ID, 5, 6]], np.int32)
     full = keras.ops.convert_to_numpy(model({"image": images, "input_ids": caption[:, None, :]},
                                             training=False))[:, 0]
-    captioner = Captioner(model)
+    captioner = TrainedCaptioner(model)
     state = captioner.encode(images)
     for t in range(caption.shape[1]):
         log_probs, state = captioner.decode_step(tf.constant(caption[:, t]), state)

@@ -15,7 +15,8 @@ from caption_app.runs import loader as run_loader
 from caption_app.inference.image_files import caption_files
 from caption_app.inference.settings import DecodeSettings
 from caption_app.model.loss import MaskedCrossEntropy
-from caption_app.model.show_and_tell import Captioner, build_model
+from caption_app.inference.captioner import TrainedCaptioner
+from caption_app.model.show_and_tell import build_model
 from caption_app.training.train import train
 from tests.conftest import tiny_config
 
@@ -34,7 +35,7 @@ def test_policy_applies_to_the_model_only_and_keeps_logits_float32(precision, co
     logits = model({"image": images, "input_ids": ids})
     assert logits.dtype == tf.float32
     # Inference on the mixed model itself: states in the compute dtype, log-probs float32.
-    result = Captioner(model).generate(images, DecodeSettings(beam_size=2, max_length=4))
+    result = TrainedCaptioner(model).generate(images, DecodeSettings(beam_size=2, max_length=4))
     assert result.ids.shape == (2, 2, 4) and result.scores.dtype == tf.float32
     assert np.isfinite(result.scores.numpy()).all()
 

@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from caption_app.config import PREPROCESS
 from caption_app.data.pipeline import decode_image
+from caption_app.errors import CaptionAppError
 
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 MAX_GIF_STEPS = 1024
@@ -42,6 +43,19 @@ GIF_LOOKAHEAD = 1024  # sub-blocks of one size skipped per step
 # the core count (a 4-megapixel image takes ~90 MB while it is decoded and resized). Concurrent calls
 # (TF Serving runs several) still decode in parallel.
 DECODE_PARALLELISM = 1
+
+
+
+class ImageLimitError(CaptionAppError, ValueError):
+    """A pixel or file-size limit that is not a positive integer."""
+
+
+def check_pixel_limit(max_pixels, flag: str = "--max-image-pixels") -> int:
+    """`max_pixels` when it is a positive integer (the one check of the pixel limit); ImageLimitError otherwise."""
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ImageLimitError(f"{flag} must be a positive integer (width x height), got {max_pixels!r}")
+    return max_pixels
+
 
 # Format codes of `declared_size`.
 UNKNOWN, JPEG, PNG, GIF, BMP = 0, 1, 2, 3, 4

@@ -28,7 +28,7 @@ from caption_app.data.image_bytes import DEFAULT_MAX_IMAGE_PIXELS
 from caption_app.io_utils import write_json_atomic as write_json
 from caption_app.data.pipeline import make_dataset
 from caption_app.model.loss import batch_nll_sums
-from caption_app.model.show_and_tell import Captioner
+from caption_app.inference.captioner import TrainedCaptioner
 
 # What `evaluate` returns and writes, in this order: perplexity, the caption metrics, the image count.
 RESULT_KEYS = ("perplexity",) + tuple(metrics_lib.METRIC_KEYS) + ("num_images",)
@@ -36,9 +36,8 @@ METRICS_FILE = "metrics.json"
 
 
 def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, json_path: str | None = None,
-             checkpoint: str | None = None, beam_size: int | None = None, max_length: int | None = None,
-             length_normalization: float | None = None, report_images: int | None = None,
-             verbose: bool = True) -> dict:
+             checkpoint: str | None = None, report_images: int | None = None, verbose: bool = True,
+             **decode) -> dict:
     """Evaluates one checkpoint of a run on one split, once.
 
     Args:
@@ -47,8 +46,10 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
       data_dir: the converted data (default: the one the run trained on).
       json_path: where to write the metrics (default RUN/metrics.json).
       checkpoint: a checkpoint path (default: the latest).
-      beam_size, max_length, length_normalization: override the run's `decode`
-        config (caption_app/inference/settings.py: None or 0 keeps the run's value).
+      **decode: override the run's `decode` config (strategy, beam_size, max_length,
+        length_normalization, temperature, top_k, top_p, seed, no_repeat_ngram:
+        caption_app/inference/settings.py; None or 0 keeps the run's value). The best caption of
+        each image is scored.
       report_images: thumbnails in the HTML report (default: the run's
         `eval.report_images`).
     Returns:
@@ -61,22 +62,23 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
     # Checked before the slow model load.
     if report_images is not None and report_images < 0:
         raise ValueError(f"report_images (--report-images) must be >= 0, got {report_images}")
-    settings = run_loader.load_config(run_dir).decode.resolve(
-        beam_size=beam_size, max_length=max_length, length_normalization=length_normalization, num_captions=1)
+    decode.pop("num_captions", None)  # the best caption is scored
+    settings = run_loader.load_config(run_dir).decode.resolve(num_captions=1, **decode)
     manifest = run_loader.load_manifest(run_dir, data_dir)
     if not manifest.split(split).num_images:  # before the slow model load
         others = [s for s, info in manifest.splits.items() if info.num_images]
         raise ValueError(f"the {split} split of {manifest.data_dir} has no images, so there is nothing to evaluate; "
                          f"evaluate another split (--split {' or '.join(others)}) or re-convert with a {split} split")
-    model, config, vocab, sizes, checkpoint = run_loader.load_model(run_dir, checkpoint)
-    captioner = Captioner(model)
+    captioner = TrainedCaptioner.from_run_dir(run_dir, checkpoint)
+    model, config, vocab, checkpoint = captioner.model, captioner.config, captioner.vocab, captioner.checkpoint
+    sizes = run_loader.load_tensor_sizes(run_dir)
 
     @tf.function(reduce_retracing=True)
     def run_batch(inputs, targets):
         # Perplexity and captions in one pass, so each image is decoded once.
         nll, tokens = batch_nll_sums(model, inputs, targets)
         result = captioner.generate(inputs["image"], settings)
-        return nll, tokens, vocab.ids_to_text(result.ids[:, 0]), result.scores[:, 0]
+        return nll, tokens, captioner.ids_to_text(result.ids[:, 0]), result.scores[:, 0]
 
     dataset = make_dataset(config, manifest, vocab, split, training=False, sizes=sizes,
                            batch_size=config.eval.batch_size, with_ids=True)
@@ -111,7 +113,7 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
     cider = caption_scores.per_image_cider
     content = {"checkpoint": checkpoint, "split": split, "metrics": result, "notes": notes,
                "beam_size": settings.beam_size, "max_length": settings.max_length,
-               "length_normalization": settings.length_normalization,
+               "length_normalization": settings.length_normalization, "strategy": settings.strategy,
                "seconds": time.time() - began,
                "captions": {k: {"generated": candidates[k], "score": scores[k], "cider": cider[k],
                                 "references": references[k]} for k in sorted(candidates)}}

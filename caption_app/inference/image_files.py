@@ -1,4 +1,4 @@
-"""caption_files(run_dir, paths): beam-search captions for image files.
+"""Image files named by paths, folders or globs, read safely within a size limit, and `caption_files`: their captions.
 
 Accepts files, folders (their images, sorted) and globs, local or on any
 TensorFlow file system (gs://...: caption_app/io_utils.py). Every problem is
@@ -20,9 +20,7 @@ import stat
 import tensorflow as tf
 
 from caption_app import io_utils
-from caption_app.runs import loader as run_loader
 from caption_app.data import image_bytes
-from caption_app.model.show_and_tell import Captioner
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 _GLOB_CHARS = ("*", "?", "[")
@@ -64,12 +62,18 @@ def _plain(err: OSError) -> str:
     return (err.strerror or str(err)).lower()
 
 
-def read_image_file(path: str) -> bytes:
-    """The bytes of a regular file; OSError with a plain reason otherwise (never blocks on a FIFO)."""
+def read_image_file(path: str, max_bytes: int | None = None) -> bytes:
+    """The bytes of a regular file of at most `max_bytes` (default `io_utils.DEFAULT_MAX_IMAGE_FILE_BYTES`,
+    the converters' limit), checked with a stat before reading; OSError with a plain reason otherwise
+    (never blocks on a FIFO, never reads a huge file into memory)."""
+    limit = io_utils.DEFAULT_MAX_IMAGE_FILE_BYTES if max_bytes is None else max_bytes
     if io_utils.is_remote(path):  # tf.io.gfile: no symlinks or FIFOs there
         if io_utils.isdir(path):
             raise OSError(errno.EISDIR, "a folder")
         try:
+            size = io_utils.getsize(path)
+            if size > limit:
+                raise OSError(errno.EFBIG, _too_large(size, limit))
             return io_utils.read_bytes(path)
         except tf.errors.OpError as err:
             raise OSError(errno.EIO, (err.message or type(err).__name__).strip().splitlines()[0]) from None
@@ -82,11 +86,21 @@ def read_image_file(path: str) -> bytes:
     if not stat.S_ISREG(info.st_mode):
         kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
         raise OSError(errno.EINVAL, kind)
+    if info.st_size > limit:
+        raise OSError(errno.EFBIG, _too_large(info.st_size, limit))
     try:
         with open(path, "rb") as f:
-            return f.read()
+            data = f.read(limit + 1)  # a file that grew since the stat is still bounded
     except OSError as err:
         raise OSError(err.errno, _plain(err)) from None
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, _too_large(len(data), limit))
+    return data
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (f"the file has {size} bytes, more than the limit of {limit} (--max-file-bytes); "
+            "not read")
 
 
 def why_not_decoded(data: bytes, max_pixels: int) -> str:
@@ -104,72 +118,50 @@ def why_not_decoded(data: bytes, max_pixels: int) -> str:
     return f"a damaged or truncated {name} image (it does not decode)"
 
 
-def caption_files(run_dir: str, patterns: list[str], *, beam_size: int | None = None,
-                  max_length: int | None = None, length_normalization: float | None = None,
-                  num_results: int | None = None, batch_size: int = 16,
-                  max_image_pixels: int = image_bytes.DEFAULT_MAX_IMAGE_PIXELS) -> list[dict]:
-    """Captions images with beam search.
+def caption_files(run_dir: str, patterns: list[str], *, batch_size: int = 16,
+                  max_image_pixels: int = image_bytes.DEFAULT_MAX_IMAGE_PIXELS, max_file_bytes: int | None = None,
+                  num_results: int | None = None, **decode) -> list[dict]:
+    """Captions image files with the run's loaded captioner (caption_app/inference/captioner.py).
 
     Args:
       run_dir: a trained run dir.
       patterns: image files, folders or globs.
-      beam_size, max_length, length_normalization, num_results: beam search
-        settings (caption_app/inference/settings.py: None or 0 keeps the run's `decode`
-        config; num_results defaults to the beam size and may not exceed it).
       batch_size: images read, decoded and captioned together.
       max_image_pixels: images whose header declares more pixels are not decoded.
+      max_file_bytes: files larger than this are not read (default: the converters' limit).
+      num_results: the old name of `num_captions`.
+      **decode: decode settings (strategy, beam_size, max_length, length_normalization, num_captions,
+        temperature, top_k, top_p, seed, no_repeat_ngram: caption_app/inference/settings.py;
+        None or 0 keeps the run's `decode` config).
     Returns:
       One dict per image (or per pattern that gives none): {"image": path,
       "captions": [{"caption", "log_prob", "score"}, ...] best first} or
       {"image": path, "error": message}.
     """
-    if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) or max_image_pixels < 1:
-        raise ValueError(f"--max-image-pixels must be a positive integer, got {max_image_pixels!r}")
+    from caption_app.inference import captioner as captioner_lib
+    from caption_app.inference.inputs import caption_items
+    from caption_app.runs import loader as run_loader
+    
+    image_bytes.check_pixel_limit(max_image_pixels)
+    if num_results is not None:
+        decode.setdefault("num_captions", num_results)
     # Checked before the slow model load.
-    settings = run_loader.load_config(run_dir).decode.resolve(
-        beam_size=beam_size, max_length=max_length, length_normalization=length_normalization,
-        num_captions=num_results)
-    model, config, vocab, sizes, _ = run_loader.load_model(run_dir)
-    captioner = Captioner(model)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, sizes.image_size, sizes.image_size, 3], tf.float32)])
-    def generate(images):
-        result = captioner.generate(images, settings)
-        return vocab.ids_to_text(result.ids), result.log_probs, result.scores
-
+    settings = run_loader.load_config(run_dir).decode.resolve(**decode)
+    captioner = captioner_lib.TrainedCaptioner.from_run_dir(run_dir, max_image_pixels=max_image_pixels)
+    found = expand_paths(patterns)
+    paths = [path for path, problem in found if problem is None]
+    captioned = iter(caption_items(captioner.functions(settings), paths, settings, batch_size=batch_size,
+                                   max_image_pixels=max_image_pixels, max_file_bytes=max_file_bytes))
     results: list[dict] = []
-    batch: list[tuple[int, bytes]] = []  # (row in results, file bytes)
-
-    def flush():
-        if not batch:
-            return
-        data = [d for _, d in batch]
-        images, index = image_bytes.decode_images(tf.constant(data), sizes.image_size, max_image_pixels,
-                                                   config.data.preprocess)
-        decoded = set(index.numpy().tolist())
-        for i, (row, d) in enumerate(batch):
-            if i not in decoded:
-                results[row]["error"] = f"cannot caption: {why_not_decoded(d, max_image_pixels)}"
-        if decoded:
-            texts, log_probs, scores = generate(images)
-            for j, i in enumerate(index.numpy().tolist()):
-                results[batch[i][0]]["captions"] = [
-                    {"caption": t.decode("utf-8"), "log_prob": float(lp), "score": float(s)}
-                    for t, lp, s in zip(texts[j].numpy(), log_probs[j].numpy(), scores[j].numpy())]
-        batch.clear()
-
-    for path, problem in expand_paths(patterns):
-        results.append({"image": path})
+    for path, problem in found:
         if problem is not None:
-            results[-1]["error"] = problem
+            results.append({"image": path, "error": problem})
             continue
-        try:
-            data = read_image_file(path)
-        except OSError as err:
-            results[-1]["error"] = f"cannot read: {err.strerror}"
-            continue
-        batch.append((len(results) - 1, data))
-        if len(batch) == batch_size:
-            flush()
-    flush()
+        result = next(captioned)
+        if result.error is not None:
+            results.append({"image": path, "error": result.error})
+        else:
+            results.append({"image": path, "captions": [
+                {"caption": c, "log_prob": lp, "score": sc}
+                for c, lp, sc in zip(result.captions, result.log_probs, result.scores)]})
     return results

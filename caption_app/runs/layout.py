@@ -32,6 +32,7 @@ from caption_app.data import manifest as manifest_lib
 from caption_app.data.pipeline import TensorSizes
 from caption_app.data.vocabulary import VOCAB_FILE, Vocabulary
 from caption_app.errors import CaptionAppError
+from caption_app.model import decoders
 from caption_app.io_utils import write_json_atomic as write_json
 from caption_app.runs.checkpoints import BACKUP, CHECKPOINTS, has_backup, has_checkpoint  # noqa: F401 (the layout)
 from caption_app.runs.lock import LOCK_FILE
@@ -94,23 +95,22 @@ def fingerprint(config: Config, vocab: Vocabulary, sizes: TensorSizes) -> dict:
         "backbone": config.model.backbone,
         "image_size": sizes.image_size,
         "embedding_size": config.model.embedding_size,
-        "lstm_units": config.model.lstm_units,
         "vocab_size": vocab.size,
         "vocab_sha1": vocab_hash,
-        # Only when on, so that the run dirs of before the option keep their fingerprint.
-        **({"image_every_step": True} if config.model.image_every_step else {}),
+        # The decoder type only when not the LSTM, so that the run dirs of before the key keep their
+        # fingerprint; then what the decoder says decides its variables (the LSTM: lstm_units and its options).
+        **({"decoder": config.model.decoder} if config.model.decoder != "lstm" else {}),
+        **decoders.get(config.model.decoder).fingerprint(config.model),
         # The pixels the model learnt on (not a variable shape, but resuming with others is a mistake).
         **({"preprocess": config.data.preprocess} if config.data.preprocess != "default" else {}),
-        **({"image_logits": True} if config.model.image_logits else {}),
-        **({"attention_size": config.model.attention_size} if config.model.attention_size else {}),
-        **({"image_first": False} if not config.model.image_first else {}),
     }
 
 
 def _describe(fp: dict, also: list[str] = ()) -> str:
     """The fingerprint's main keys, and the keys in `also` (those that differ) where they are other ones."""
-    keys = ["backbone", "image_size", "embedding_size", "lstm_units", "vocab_size", "vocab_sha1"]
-    absent = {"image_first": True}  # what a key left out of a fingerprint means; others: off
+    keys = ["backbone", "image_size", "embedding_size"] + (["lstm_units"] if "lstm_units" in fp else []) \
+        + ["vocab_size", "vocab_sha1"]
+    absent = {"image_first": True, "decoder": "lstm"}  # what a key left out of a fingerprint means; others: off
     return ", ".join(f"{k}={fp.get(k, absent.get(k, 'off'))}" for k in keys + [k for k in also if k not in keys])
 
 

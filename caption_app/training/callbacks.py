@@ -27,7 +27,7 @@ from caption_app.runs import layout as run_layout
 from caption_app.data import records
 from caption_app.data.pipeline import decode_image
 from caption_app.model.loss import DatasetNLL
-from caption_app.model.show_and_tell import Captioner
+from caption_app.inference.captioner import TrainedCaptioner
 from caption_app.errors import CaptionAppError
 
 
@@ -114,8 +114,8 @@ class SampleCaptions(keras.callbacks.Callback):
     def __init__(self, model: keras.Model, samples: dict, vocab, settings, log_dir: str):
         super().__init__()
         self.samples, self.log_dir, self._writer, self._images_written = samples, log_dir, None, False
-        captioner = Captioner(model)
-        self._caption = tf.function(lambda images: vocab.ids_to_text(captioner.generate(images, settings).ids[:, 0]))
+        captioner = TrainedCaptioner(model, vocab, decode=settings)
+        self._caption = tf.function(lambda images: captioner.caption_pixels(images)["captions"][:, 0])
 
     def on_epoch_end(self, epoch, logs=None):
         if self._writer is None:

@@ -78,7 +78,7 @@ def _record_damage(path: str) -> str | None:
 
 
 def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
-          strategy: tf.distribute.Strategy | None = None) -> dict:
+          strategy: tf.distribute.Strategy | None = None, callbacks: list | None = None) -> dict:
     """Trains (or resumes) a captioner.
 
     Args:
@@ -88,6 +88,8 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
       verbose: Keras fit verbosity.
       strategy: a tf.distribute strategy (default: built from
         config.train.strategy, before any other TensorFlow op).
+      callbacks: Keras callbacks of your own, called after the run's (checkpoints and
+        backups of a step are written before yours see it).
     Returns:
       {"epochs_done", "val_perplexity" (None without val data), "seconds", "steps_per_epoch",
        "replicas", "xla", "resumed_from", "already_finished"}.
@@ -108,13 +110,13 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
     ctx = run_context.RunContext.create(config, data_dir, run_dir, strategy=strategy, write_description=chief,
                                         write_dir=write_dir, lock="train" if chief else None)
     try:
-        return _train(ctx, strategy, chief=chief, verbose=verbose, write_dir=write_dir)
+        return _train(ctx, strategy, chief=chief, verbose=verbose, write_dir=write_dir, callbacks=callbacks)
     finally:
         ctx.release()
 
 
 def _train(ctx: run_context.RunContext, strategy: tf.distribute.Strategy, *, chief: bool, verbose: int,
-           write_dir: str) -> dict:
+           write_dir: str, callbacks: list | None = None) -> dict:
     config, run_dir, replicas = ctx.config, ctx.run_dir, strategy.num_replicas_in_sync
     resume = ctx.resume
     total_epochs = budget_lib.budget_for(config, ctx.manifest).total_epochs
@@ -125,7 +127,7 @@ def _train(ctx: run_context.RunContext, strategy: tf.distribute.Strategy, *, chi
             run_layout.write_state(run_dir, resume.epoch, total_epochs, finished=True)
         return {"steps_per_epoch": None, "epochs_done": resume.epoch, "val_perplexity": None, "replicas": replicas,
                 "resumed_from": resume.path, "xla": None, "seconds": 0.0, "already_finished": True}
-    trainer = _Trainer(ctx, strategy, chief=chief, verbose=verbose)
+    trainer = _Trainer(ctx, strategy, chief=chief, verbose=verbose, extra_callbacks=callbacks)
     if resume.path:
         where = f"epoch {resume.epoch} of {trainer.total_epochs}" + (
             f", step {resume.step} of {trainer.epoch_steps(resume.epoch)}" if resume.step else "")
@@ -149,8 +151,9 @@ class _Trainer:
     """The datasets of a run and the fitting of one phase."""
 
     def __init__(self, ctx: run_context.RunContext, strategy: tf.distribute.Strategy, *, chief: bool,
-                 verbose: int):
+                 verbose: int, extra_callbacks: list | None = None):
         self.ctx, self.strategy, self.chief, self.verbose = ctx, strategy, chief, verbose
+        self.extra_callbacks = list(extra_callbacks or [])
         t = ctx.config.train
         manifest = ctx.manifest
         self.budget = budget_lib.budget_for(ctx.config, manifest)
@@ -226,9 +229,11 @@ class _Trainer:
             out += [CheckpointCallback(manager, checkpoints.epoch, ctx.run_dir, self.total_epochs, model, optimizer,
                                        chief=self.chief)]
             if self.samples is not None:
-                settings = ctx.config.decode.resolve(beam_size=ctx.config.eval.sample_beam_size, num_captions=1)
+                settings = ctx.config.decode.resolve(strategy="beam", beam_size=ctx.config.eval.sample_beam_size,
+                                                     num_captions=1)
                 out.append(SampleCaptions(model, self.samples, ctx.vocab, settings, logs))
             out.append(EpochSummaries(logs, loss_is_nll=not t.label_smoothing))
+            out += list(self.extra_callbacks)
             return out + ([compile_notice] if self.verbose and self.chief and history["xla"] != "off" else [])
 
         compile_notice = CompileNotice(f"{phase.name}: compiling the training step with XLA "
