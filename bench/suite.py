@@ -228,6 +228,19 @@ def inference_rows(args, model) -> list[Row]:
 
     step = tf.function(captioner.decode_step, reduce_retracing=True)
     rows = []
+    # Sampling K=5 captions per image vs one beam-3 search, batch 32, encode included (the bound: 1.5x).
+    images32, _ = _batch(args, 10, 32)
+    strategies = {"sample": DecodeSettings(strategy="sample", num_captions=5, max_length=max_length, top_p=0.9),
+                  "beam": DecodeSettings(beam_size=beam, max_length=max_length),
+                  "greedy": DecodeSettings(strategy="greedy", num_captions=1, max_length=max_length)}
+    generate = {name: tf.function(lambda images, s=s: captioner.generate(images, s), input_signature=[spec])
+                for name, s in strategies.items()}
+    load = _load()
+    t = _interleaved({name: (lambda f=f: f(images32)) for name, f in generate.items()}, rounds=args.rounds, steps=1)
+    load += " -> " + _load()
+    rows.append(Row("inference", f"sample K=5 (top-p 0.9) / beam {beam}, batch 32, encode + search",
+                    f"sample {t['sample'] * 1e3:.0f} ms", f"beam {t['beam'] * 1e3:.0f} ms", t["sample"] / t["beam"],
+                    f"greedy {t['greedy'] * 1e3:.0f} ms ({t['greedy'] / t['beam']:.2f}x beam)", load))
     for batch in (1, 32):
         images, _ = _batch(args, 10, batch)
 

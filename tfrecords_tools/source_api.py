@@ -36,7 +36,7 @@ DEFAULT_MAX_CAPTIONS_PER_IMAGE = 20
 # read (--max-file-bytes). Camera JPEGs of 50 megapixels are 10-25 MB; images
 # are resized to a few hundred pixels for captioning, so 64 MiB only stops
 # files that are not real images (or not worth reading).
-DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_FILE_BYTES = io_utils.DEFAULT_MAX_IMAGE_FILE_BYTES  # one limit: the converters, `caption` and the API
 
 
 class ConversionError(CaptionAppError, ValueError):
