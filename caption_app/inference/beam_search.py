@@ -25,7 +25,9 @@ brute-force enumeration and a plain-Python reference):
 * Each step expands every alive hypothesis with every word (or, with
   `words_per_beam` w > 0, with only its w most probable next words, as
   im2txt's CaptionGenerator does with w = beam size: a hypothesis can then
-  end only when the end token is among its w best words). Of these
+  end only when the end token is among its w best words; with
+  `no_repeat_ngram` n > 0, words that would repeat an n-gram of the
+  hypothesis are removed first, caption_app/inference/ngram_blocking.py). Of these
   candidates, the `beam_size` best by log-probability that do not end in
   `end_id` stay alive (equal lengths, so this is also the order by score); the
   ones that end in `end_id` (and, at step `max_length`, the alive ones too)
@@ -44,6 +46,7 @@ from typing import Any, Callable, NamedTuple
 
 import tensorflow as tf
 
+from caption_app.inference.ngram_blocking import block_repeated_ngrams
 from caption_app.inference.settings import DecodeSettings
 
 StepFn = Callable[[tf.Tensor, Any], tuple[tf.Tensor, Any]]
@@ -51,16 +54,21 @@ StepFn = Callable[[tf.Tensor, Any], tuple[tf.Tensor, Any]]
 _NEG_INF = float("-inf")
 
 
-class BeamSearchResult(NamedTuple):
-    """The best finished hypotheses per image, best first.
+class SearchResult(NamedTuple):
+    """The captions a decoding strategy found per image, best first.
+
+    Every strategy (caption_app/inference/strategies.py) returns one; K is its
+    `num_results` (beam: the best K finished hypotheses; greedy: 1; sample:
+    the K samples, sorted by score).
 
     Attributes:
       ids: [batch, num_results, max_length] int32, the words after `<start>`,
         the end token included when the caption finished; 0 after it.
       scores: [batch, num_results] float32, `log_probs / lengths ** alpha`;
         the ranking score.
-      log_probs: [batch, num_results] float32, the sum of the emitted words'
-        log-probabilities, end token included.
+      log_probs: [batch, num_results] float32, the model's log-probability
+        of the caption: the sum of the emitted words' log-probabilities as
+        `step_fn` gave them (no temperature, no filtering), end token included.
       lengths: [batch, num_results] int32, emitted words, end token included.
 
     A slot for which no hypothesis with a finite score exists (the model gives
@@ -74,9 +82,13 @@ class BeamSearchResult(NamedTuple):
     lengths: tf.Tensor
 
 
+BeamSearchResult = SearchResult  # its name before there were other strategies
+
+
 def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: int,
                 beam_size: int = 3, max_length: int = 20, length_normalization: float = 0.0,
-                num_results: int | None = None, words_per_beam: int = 0) -> BeamSearchResult:
+                num_results: int | None = None, words_per_beam: int = 0,
+                no_repeat_ngram: int = 0) -> SearchResult:
     """Decodes the best captions for a batch of images with beam search.
 
     Args:
@@ -105,14 +117,14 @@ def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: i
     `check` validates them here); `Captioner.generate` takes the object itself.
 
     Returns:
-      A `BeamSearchResult`, best first along axis 1.
+      A `SearchResult`, best first along axis 1.
 
     Raises:
       ValueError: on an argument out of range or an empty `initial_state`.
     """
     if num_results is None:
         num_results = beam_size
-    _check_arguments(beam_size, max_length, length_normalization, num_results, words_per_beam)
+    _check_arguments(beam_size, max_length, length_normalization, num_results, words_per_beam, no_repeat_ngram)
     leaves = tf.nest.flatten(initial_state)
     if not leaves:
         raise ValueError("initial_state has no tensors, so the batch size is unknown; "
@@ -151,6 +163,9 @@ def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: i
         with tf.control_dependencies([tf.debugging.assert_less(
                 end_id, vocab, message="beam_search: end_id is not below the vocabulary "
                 "size of step_fn's log_probs")]):
+            if no_repeat_ngram:
+                log_probs = block_repeated_ngrams(
+                    log_probs, tf.reshape(alive_seq, [batch * k, t_max]), t, no_repeat_ngram)
             if words_per_beam:
                 log_probs = _only_top_words(log_probs, words_per_beam)
             log_probs = tf.reshape(log_probs, [batch, k, vocab])  # [batch, beam, vocab]
@@ -208,16 +223,16 @@ def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: i
     logp = fin_logp[:, :num_results]
     length = fin_len[:, :num_results]
     valid = score > _NEG_INF  # [batch, num_results]
-    return BeamSearchResult(
+    return SearchResult(
         ids=tf.where(valid[:, :, None], seq, 0),
         scores=score,
         log_probs=tf.where(valid, logp, _NEG_INF),
         lengths=tf.where(valid, length, 0))
 
 
-def _check_arguments(beam_size, max_length, length_normalization, num_results, words_per_beam):
+def _check_arguments(beam_size, max_length, length_normalization, num_results, words_per_beam, no_repeat_ngram):
     DecodeSettings(beam_size=beam_size, max_length=max_length, length_normalization=length_normalization,
-                   num_captions=num_results, words_per_beam=words_per_beam).check()
+                   num_captions=num_results, words_per_beam=words_per_beam, no_repeat_ngram=no_repeat_ngram).check()
 
 
 def _only_top_words(log_probs, w):
