@@ -138,11 +138,14 @@ def test_none_keeps_the_runs_strategy_values():
 
 
 def test_old_decode_dicts_load_as_the_beam_search_they_meant(tmp_path):
+    from caption_app.inference import strategies
+
     # An old export's assets/config.json "decode" dict (and an old config.json's "decode"): no new keys.
     old = {"beam_size": 4, "max_length": 12, "length_normalization": 0.5, "num_captions": 2, "words_per_beam": 0}
     settings = DecodeSettings(**old)
     assert (settings.strategy, settings.temperature, settings.top_k, settings.top_p, settings.seed,
             settings.no_repeat_ngram) == ("beam", 1.0, 0, 1.0, 0, 0)
+    assert settings.to_strategy() == strategies.Beam(beam_size=4, num_results=2, length_normalization=0.5)
     config = config_lib.get_preset("tiny").to_dict()
     config["decode"] = dict(old)
     path = tmp_path / "config.json"
@@ -156,6 +159,22 @@ def test_old_decode_dicts_load_as_the_beam_search_they_meant(tmp_path):
     loaded = config_lib.load(str(path))
     assert loaded.decode == new.decode and loaded.decode.strategy == "sample" and loaded.decode.top_p == 0.9
     assert loaded.validate() is loaded
+
+
+def test_to_strategy_is_the_one_mapping():
+    from caption_app.inference.strategies import Beam, Greedy, Sample
+
+    assert DecodeSettings().to_strategy() == Beam(beam_size=3, num_results=3)
+    assert RUN.to_strategy() == Beam(beam_size=4, num_results=4, length_normalization=0.5)
+    assert DecodeSettings(beam_size=5, num_captions=2, words_per_beam=3, no_repeat_ngram=2).to_strategy() == Beam(
+        beam_size=5, num_results=2, words_per_beam=3, no_repeat_ngram=2)
+    assert DecodeSettings(strategy="greedy", length_normalization=0.7, no_repeat_ngram=2).to_strategy() == Greedy(
+        length_normalization=0.7, no_repeat_ngram=2)
+    assert DecodeSettings(strategy="sample", num_captions=0, temperature=0.5, top_k=3, top_p=0.8, seed=9,
+                          no_repeat_ngram=1).to_strategy() == Sample(
+        num_samples=5, temperature=0.5, top_k=3, top_p=0.8, seed=9, no_repeat_ngram=1)
+    with pytest.raises(DecodeSettingsError, match="--top-p"):
+        DecodeSettings(strategy="sample", top_p=2.0).to_strategy()
 
 
 def test_cli_flags_default_to_the_run():

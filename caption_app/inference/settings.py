@@ -2,8 +2,9 @@
 
 The run's config holds them (`Config.decode`, `--set decode.beam_size=5`);
 `evaluate`, `caption`, the export and the strategies all take them from here,
-checked by the one `check` and filled from the run's config by the one
-`resolve`. The meaning of a value, the same for every command:
+checked by the one `check`, filled from the run's config by the one `resolve`
+and turned into a decoding strategy (caption_app/inference/strategies.py) by
+the one `to_strategy`. The meaning of a value, the same for every command:
 
 * `None` or `0` for beam size, max length or number of captions means "use
   the run's config" (the CLI flags default to None); for the number of
@@ -25,8 +26,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from typing import TYPE_CHECKING
 
 from caption_app.errors import CaptionAppError
+
+if TYPE_CHECKING:  # strategies imports this module; `to_strategy` imports it when called
+    from caption_app.inference.strategies import Strategy
 
 STRATEGY_NAMES = ("beam", "greedy", "sample")
 DEFAULT_NUM_SAMPLES = 5  # captions drawn per image by the "sample" strategy when num_captions is 0
@@ -147,6 +152,26 @@ class DecodeSettings:
             seed=given(seed, self.seed),
             no_repeat_ngram=given(no_repeat_ngram, self.no_repeat_ngram))
         return settings.check()
+
+    def to_strategy(self) -> "Strategy":
+        """The decoding strategy these settings describe (checked; num_captions 0: the strategy's count).
+
+        The one place that maps settings to a strategy object; `max_length` is
+        not part of it (it is an argument of `Strategy.search`).
+        """
+        from caption_app.inference import strategies  # it imports this module
+
+        count = self.num_captions or _default_count(self.strategy, self.beam_size)
+        settings = dataclasses.replace(self, num_captions=count).check()
+        common = dict(length_normalization=settings.length_normalization,
+                      no_repeat_ngram=settings.no_repeat_ngram)
+        if settings.strategy == "beam":
+            return strategies.Beam(beam_size=settings.beam_size, num_results=count,
+                                   words_per_beam=settings.words_per_beam, **common)
+        if settings.strategy == "greedy":
+            return strategies.Greedy(**common)
+        return strategies.Sample(num_samples=count, temperature=settings.temperature, top_k=settings.top_k,
+                                 top_p=settings.top_p, seed=settings.seed, **common)
 
 
 def _default_count(strategy: str, beam_size: int) -> int:
