@@ -319,8 +319,9 @@ def _row_search(step_fn: StepFn, initial_state: Any, choose: ChooseFn, *, sample
         word = choose(t, scores)  # [rows]
         # The model's log-probability of the word (temperature 1, unfiltered); -inf where the row had
         # no allowed word (then `word` is any index, and the row dies).
-        allowed = tf.gather(scores, word, batch_dims=1) > _NEG_INF  # [rows]
-        word_logp = tf.where(allowed, tf.gather(log_probs, word, batch_dims=1), _NEG_INF)  # [rows]
+        word_logp = tf.gather(log_probs, word, batch_dims=1)  # [rows]
+        allowed = (tf.gather(scores, word, batch_dims=1) if no_repeat_ngram else word_logp) > _NEG_INF  # [rows]
+        word_logp = tf.where(allowed, word_logp, _NEG_INF)
         word = tf.where(done | ~allowed, 0, word)
         logp = tf.where(done, logp, logp + word_logp)
         length = tf.where(done | ~allowed, length, t + 1)
@@ -485,5 +486,6 @@ def _draw(logits, u):
     """
     weights = tf.exp(logits - tf.reduce_max(logits, axis=-1, keepdims=True))  # [rows, vocab]; max 1, no underflow
     cdf = tf.math.cumsum(weights, axis=-1)  # [rows, vocab]
+    # u < 1, so u * total rounds to at most total = cdf[:, -1]: the count stays below vocab.
     below = tf.cast(cdf < (u * cdf[:, -1])[:, None], tf.int32)  # [rows, vocab]; 1 before the drawn word
-    return tf.minimum(tf.reduce_sum(below, axis=-1), tf.shape(logits)[-1] - 1)  # [rows]
+    return tf.reduce_sum(below, axis=-1)  # [rows]
