@@ -9,9 +9,9 @@ Like KerasHub's samplers, a strategy is chosen once and passed around: `Beam`
 All three run in-graph with core TensorFlow ops only: eagerly, inside
 `tf.function` with an unknown batch size, and in TF Serving, a TF1 Session or
 TF's C++ SavedModel loader. In particular sampling uses no random op at all:
-its noise is a counter-based integer hash of (seed, sample, step, word), so
-an image's samples depend only on its own seed, never on the batch it was
-served in (TF Serving batches requests together).
+its uniforms are a counter-based integer hash of (seed, sample, step), so an
+image's samples depend only on its own seed, never on the batch it was served
+in (TF Serving batches requests together).
 
 The model is reached only through `step_fn(ids, state) -> (log_probs,
 new_state)` (see `beam_search`), so tests drive every strategy with a fake
@@ -20,6 +20,7 @@ next-word table.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import tensorflow as tf
@@ -174,11 +175,16 @@ class Sample(Strategy):
     word from what is left. A caption ends at `<end>` or at `max_length`
     words. Its `log_probs` are the model's (temperature 1, no filtering).
 
-    The draw is a Gumbel-max: argmax(filtered logits + Gumbel noise), with
-    the noise of word w at step t of sample k of an image with seed s a hash
-    of (s, k, t, w): the same image and seed give the same captions in any
-    batch, at any position, eagerly, in a graph or in TF Serving. Seeds are
-    taken modulo 2**32.
+    The draw inverts the cumulative distribution: the first word (by id)
+    whose cumulative probability exceeds u, with u in (0, 1) a hash of
+    (s, k, t) for sample k of an image with seed s at step t. So the same
+    image and seed give the same captions in any batch, at any position,
+    eagerly, in a graph or in TF Serving (as long as the model gives that
+    image the same log-probabilities there). One uniform per row and step,
+    all made before the loop: a Gumbel-max draw would hash every word of
+    every row at every step, and two logarithms each (the first version did;
+    its draw cost more than the rest of the loop). Seeds are taken modulo
+    2**32.
 
     Args:
       num_samples: K, captions drawn per image.
@@ -220,19 +226,14 @@ class Sample(Strategy):
         with tf.control_dependencies([tf.debugging.assert_equal(
                 tf.size(seeds), batch, message="Sample.search: seeds must hold one seed per image")]):
             seeds = tf.identity(seeds)
-        # Row b * K + i is sample i of image b; its key mixes only (seed, i).
-        row_seed = tf.repeat(seeds, k)  # [batch * K]
-        row_sample = tf.tile(tf.range(k, dtype=tf.int64), [batch])  # [batch * K]
-        row_key = _fmix32(_xor(_mul32(_fmix32(row_seed), _GOLDEN), row_sample))  # [batch * K]
+        uniforms = _uniforms(seeds, k, max_length)  # [batch * K, time]
 
         def choose(t, scores):
             if self.temperature != 1.0:
                 scores = scores / self.temperature
-            if self.top_k:
-                scores = _keep_top_k(scores, self.top_k)
-            if self.top_p < 1.0:
-                scores = _keep_top_p(scores, self.top_p)
-            return tf.argmax(scores + _gumbel(row_key, t, tf.shape(scores)[1]), axis=-1, output_type=tf.int32)
+            if self.top_k or self.top_p < 1.0:
+                scores = _keep_top(scores, self.top_k, self.top_p)
+            return _draw(scores, tf.gather(uniforms, t, axis=1))
 
         return _row_search(step_fn, initial_state, choose, samples=k, start_id=start_id, end_id=end_id,
                            max_length=max_length, alpha=self.length_normalization,
@@ -251,7 +252,12 @@ def get(name: str, **options) -> Strategy:
     if name not in STRATEGIES:
         raise DecodeSettingsError(f"unknown decoding strategy {name!r}; the strategies are "
                                   f"{', '.join(STRATEGIES)} (--strategy)")
-    return STRATEGIES[name](**options)
+    cls = STRATEGIES[name]
+    known = set(inspect.signature(cls).parameters)
+    if set(options) - known:
+        raise DecodeSettingsError(f"strategy {name!r} has no option {', '.join(sorted(set(options) - known))}; "
+                                  f"its options are {', '.join(sorted(known))}")
+    return cls(**options)
 
 
 def from_config(config: dict) -> Strategy:
@@ -288,6 +294,17 @@ def _row_search(step_fn: StepFn, initial_state: Any, choose: ChooseFn, *, sample
     as an empty slot (score -inf, length 0, ids 0), as in beam search. The
     loop stops at `max_length` (the unfinished captions are truncated there)
     or when every row has finished.
+
+    `step_fn` runs once per *distinct unfinished prefix*, not once per row:
+    rows of one image with the same words so far have the same state and
+    log-probabilities, and finished rows need none. The first step runs once
+    per image; the samples of a confident model share their first words; and
+    rows that ended stop costing anything (bench/strategies.py: with the
+    cheaper draw, it took 5 samples from 2.0x a 3-beam search's time to about
+    1.5x, which is what the model's calls alone cost). Rows of different
+    images never share a prefix, so an image's captions do not depend on the
+    others in the batch. `step_fn` must therefore be a function of its
+    inputs only (as beam search already assumes of its first step).
     """
     DecodeSettings(max_length=max_length, num_captions=1).check()  # the one range check of max_length
     batch = _batch_size(initial_state)
@@ -297,17 +314,14 @@ def _row_search(step_fn: StepFn, initial_state: Any, choose: ChooseFn, *, sample
     rows = batch * k
 
     def advance(t, log_probs, seq, logp, done, length):
-        """Step t: every unfinished row emits the word `choose` picks; returns the new row values."""
-        log_probs = tf.cast(log_probs, tf.float32)  # [rows, vocab]
-        vocab = tf.shape(log_probs)[-1]
-        with tf.control_dependencies([tf.debugging.assert_less(
-                end_id, vocab, message="search: end_id is not below the vocabulary size of step_fn's log_probs")]):
-            scores = block_repeated_ngrams(log_probs, seq, t, no_repeat_ngram)
+        """Step t: every unfinished row emits the word `choose` picks from its log_probs [rows, vocab]."""
+        scores = block_repeated_ngrams(log_probs, seq, t, no_repeat_ngram)
         word = choose(t, scores)  # [rows]
         # The model's log-probability of the word (temperature 1, unfiltered); -inf where the row had
         # no allowed word (then `word` is any index, and the row dies).
-        allowed = tf.gather(scores, word, batch_dims=1) > _NEG_INF  # [rows]
-        word_logp = tf.where(allowed, tf.gather(log_probs, word, batch_dims=1), _NEG_INF)  # [rows]
+        word_logp = tf.gather(log_probs, word, batch_dims=1)  # [rows]
+        allowed = (tf.gather(scores, word, batch_dims=1) if no_repeat_ngram else word_logp) > _NEG_INF  # [rows]
+        word_logp = tf.where(allowed, word_logp, _NEG_INF)
         word = tf.where(done | ~allowed, 0, word)
         logp = tf.where(done, logp, logp + word_logp)
         length = tf.where(done | ~allowed, length, t + 1)
@@ -315,31 +329,57 @@ def _row_search(step_fn: StepFn, initial_state: Any, choose: ChooseFn, *, sample
         done = done | ~allowed | tf.equal(word, end_id)
         return t + 1, seq, logp, done, length, word
 
-    def cond(t, seq, logp, done, length, ids, state):
-        del seq, logp, length, ids, state
+    def regroup(prefix, word, done, vocab, state):
+        """The distinct unfinished prefixes after this step's words.
+
+        Args:
+          prefix: [rows] int32, each row's prefix before the step: an index into `state`'s rows.
+          word: [rows] int32, the word each row emitted.
+          done: [rows] bool, the rows finished after the step.
+          state: each tensor [prefixes, ...], the state after feeding each prefix.
+        Returns:
+          (prefix [rows] (finished rows: 0), ids [m] (the last word of each new prefix), state [m, ...]).
+        """
+        live = tf.cast(tf.where(~done)[:, 0], tf.int32)  # [live]
+        key = (tf.cast(tf.gather(prefix, live), tf.int64) * tf.cast(vocab, tf.int64)
+               + tf.cast(tf.gather(word, live), tf.int64))  # [live]; distinct per (old prefix, word)
+        unique, index = tf.unique(key, out_idx=tf.int32)  # [m], [live]
+        parent = tf.cast(unique // tf.cast(vocab, tf.int64), tf.int32)  # [m]
+        ids = tf.cast(unique % tf.cast(vocab, tf.int64), tf.int32)  # [m]
+        state = tf.nest.map_structure(lambda x: tf.gather(x, parent), state)  # each [m, ...]
+        prefix = tf.tensor_scatter_nd_update(tf.zeros_like(word), live[:, None], index)  # [rows]
+        return prefix, ids, state
+
+    def cond(t, seq, logp, done, length, prefix, ids, state):
+        del seq, logp, length, prefix, ids, state
         return tf.logical_and(t < t_max, tf.reduce_any(~done))
 
-    def body(t, seq, logp, done, length, ids, state):
-        log_probs, new_state = step_fn(ids, state)
+    def body(t, seq, logp, done, length, prefix, ids, state):
+        log_probs, new_state = step_fn(ids, state)  # [m, vocab], the distinct prefixes' rows
         new_state = _check_state(new_state, state)
-        # The static shapes must not loosen across iterations.
-        new_state = tf.nest.map_structure(lambda new, old: tf.ensure_shape(new, old.shape), new_state, state)
-        return (*advance(t, log_probs, seq, logp, done, length), new_state)
+        # The number of prefixes changes from step to step; the other dimensions must not loosen.
+        new_state = tf.nest.map_structure(lambda new, old: tf.ensure_shape(new, [None] + old.shape[1:]),
+                                          new_state, state)
+        log_probs = tf.cast(log_probs, tf.float32)
+        t, seq, logp, done, length, word = advance(t, tf.gather(log_probs, prefix), seq, logp, done, length)
+        return (t, seq, logp, done, length, *regroup(prefix, word, done, tf.shape(log_probs)[-1], new_state))
 
-    # Step 0 once per image: [batch] rows, repeated for the samples ([batch * K, ...]).
+    # Step 0 once per image: prefix b is image b's <start>, shared by its K rows (row b * K + i).
     first_logp, state = step_fn(tf.fill([batch], tf.constant(start_id, tf.int32)), initial_state)
     state = _check_state(state, initial_state)
     first_logp = tf.cast(first_logp, tf.float32)  # [batch, vocab]
-    if k > 1:
-        first_logp = tf.repeat(first_logp, k, axis=0)  # [batch * K, vocab]
-        state = tf.nest.map_structure(lambda x: tf.repeat(x, k, axis=0), state)
-    loop_vars = (*advance(tf.constant(0, tf.int32), first_logp,
-                          tf.zeros(tf.stack([rows, t_max]), tf.int32),  # seq [rows, time]
-                          tf.zeros([rows], tf.float32),  # logp [rows]
-                          tf.zeros([rows], tf.bool),  # done [rows]
-                          tf.zeros([rows], tf.int32)),  # length [rows]
-                 state)
-    _, seq, logp, _, length, _, _ = tf.while_loop(cond, body, loop_vars, maximum_iterations=t_max)
+    vocab = tf.shape(first_logp)[-1]
+    with tf.control_dependencies([tf.debugging.assert_less(  # once: the vocabulary does not change
+            end_id, vocab, message="search: end_id is not below the vocabulary size of step_fn's log_probs")]):
+        prefix = tf.range(rows, dtype=tf.int32) // k  # [rows]
+    t, seq, logp, done, length, word = advance(
+        tf.constant(0, tf.int32), tf.gather(first_logp, prefix),
+        tf.zeros(tf.stack([rows, t_max]), tf.int32),  # seq [rows, time]
+        tf.zeros([rows], tf.float32),  # logp [rows]
+        tf.zeros([rows], tf.bool),  # done [rows]
+        tf.zeros([rows], tf.int32))  # length [rows]
+    loop_vars = (t, seq, logp, done, length, *regroup(prefix, word, done, vocab, state))
+    _, seq, logp, _, length, _, _, _ = tf.while_loop(cond, body, loop_vars, maximum_iterations=t_max)
 
     score = logp / tf.pow(tf.cast(tf.maximum(length, 1), tf.float32), float(alpha))  # [rows]
     score, logp, length = (tf.reshape(x, [batch, k]) for x in (score, logp, length))  # [batch, K]
@@ -355,26 +395,27 @@ def _row_search(step_fn: StepFn, initial_state: Any, choose: ChooseFn, *, sample
 # ---------------------------------------------------------------- sampling: filters
 
 
-def _keep_top_k(logits, top_k):
-    """[rows, vocab] -> the same with all but the top_k largest per row at -inf (ties with the k-th kept)."""
-    k = tf.minimum(top_k, tf.shape(logits)[-1])
-    kth = tf.math.top_k(logits, k=k).values[:, -1:]  # [rows, 1]
-    return tf.where(logits >= kth, logits, _NEG_INF)
+def _keep_top(logits, top_k: int, top_p: float):
+    """[rows, vocab] -> the same with every word outside each row's top-k and nucleus at -inf.
 
-
-def _keep_top_p(logits, top_p):
-    """[rows, vocab] -> the same with all but each row's nucleus at -inf.
-
-    The nucleus: the most probable words, in order, while the probability
-    of the words before them (softmax of `logits`) is below top_p; so at least
-    the most probable word, and the smallest such set whose mass reaches
-    top_p. Words tied with the least probable one kept are kept too (a
-    threshold, not a scatter: one sort per step).
+    top-k (> 0): the k largest logits; words tied with the k-th are kept
+    too. top-p (< 1): of those (renormalized), the most probable words, in
+    order, while the probability of the words before them is below top_p:
+    so at least the most probable word, and the smallest such set whose mass
+    reaches top_p; words tied with the least probable one kept are kept
+    too. Both end in one threshold per row, so this is one `top_k` (or one
+    sort, for top-p alone) and one `where`, with no scatter.
     """
-    ordered = tf.sort(logits, axis=-1, direction="DESCENDING")  # [rows, vocab]
-    before = tf.math.cumsum(tf.nn.softmax(ordered, axis=-1), axis=-1, exclusive=True)  # [rows, vocab]
-    kept = tf.where(before < top_p, ordered, float("inf"))
-    threshold = tf.reduce_min(kept, axis=-1, keepdims=True)  # [rows, 1]
+    if top_k:
+        ordered = tf.math.top_k(logits, k=tf.minimum(top_k, tf.shape(logits)[-1])).values  # [rows, k], descending
+    else:
+        ordered = tf.sort(logits, axis=-1, direction="DESCENDING")  # [rows, vocab]
+    threshold = ordered[:, -1:]  # [rows, 1]
+    if top_p < 1.0:
+        weights = tf.exp(ordered - ordered[:, :1])  # unnormalized probabilities, the largest 1
+        before = tf.math.cumsum(weights, axis=-1, exclusive=True)  # [rows, k or vocab]
+        kept = tf.where(before < top_p * tf.reduce_sum(weights, axis=-1, keepdims=True), ordered, float("inf"))
+        threshold = tf.reduce_min(kept, axis=-1, keepdims=True)  # [rows, 1]
     return tf.where(logits >= threshold, logits, _NEG_INF)
 
 
@@ -408,12 +449,43 @@ def _fmix32(h):
     return _xor(h, tf.bitwise.right_shift(h, 16))
 
 
-def _gumbel(row_key, t, vocab):
-    """Gumbel(0, 1) noise [rows, vocab], a function of (row_key [rows] int64, step t, word id) only."""
-    step_key = _fmix32(_xor(row_key, _mul32(tf.cast(t, tf.int64) + 1, 0x27D4EB2F)))  # [rows]
-    word = _mul32(tf.range(tf.cast(vocab, tf.int64), dtype=tf.int64), _GOLDEN)  # [vocab], distinct per word
-    bits = _fmix32(_xor(step_key[:, None], word[None, :]))  # [rows, vocab]
-    # 23 bits -> v in (0, 1), exactly representable; -log1p(-v) = -log(1 - v) is an Exponential(1)
-    # draw that stays > 0 even for v near 0, so the Gumbel -log(E) is always finite.
-    v = (tf.cast(tf.bitwise.right_shift(bits, 9), tf.float32) + 0.5) * (2.0 ** -23)
-    return -tf.math.log(-tf.math.log1p(-v))
+def _py_fmix32(h: int) -> int:
+    """`_fmix32` on a Python int, for constants."""
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & _MASK32
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & _MASK32
+    return h ^ (h >> 16)
+
+
+def _uniforms(seeds, samples: int, max_length: int):
+    """[batch * samples, max_length] float32 in (0, 1): row b * samples + k, column t is a hash of
+    (seeds[b], k, t) only.
+
+    Args:
+      seeds: [batch] int64 in [0, 2**32).
+    """
+    batch = tf.shape(seeds)[0]
+    row_seed = tf.repeat(seeds, samples)  # [rows]
+    row_sample = tf.tile(tf.range(samples, dtype=tf.int64), [batch])  # [rows]
+    row_key = _fmix32(_xor(_mul32(_fmix32(row_seed), _GOLDEN), row_sample))  # [rows]
+    step_key = tf.constant([_py_fmix32((t + 1) * 0x27D4EB2F & _MASK32) for t in range(max_length)],
+                           tf.int64)  # [time]
+    bits = _fmix32(_xor(row_key[:, None], step_key[None, :]))  # [rows, time]
+    # The top 23 bits: (m + 0.5) / 2**23 is exact in float32 and never 0 or 1.
+    return (tf.cast(tf.bitwise.right_shift(bits, 9), tf.float32) + 0.5) * (2.0 ** -23)
+
+
+def _draw(logits, u):
+    """The first word whose cumulative probability (softmax of `logits` [rows, vocab]) exceeds u [rows].
+
+    A word of probability 0 never raises the cumulative sum, so it is never drawn. A row whose logits are
+    all -inf (nothing allowed) gets NaN probabilities and word 0, which the caller reads as "nothing to say".
+    The probabilities are left unnormalized (u is scaled by their sum instead): exp(logits - max) is a
+    third of the cost of a softmax here (bench/strategies.py).
+    """
+    weights = tf.exp(logits - tf.reduce_max(logits, axis=-1, keepdims=True))  # [rows, vocab]; max 1, no underflow
+    cdf = tf.math.cumsum(weights, axis=-1)  # [rows, vocab]
+    # u < 1, so u * total rounds to at most total = cdf[:, -1]: the count stays below vocab.
+    below = tf.cast(cdf < (u * cdf[:, -1])[:, None], tf.int32)  # [rows, vocab]; 1 before the drawn word
+    return tf.reduce_sum(below, axis=-1)  # [rows]
