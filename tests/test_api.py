@@ -75,7 +75,7 @@ def test_the_second_call_of_a_batch_of_8_traces_nothing(captioner, trained_run):
     captioner.caption(batch)
     traced = captioner.tracing_count()
     # serving_default and caption_images, once each per decode setting used (traced when it was built)
-    assert traced == 2 * len(captioner._backend._modules)
+    assert traced == 2 * len(captioner.loaded._functions)
     first = captioner.caption(batch)
     second = captioner.caption(batch[:3] + batch)  # another batch size: the same graphs
     assert captioner.tracing_count() == traced
@@ -100,23 +100,6 @@ def test_bad_images_are_reported_per_image_and_bad_arrays_raise(captioner, tmp_p
 def test_load_says_what_a_path_is_not(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a run dir .* nor an exported SavedModel"):
         caption_app.Captioner.load(str(tmp_path))
-
-
-@pytest.mark.slow
-def test_an_export_captions_as_its_run_dir(captioner, trained_run, tmp_path):
-    from export.saved_model import export
-
-    version_dir = export(trained_run.run_dir, str(tmp_path / "models"), warmup=False)
-    images = [encode_image(_blocks(4), "PNG"), _blocks(5)]
-    expected = captioner.caption(images)
-    for path in (version_dir, os.path.dirname(version_dir)):  # a version dir, or the model base path
-        exported = caption_app.Captioner.load(path)
-        got = exported.caption(images)
-        assert [r.captions for r in got] == [r.captions for r in expected]
-        np.testing.assert_allclose([r.log_probs for r in got], [r.log_probs for r in expected], atol=1e-4)
-    assert exported.caption(images[1], num_captions=1).captions == expected[1].captions[:1]
-    with pytest.raises(DecodeSettingsError, match="was exported with beam_size"):
-        exported.caption(images[1], beam_size=trained_run.config.decode.beam_size + 1)
 
 
 def test_a_relative_run_dir_finds_its_checkpoints(trained_run, monkeypatch):

@@ -97,7 +97,11 @@ def test_layout_and_assets(exported, trained_run):
     assert config["image_size"] == exported.image_size
     assert config["decode"] == {"beam_size": exported.beam_size, "max_length": exported.max_length,
                                 "length_normalization": 0.0, "num_captions": exported.num_captions,
-                                "words_per_beam": 0}
+                                "words_per_beam": 0, "strategy": "beam", "temperature": 1.0, "top_k": 0,
+                                "top_p": 1.0, "seed": 0, "no_repeat_ngram": 0}
+    assert config["sampling"] == {**config["decode"], "strategy": "sample", "num_captions": 5}
+    assert config["decoder"] == "lstm" and config["state"] == {"state_h": exported.lstm_units,
+                                                               "state_c": exported.lstm_units}
     assert config["special_ids"] == {"pad": 0, "start": START_ID, "end": END_ID, "unk": 3}
     assert config["vocab_size"] == exported.vocab.size
     assert config["config"]["model"]["backbone"] == "small_cnn"
@@ -146,6 +150,9 @@ def test_signatures_with_saved_model_cli(exported):
         "serving_default": {"inputs": {"image_bytes": ("DT_STRING", "(-1)")},
                             "outputs": {**captions, "valid": ("DT_BOOL", "(-1)")}},
         "caption_images": {"inputs": images, "outputs": captions},
+        "sample_captions": {"inputs": {"image_bytes": ("DT_STRING", "(-1)"), "seed": ("DT_INT64", "(-1)")},
+                            "outputs": {"captions": ("DT_STRING", "(-1, 5)"), "log_probs": ("DT_FLOAT", "(-1, 5)"),
+                                        "scores": ("DT_FLOAT", "(-1, 5)"), "valid": ("DT_BOOL", "(-1)")}},
         "encode_image": {"inputs": images, "outputs": state},
         "decode_step": {"inputs": {"input_ids": ("DT_INT32", "(-1)"), **state},
                         "outputs": {"log_probs": ("DT_FLOAT", f"(-1, {v})"), **state}},

@@ -405,7 +405,7 @@ def test_caption_and_the_exported_serving_default_agree_on_the_reference_jpeg(im
     config = json.loads((tmp_path / "models" / "caption" / "1" / "assets" / "config.json").read_text())
     assert config["config"]["data"]["preprocess"] == "im2txt" and config["decode"]["words_per_beam"] == 3
     # The Python API takes the imported run dir and its export alike, with the same captions.
-    from caption_app import TrainedCaptioner
+    from caption_app import Captioner
 
     for source in (run, tmp_path / "models" / "caption" / "1"):
         result = Captioner.load(str(source)).caption([Path(image).read_bytes()])[0]
