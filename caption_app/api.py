@@ -92,7 +92,7 @@ class Captioner:
         Args:
           images: one image or a list of them, each a file path (str or os.PathLike),
             encoded bytes (JPEG, PNG, GIF, BMP), a PIL image, or an array [H, W, 3]
-            (also [H, W], [H, W, 1], [H, W, 4]: grey and alpha are handled) of uint8 or
+            (also [H, W], [H, W, 1], [H, W, 4]: grey, and alpha composited onto white) of uint8 or
             of floats in 0-255, any size.
           strategy: "beam", "greedy" or "sample" (caption_app/inference/strategies.py).
           beam_size, num_captions, max_length, length_normalization, temperature, top_k, top_p,

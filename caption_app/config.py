@@ -18,6 +18,9 @@ from caption_app.inference.settings import DecodeSettings
 from caption_app.errors import CaptionAppError
 
 
+OPTIMIZERS = ("sgd", "adam")  # caption_app/training/optimizers.py
+LR_SCHEDULES = ("staircase", "cosine", "constant")
+
 # data.preprocess: "default" resizes with antialiasing; "im2txt" as im2txt's inference does (TF1
 # bilinear resize to 346/299 of the size, aspect ratio not kept, central crop), for imported im2txt models.
 PREPROCESS = ("default", "im2txt")
@@ -138,6 +141,10 @@ class Config:
             ("train.backup_every_steps", t.backup_every_steps, t.backup_every_steps >= 0, ">= 0 (0: off)"),
             ("train.clip_gradient_norm", t.clip_gradient_norm, t.clip_gradient_norm >= 0, ">= 0 (0: off)"),
             ("train.label_smoothing", t.label_smoothing, 0 <= t.label_smoothing < 1, "in [0, 1) (0: off)"),
+            ("train.optimizer", t.optimizer, t.optimizer in OPTIMIZERS, " or ".join(OPTIMIZERS)),
+            ("train.lr_schedule", t.lr_schedule, t.lr_schedule in LR_SCHEDULES, ", ".join(LR_SCHEDULES)),
+            ("train.fine_tune_lr_schedule", t.fine_tune_lr_schedule, t.fine_tune_lr_schedule in ("",) + LR_SCHEDULES,
+             ", ".join(LR_SCHEDULES) + ', or "" for train.lr_schedule'),
             ("data.max_caption_length", d.max_caption_length, d.max_caption_length >= 2,
              ">= 2 (<start> and <end> included)"),
             ("data.captions_per_image", d.captions_per_image, d.captions_per_image >= 0,
@@ -365,15 +372,39 @@ def _from_dict(cls, d: dict, where: str):
     kwargs = {}
     for name, value in d.items():
         typ = hints[name]
+        key = f"{where}{name}"
         if dataclasses.is_dataclass(typ):
-            kwargs[name] = _from_dict(typ, value, f"{where}{name}.")
+            if not isinstance(value, dict):
+                raise ValueError(f"{key} must be a section (a JSON object), got {value!r}")
+            kwargs[name] = _from_dict(typ, value, f"{key}.")
         elif typing.get_origin(typ) is tuple:
+            item = typing.get_args(typ)[0]
+            if not isinstance(value, (list, tuple)) or not all(_is(v, item) for v in value):
+                raise ValueError(f"{key} must be a list of {item.__name__} values, got {value!r}")
             kwargs[name] = tuple(value)
-        elif typ is float and isinstance(value, int) and not isinstance(value, bool):
+        elif not _is(value, typ):
+            raise ValueError(f"{key} must be {_TYPE_WORDS.get(typ, typ)}, got {value!r}")
+        elif typ is float:
             kwargs[name] = float(value)  # config.json files written when epochs were whole numbers
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _is(value, typ) -> bool:
+    """Whether a JSON value has the config field's type (an integer is a float too; a bool is neither)."""
+    if typ is bool:
+        return isinstance(value, bool)
+    if typ is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if typ is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if typ is str:
+        return isinstance(value, str)
+    return True
 
 
 def save(config: Config, path: str) -> None:

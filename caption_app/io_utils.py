@@ -231,6 +231,10 @@ def read_bytes(path: str | os.PathLike) -> bytes:
 # Image files read by the converters and by `caption` / the Python API: larger ones are refused after a
 # stat, before any byte is read (`--max-file-bytes`, `max_file_bytes=`).
 DEFAULT_MAX_IMAGE_FILE_BYTES = 64 * 1024 * 1024
+# The one pixel limit (width x height) of images from outside: the converters skip larger ones
+# (`--max-pixels`), `serving_default`, `caption` and the Python API do not decode them
+# (`--max-image-pixels`); each reads the declared size from the header first.
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 
 SMALL_FILE_LIMIT = 64 << 20  # vocabularies and word-count files: COCO's is ~100 KB
 

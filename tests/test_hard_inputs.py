@@ -163,10 +163,12 @@ def test_absurd_dimensions_are_skipped_before_decoding(tmp_path):
     assert set(got) == {"plain.jpg"}  # 24 x 32 = 768 pixels <= 5000
 
 
-def test_default_pixel_limit_is_pils(tmp_path):
+def test_default_pixel_limit_is_the_one_serving_uses(tmp_path):
+    from caption_app.data.image_bytes import DEFAULT_MAX_IMAGE_PIXELS
+
     manifest, _ = _convert(tmp_path, {"bomb.png": _png_claiming(30000, 30000)})
     assert manifest["skipped"]["too_large"]["count"] == 1
-    assert images.DEFAULT_MAX_PIXELS == Image.MAX_IMAGE_PIXELS < 30000 * 30000
+    assert images.DEFAULT_MAX_PIXELS == DEFAULT_MAX_IMAGE_PIXELS < Image.MAX_IMAGE_PIXELS < 30000 * 30000
 
 
 # ---------------------------------------------------------------------------- names and captions

@@ -221,7 +221,10 @@ def test_caption_reports_each_failure_and_captions_the_rest(trained_run, tmp_pat
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(image_bombs.png_bomb(2000))
     missing = tmp_path / "missing.jpg"
-    paths = [good, missing, empty, loop, broken, text, fifo, bomb, good]
+    huge = tmp_path / "huge.jpg"  # 2 GB, sparse: refused after a stat, never read into memory
+    with open(huge, "wb") as f:
+        f.truncate(2 << 30)
+    paths = [good, missing, empty, loop, broken, text, fifo, bomb, huge, good]
     args = ["caption", "--run-dir", trained_run.run_dir, "--json", "--beam-size", "2",
             "--max-image-pixels", "1000000"]
     assert cli_main(args + [str(p) for p in paths]) == 1
@@ -239,10 +242,19 @@ def test_caption_reports_each_failure_and_captions_the_rest(trained_run, tmp_pat
         "pipe.jpg": "cannot read: not a regular file",
         "bomb.png": "cannot caption: its PNG header declares 2000x2000 pixels, more than the limit of 1000000 "
                     "(--max-image-pixels); not decoded",
+        "huge.jpg": f"cannot read: the file has {2 << 30} bytes, more than the limit of {64 << 20} "
+                    "(--max-file-bytes); not read",
     }
     assert results[0]["captions"] == results[-1]["captions"] and len(results[0]["captions"]) == 2
     assert "function_node" not in captured.out + captured.err
-    assert "7 of 9 failed; 2 captioned" in captured.err
+    assert "8 of 10 failed; 2 captioned" in captured.err
+    # --max-file-bytes lowers the limit; a name with a newline stays on one line of the text output.
+    odd = tmp_path / "two\nlines.jpg"
+    shutil.copy(good, odd)
+    assert cli_main(["caption", "--run-dir", trained_run.run_dir, "--max-file-bytes", "100", str(odd)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == str(odd).replace("\n", "\\n") and out[1].startswith("  error: cannot read: the file has")
+    assert len(out) == 2
 
 
 def test_caption_with_nothing_to_caption_fails(trained_run, tmp_path, capsys):

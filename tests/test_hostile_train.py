@@ -300,3 +300,56 @@ def test_records_without_a_usable_caption_are_skipped_and_reported(shapes_data, 
     ids = [i.decode() for _, _, meta in ds for i in meta["image_id"].numpy()]
     assert len(ids) == manifest.split("train").num_images - 1 and image_id not in ids
     assert f'skipped record "{image_id}" (no usable caption' in capfd.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# RUN/config.json is read through one validating loader (caption_app/runs/loader.py).
+
+def _edit_config(run: Path, edit) -> None:
+    path = run / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+
+
+def test_an_edited_architecture_is_reported_as_the_config_not_as_a_damaged_checkpoint(trained_run, tmp_path,
+                                                                                      capsys):
+    from export.__main__ import main as export_main
+
+    run = _copy_run(trained_run, tmp_path)
+    units = trained_run.config.model.lstm_units
+    _edit_config(run, lambda c: c["model"].update(lstm_units=units * 2))
+    image = sorted(glob.glob(os.path.join(trained_run.data_dir, "raw", "images", "*.jpg")))[0]
+    for main, args in ((cli_main, ["caption", "--run-dir", str(run), image]),
+                       (export_main, ["--run-dir", str(run), "--out", str(tmp_path / "models"), "--no-warmup"])):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "describes another architecture than the run's checkpoints" in err, err
+        assert f"lstm_units={units}" in err and f"lstm_units={units * 2}" in err
+        assert "backup" not in err and "move it away" not in err and "Traceback" not in err
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda c: c["data"].update(image_size="big"), "data.image_size must be an integer, got 'big'"),
+    (lambda c: c["model"].update(lstm_units=1.5), "model.lstm_units must be an integer, got 1.5"),
+    (lambda c: c.pop("decode"), "has no decode section"),
+    (lambda c: c["decode"].update(beam_size=-2), "beam_size must be a positive integer"),
+    (lambda c: c.update(model=[]), "model must be a section"),
+])
+def test_a_bad_run_config_is_one_config_error_line_naming_the_key(trained_run, tmp_path, capsys, edit, expected):
+    run = _copy_run(trained_run, tmp_path)
+    _edit_config(run, edit)
+    image = sorted(glob.glob(os.path.join(trained_run.data_dir, "raw", "images", "*.jpg")))[0]
+    assert cli_main(["caption", "--run-dir", str(run), image]) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"error: {run / 'config.json'}") and expected in line, line
+
+
+@pytest.mark.parametrize("assignment", ["train.batch_size=1000", "model.backbone_weights=/nonexistent/weights.h5",
+                                        "train.lr_schedule=linear"])
+def test_a_failed_start_leaves_no_new_run_dir_behind(shapes_data, tmp_path, capsys, assignment):
+    run = tmp_path / "run"
+    assert cli_main(_train_args(shapes_data, str(run), assignment)) == 2
+    assert _error_line(capsys)
+    assert not run.exists() or not any(run.iterdir()), sorted(p.name for p in run.iterdir())

@@ -11,6 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from caption_app.data import manifest as manifest_lib
+from caption_app.data.pil_images import to_rgb
 from caption_app.data.pipeline import (caption_ids, decode_image, make_dataset, pad_captions, resolve_tensor_sizes,
                                        split_inputs_targets)
 from caption_app.data.vocabulary import END_ID, PAD_ID, START_ID, UNK_ID, TokenizerSettings, Vocabulary, tokenize
@@ -46,7 +47,7 @@ FORMATS = [  # (name, PIL format, PIL mode, tolerance vs. PIL's own decoding)
     ("jpeg", "JPEG", "RGB", 6.0),  # decoders differ a little in chroma upsampling
     ("png", "PNG", "RGB", 1e-3),
     ("grayscale_png", "PNG", "L", 1e-3),
-    ("rgba_png", "PNG", "RGBA", 1e-3),
+    ("rgba_png", "PNG", "RGBA", 0.8),  # composited onto white in float; PIL's paste rounds to integers
     ("gif", "GIF", "P", 1e-3),
     ("bmp", "BMP", "RGB", 1e-3),
 ]
@@ -64,16 +65,18 @@ def test_decode_image_formats(name, fmt, mode, tol, size):
     assert out.dtype == tf.float32
     values = out.numpy()
     assert values.min() >= 0.0 and values.max() <= 255.0
-    # PIL's decoding, as RGB, resized the same way.
-    reference = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.float32)
+    # PIL's decoding as the converter stores it (transparency onto white: data/pil_images.py), resized the same way.
+    reference = np.asarray(to_rgb(Image.open(io.BytesIO(data))), np.float32)
     expected = tf.clip_by_value(tf.image.resize(reference, [size, size], antialias=True), 0, 255).numpy()
     np.testing.assert_allclose(values, expected, atol=tol)
     assert np.abs(values - expected).mean() <= tol / 4
     if mode == "L":
         np.testing.assert_allclose(values[..., 0], values[..., 1])
         np.testing.assert_allclose(values[..., 0], values[..., 2])
-    else:  # a colour picture stays one: left half blue-ish 40, right half 220
+    elif mode != "RGBA":  # a colour picture stays one: left half blue-ish 40, right half 220
         assert values[:, : size // 3, 2].mean() < 100 < values[:, -size // 3:, 2].mean()
+    else:  # 30% opaque over white: the blue 40 shows as 0.3 * 40 + 0.7 * 255, not as 40
+        assert values[:, : size // 3, 2].mean() == pytest.approx(0.3 * 40 + 0.7 * 255, abs=3)
 
 
 def test_decode_image_rejects_garbage():

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--images-per-shard", type=int, default=source_api.DEFAULT_IMAGES_PER_SHARD,
                        help="default %(default)s")
         p.add_argument("--max-pixels", type=int, default=None,
-                       help="skip images whose header claims more pixels (default: PIL's limit, ~89M)")
+                       help="skip images whose header claims more pixels (default 40000000, the limit serving and caption use)")
         p.add_argument("--max-file-bytes", type=int, default=source_api.DEFAULT_MAX_FILE_BYTES,
                        help="skip larger image files before reading them (default %(default)s, 64 MiB)")
         p.add_argument("--follow-symlinks", action="store_true",

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from caption_app import io_utils
 from caption_app.config import PREPROCESS
 from caption_app.data.pipeline import decode_image
 from caption_app.errors import CaptionAppError
 
-DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+DEFAULT_MAX_IMAGE_PIXELS = io_utils.DEFAULT_MAX_IMAGE_PIXELS  # the one limit, shared with the converters
 MAX_GIF_STEPS = 1024
 GIF_LOOKAHEAD = 1024  # sub-blocks of one size skipped per step
 # Images decoded at once by one call: its decode memory is at most this many images' worth, whatever

@@ -108,12 +108,47 @@ def choose_bucket_lengths(histogram: Mapping[int, int], num_buckets: int) -> tup
 def decode_image(encoded: tf.Tensor, image_size: int, preprocess: str = PREPROCESS[0]) -> tf.Tensor:
     """Encoded JPEG/PNG/GIF/BMP bytes -> [S, S, 3] float32 in 0-255 (`resize_image` with `preprocess`).
 
-    Grayscale and RGBA images become 3 channels; GIFs give their first frame.
-    JPEGs decode with TensorFlow's default DCT method (im2txt's decoder too).
+    Grayscale images become 3 channels; GIFs give their first frame. A PNG with transparency
+    (RGBA, grey+alpha, or a tRNS chunk: palette or colour key) is composited onto white, as the
+    converter stores such images (caption_app/data/pil_images.py), so served bytes and training
+    records give the same pixels. JPEGs decode with TensorFlow's default DCT method (im2txt's
+    decoder too).
     """
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)  # [h, w, 3] uint8
-    image.set_shape([None, None, 3])
-    return resize_image(tf.cast(image, tf.float32), image_size, preprocess)
+
+    def opaque():
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)  # [h, w, 3] uint8
+        image.set_shape([None, None, 3])
+        return tf.cast(image, tf.float32)
+
+    def on_white():
+        rgba = tf.cast(tf.io.decode_png(encoded, channels=4), tf.float32)  # [h, w, 4]
+        alpha = rgba[:, :, 3:] / 255.0
+        return rgba[:, :, :3] * alpha + 255.0 * (1.0 - alpha)
+
+    image = tf.cond(png_has_alpha(encoded), on_white, opaque)
+    return resize_image(image, image_size, preprocess)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_has_alpha(encoded: tf.Tensor) -> tf.Tensor:
+    """Whether bytes are a PNG with transparency: colour type 4 or 6 (grey or RGB with alpha), or a tRNS
+    chunk before the image data (palette or colour-key transparency). Core string ops only.
+
+    Asked of the header, not of a 4-channel decode: TensorFlow fills the alpha of a palette PNG
+    without tRNS with the bit depth's maximum (15 for 16 colours), not with opaque. The tRNS test
+    looks at the first 64 KiB for "tRNS" not preceded by "IDAT" (chunks before the image data are
+    small; "tRNS" by chance inside compressed data before 64 KiB costs a wrong answer one time in
+    ~65,000 images).
+    """
+    head = tf.strings.join([tf.strings.substr(encoded, 0, 65536), b"\0" * 32])  # padded: substr below stays in range
+    is_png = tf.equal(tf.strings.substr(head, 0, 8), tf.constant(_PNG_SIGNATURE))
+    color_type = tf.strings.substr(head, 25, 1)
+    with_alpha = tf.logical_or(tf.equal(color_type, b"\x04"), tf.equal(color_type, b"\x06"))
+    before_data = tf.strings.split(head, sep="IDAT", maxsplit=1)[0]  # byte-wise (a regex would read UTF-8)
+    trns = tf.size(tf.strings.split(before_data, sep="tRNS", maxsplit=1)) > 1
+    return tf.logical_and(is_png, tf.logical_or(with_alpha, trns))
 
 
 def resize_image(image: tf.Tensor, image_size: int, preprocess: str = PREPROCESS[0]) -> tf.Tensor:

@@ -114,7 +114,9 @@ def prepare(item: Any, position: int, max_file_bytes: int | None = None) -> tupl
     except ImportError:  # pragma: no cover - pillow is a dependency
         Image = None
     if Image is not None and isinstance(item, Image.Image):
-        item = np.asarray(item.convert("RGB"))
+        from caption_app.data.pil_images import to_rgb  # the converter's conversion (alpha onto white, 16-bit)
+
+        item = np.asarray(to_rgb(item))
     if type(item).__module__.startswith("tensorflow"):
         item = item.numpy()
     if not isinstance(item, np.ndarray):
@@ -142,4 +144,8 @@ def pixels(array: np.ndarray, position: int) -> np.ndarray:
                       "(multiply by 255 if this is a 0-1 image)", stacklevel=5)
     if values.shape[-1] == 1:
         values = np.repeat(values, 3, axis=-1)
+    if values.shape[-1] == 4:  # RGBA: onto white, as the converter stores transparent images
+        from caption_app.data.pil_images import composite_on_white
+
+        values = composite_on_white(values)
     return values[:, :, :3]

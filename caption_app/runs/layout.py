@@ -140,6 +140,23 @@ def check_compatible(run_dir: str, new: dict) -> None:
             f"this run is {_describe(new)}. Nothing was changed. Use a new --run-dir.")
 
 
+def check_config_matches(run_dir: str, described: dict) -> None:
+    """Raises ArchitectureMismatch when RUN/config.json (its fingerprint `described`) is not the architecture
+    RUN/fingerprint.json says the checkpoints have: config.json was edited, the checkpoints are fine."""
+    path = os.path.join(run_dir, FINGERPRINT)
+    if not io_utils.exists(path):
+        return
+    trained = io_utils.read_json(path)
+    if trained != described:
+        diff = [k for k in sorted(set(trained) | set(described)) if trained.get(k) != described.get(k)]
+        raise ArchitectureMismatch(
+            f"{os.path.join(run_dir, CONFIG)} describes another architecture than the run's checkpoints "
+            f"(differs in {', '.join(diff)}).\n"
+            f"  checkpoints ({FINGERPRINT}): {_describe(trained, diff)}\n"
+            f"  {CONFIG}:            {_describe(described, diff)}\n"
+            f"The checkpoints are not damaged: put back config.json's values above (or train a new run dir).")
+
+
 def prepare(run_dir: str, config: Config, manifest: manifest_lib.Manifest, vocab: Vocabulary,
             sizes: TensorSizes) -> None:
     """Writes the run dir's description (after check_compatible passed)."""

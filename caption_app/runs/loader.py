@@ -13,20 +13,44 @@ import tensorflow as tf
 
 from caption_app import config as config_lib
 from caption_app import io_utils
-from caption_app.config import Config
+from caption_app.config import Config, ConfigError
 from caption_app.data import manifest as manifest_lib
 from caption_app.data.pipeline import TensorSizes
 from caption_app.data.vocabulary import Vocabulary
 from caption_app.model import show_and_tell
 from caption_app.runs.checkpoints import checkpoint_dir, checkpoint_paths, restore_newest
-from caption_app.runs.layout import CONFIG, OLD_TENSOR_SIZES, TENSOR_SIZES, VOCAB, check_vocab
+from caption_app.runs.layout import (CONFIG, OLD_TENSOR_SIZES, TENSOR_SIZES, VOCAB, check_config_matches,
+                                     check_vocab, fingerprint)
 
 
 def load_config(run_dir: str) -> Config:
+    """RUN/config.json, read and checked: every command reads a run's config here.
+
+    Raises:
+      FileNotFoundError: not a run dir.
+      ConfigError: one line naming the file and the key: not JSON, an unknown key, a value of
+        the wrong type or out of range, or no decode settings (a run's config.json has them).
+    """
     path = os.path.join(run_dir, CONFIG)
     if not io_utils.exists(path):
         raise FileNotFoundError(f"{run_dir} is not a run dir (no {CONFIG}); train into it first")
-    return config_lib.load(path)
+    try:
+        raw = io_utils.read_json(path)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is not a JSON config ({err}); restore the run's config.json") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} is not a config (a JSON object); restore the run's config.json")
+    old_eval = raw.get("eval") if isinstance(raw.get("eval"), dict) else {}
+    if "decode" not in raw and "beam_size" not in old_eval:  # the run's own decode settings are gone
+        raise ConfigError(f"{path} has no decode section (the run's beam size, length, ...); restore it, or "
+                          "add \"decode\": {} to decode with the defaults")
+    try:
+        config = Config.from_dict(raw).validate()
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ConfigError(f"{path}: {err}") from None
+    return config
 
 
 def load_tensor_sizes(run_dir: str) -> TensorSizes:
@@ -69,6 +93,9 @@ def load_model(run_dir: str, checkpoint: str | None = None):
     config = load_config(run_dir)
     vocab = load_vocab(run_dir)
     sizes = load_tensor_sizes(run_dir)
+    # An edited config.json (say model.lstm_units) is reported as what it is, before any checkpoint is
+    # blamed for not restoring into the wrong model.
+    check_config_matches(run_dir, fingerprint(config, vocab, sizes))
     paths = [checkpoint] if checkpoint else checkpoint_paths(checkpoint_dir(run_dir))
     if not paths:
         raise FileNotFoundError(f"{run_dir} has no checkpoint yet; train first")
