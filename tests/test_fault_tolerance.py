@@ -34,7 +34,7 @@ def _all_finite(model) -> bool:
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_the_same_command_resumes_from_the_backup(shapes_data, tmp_path):
     run = str(tmp_path / "run")
-    epochs, every = 3, 5
+    epochs, every = 2, 5  # killed in epoch 2, after its backups of steps 5 and 10
     assignments = [f"train.epochs={epochs}", "train.batch_size=1", f"train.backup_every_steps={every}"]
     command = ["caption_app", "train", "--config", "tiny", "--data", shapes_data, "--run-dir", run, "--quiet",
                *set_args(*assignments)]
@@ -73,6 +73,7 @@ train(override(get_preset("tiny"), {assignments!r}), {shapes_data!r}, {run!r}, v
                         second.stdout)
     assert resumed, second.stdout
     source, epoch, step = resumed.group(1), int(resumed.group(2)), int(resumed.group(3) or 0)
+    assert (epoch, step) == (1, 2 * every)  # killed at step 12 of epoch 2: its last backup was step 10
     assert epoch == finished[-1]  # the last finished epoch ...
     if step:  # ... and the backup taken after it, when there was one
         assert re.search(r"/backup/ckpt-(\d+)$", source) and int(source.rsplit("-", 1)[1]) == epoch * steps + step
