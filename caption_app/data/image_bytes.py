@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from caption_app import io_utils
 from caption_app.config import PREPROCESS
-from caption_app.data.pipeline import decode_image
+from caption_app.data.pipeline import decode_image, png_has_alpha
 from caption_app.errors import CaptionAppError
 
 DEFAULT_MAX_IMAGE_PIXELS = io_utils.DEFAULT_MAX_IMAGE_PIXELS  # the one limit, shared with the converters
@@ -197,7 +197,8 @@ def first_gif_frame(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     return cut, tf.where(found, height, minus_one), tf.where(found, width, minus_one)
 
 
-def decode_bounded(data: tf.Tensor, image_size: int, max_pixels: int, preprocess: str = PREPROCESS[0]) -> tf.Tensor:
+def decode_bounded(data: tf.Tensor, image_size: int, max_pixels: int, preprocess: str = PREPROCESS[0],
+                   has_alpha: tf.Tensor | None = None) -> tf.Tensor:
     """One image's bytes -> [S, S, 3] float32 0-255, as `pipeline.decode_image`, or an error.
 
     Fails (InvalidArgumentError, before anything is decoded) when the format is
@@ -216,7 +217,7 @@ def decode_bounded(data: tf.Tensor, image_size: int, max_pixels: int, preprocess
                                                                "or larger than the pixel limit"])
     with tf.control_dependencies([check]):
         data = tf.identity(data)
-    return decode_image(data, image_size, preprocess)
+    return decode_image(data, image_size, preprocess, has_alpha)
 
 
 def decode_images(image_bytes: tf.Tensor, image_size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
@@ -239,8 +240,11 @@ def decode_images(image_bytes: tf.Tensor, image_size: int, max_pixels: int = DEF
       decoded, with their positions in `image_bytes`, ascending.
     """
     n = tf.shape(image_bytes)[0]
-    ds = tf.data.Dataset.from_tensor_slices((tf.range(n), image_bytes))
-    ds = ds.map(lambda i, data: (i, decode_bounded(data, image_size, max_pixels, preprocess)),
+    # Transparency is read from the headers of the whole batch here: the per-image function below is
+    # instantiated anew with each call's dataset, and its cost grows with its size.
+    has_alpha = png_has_alpha(image_bytes)  # [B]
+    ds = tf.data.Dataset.from_tensor_slices((tf.range(n), image_bytes, has_alpha))
+    ds = ds.map(lambda i, data, alpha: (i, decode_bounded(data, image_size, max_pixels, preprocess, alpha)),
                 num_parallel_calls=DECODE_PARALLELISM, deterministic=True)
     ds = ds.ignore_errors()
     # Skip the graph rewrites and the autotuner, which cost ~5 ms per call and tune nothing in a

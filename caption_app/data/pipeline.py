@@ -105,14 +105,16 @@ def choose_bucket_lengths(histogram: Mapping[int, int], num_buckets: int) -> tup
     return best[num_buckets][0][1]
 
 
-def decode_image(encoded: tf.Tensor, image_size: int, preprocess: str = PREPROCESS[0]) -> tf.Tensor:
+def decode_image(encoded: tf.Tensor, image_size: int, preprocess: str = PREPROCESS[0],
+                 has_alpha: tf.Tensor | None = None) -> tf.Tensor:
     """Encoded JPEG/PNG/GIF/BMP bytes -> [S, S, 3] float32 in 0-255 (`resize_image` with `preprocess`).
 
     Grayscale images become 3 channels; GIFs give their first frame. A PNG with transparency
     (RGBA, grey+alpha, or a tRNS chunk: palette or colour key) is composited onto white, as the
     converter stores such images (caption_app/data/pil_images.py), so served bytes and training
     records give the same pixels. JPEGs decode with TensorFlow's default DCT method (im2txt's
-    decoder too).
+    decoder too). `has_alpha`: `png_has_alpha(encoded)`, when the caller has it already (the serving
+    decoder asks it of a whole batch at once, outside its per-image function).
     """
 
     def opaque():
@@ -125,7 +127,7 @@ def decode_image(encoded: tf.Tensor, image_size: int, preprocess: str = PREPROCE
         alpha = rgba[:, :, 3:] / 255.0
         return rgba[:, :, :3] * alpha + 255.0 * (1.0 - alpha)
 
-    image = tf.cond(png_has_alpha(encoded), on_white, opaque)
+    image = tf.cond(png_has_alpha(encoded) if has_alpha is None else has_alpha, on_white, opaque)
     return resize_image(image, image_size, preprocess)
 
 
@@ -134,21 +136,34 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def png_has_alpha(encoded: tf.Tensor) -> tf.Tensor:
     """Whether bytes are a PNG with transparency: colour type 4 or 6 (grey or RGB with alpha), or a tRNS
-    chunk before the image data (palette or colour-key transparency). Core string ops only.
+    chunk before the image data (palette or colour-key transparency). encoded: string of any shape ->
+    bool of that shape; core ops only.
 
     Asked of the header, not of a 4-channel decode: TensorFlow fills the alpha of a palette PNG
     without tRNS with the bit depth's maximum (15 for 16 colours), not with opaque. The tRNS test
-    looks at the first 64 KiB for "tRNS" not preceded by "IDAT" (chunks before the image data are
-    small; "tRNS" by chance inside compressed data before 64 KiB costs a wrong answer one time in
-    ~65,000 images).
+    looks at the first `_PNG_HEAD` bytes for "tRNS" before the first "IDAT" (the chunks before the
+    image data are small; "tRNS" by chance inside a compressed chunk before the image data would
+    be a wrong answer).
     """
-    head = tf.strings.join([tf.strings.substr(encoded, 0, 65536), b"\0" * 32])  # padded: substr below stays in range
-    is_png = tf.equal(tf.strings.substr(head, 0, 8), tf.constant(_PNG_SIGNATURE))
-    color_type = tf.strings.substr(head, 25, 1)
-    with_alpha = tf.logical_or(tf.equal(color_type, b"\x04"), tf.equal(color_type, b"\x06"))
-    before_data = tf.strings.split(head, sep="IDAT", maxsplit=1)[0]  # byte-wise (a regex would read UTF-8)
-    trns = tf.size(tf.strings.split(before_data, sep="tRNS", maxsplit=1)) > 1
-    return tf.logical_and(is_png, tf.logical_or(with_alpha, trns))
+    flat = tf.reshape(encoded, [-1])  # [n]
+    head = tf.strings.substr(tf.strings.join([flat, tf.constant(b"\0" * _PNG_HEAD)]), 0, _PNG_HEAD)
+    b = tf.reshape(tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int32), [-1, _PNG_HEAD])  # [n, _PNG_HEAD]
+    is_png = tf.reduce_all(tf.equal(b[:, :8], tf.constant(list(_PNG_SIGNATURE), tf.int32)), axis=1)  # [n]
+    with_alpha = tf.logical_or(tf.equal(b[:, 25], 4), tf.equal(b[:, 25], 6))  # IHDR's colour type
+
+    def at(word: bytes) -> tf.Tensor:  # [n, _PNG_HEAD - 3] bool: where `word` starts
+        m = _PNG_HEAD - 3
+        return tf.reduce_all(tf.stack([tf.equal(b[:, i:i + m], c) for i, c in enumerate(word)]), axis=0)
+
+    positions = tf.range(_PNG_HEAD - 3)
+    never = tf.constant(_PNG_HEAD)
+    first_idat = tf.reduce_min(tf.where(at(b"IDAT"), positions, never), axis=1)  # [n]
+    first_trns = tf.reduce_min(tf.where(at(b"tRNS"), positions, never), axis=1)
+    flags = tf.logical_and(is_png, tf.logical_or(with_alpha, first_trns < first_idat))
+    return tf.reshape(flags, tf.shape(encoded))
+
+
+_PNG_HEAD = 4096
 
 
 def resize_image(image: tf.Tensor, image_size: int, preprocess: str = PREPROCESS[0]) -> tf.Tensor:
