@@ -56,7 +56,7 @@ from caption_app.data.image_bytes import DEFAULT_MAX_IMAGE_PIXELS, check_pixel_l
 from caption_app.data.vocabulary import END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, UNK_ID, VOCAB_FILE
 from caption_app.errors import CaptionAppError
 from caption_app.inference.captioner import SIGNATURES, CaptionFunctions, TrainedCaptioner, sampling_settings
-from caption_app.inference.settings import DecodeSettings
+from caption_app.inference.settings import DecodeSettings, DecodeSettingsError
 from caption_app.io_utils import write_json_atomic as write_json
 
 VOCAB_ASSET = VOCAB_FILE
@@ -174,10 +174,10 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
         raise ExportError(f"--name must be a plain directory name, got {name!r}")
     if version is not None and (not isinstance(version, int) or version < 1):
         raise ExportError(f"--version must be a positive integer (TF Serving version dirs), got {version!r}")
+    check_pixel_limit(max_image_pixels)  # ImageLimitError, the one error of the pixel limit
     try:  # check the arguments before the slow model load
-        check_pixel_limit(max_image_pixels)
         settings = run_loader.load_config(run_dir).decode.resolve(**decode)
-    except ValueError as err:
+    except DecodeSettingsError as err:
         raise ExportError(str(err)) from None
     model_dir = os.path.join(out_dir, name)
     version = _check_version(model_dir, version)
