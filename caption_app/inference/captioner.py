@@ -286,12 +286,13 @@ class ExportedCaptioner:
 
 
 class _ExportedFunctions:
+    """An export's signatures, answering the calls `CaptionFunctions` answers (numpy results)."""
+
     def __init__(self, signatures):
         self._bytes = signatures["serving_default"]
         self._pixels = signatures["caption_images"]
-        self._sample = signatures.get("sample_captions") if hasattr(signatures, "get") else None
-        if self._sample is None and "sample_captions" in signatures:
-            self._sample = signatures["sample_captions"]
+        # Exports made before sampling existed have no sample_captions (ExportedCaptioner refuses sampling then).
+        self._sample = signatures["sample_captions"] if "sample_captions" in signatures else None
 
     def caption_bytes(self, data: list[bytes], seeds: list[int] | None = None) -> dict:
         if seeds is not None and self._sample is not None:
