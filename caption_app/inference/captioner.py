@@ -87,11 +87,9 @@ class TrainedCaptioner:
         from caption_app.runs import loader  # the run dir's one read-only loader
 
         check_pixel_limit(max_image_pixels)
-        config = loader.load_config(run_dir)
-        decode = _run_settings(config, run_dir)
-        model, config, vocab, _, checkpoint = loader.load_model(run_dir, checkpoint)
-        return cls(model, vocab, decode=decode, preprocess=config.data.preprocess, max_image_pixels=max_image_pixels,
-                   config=config, checkpoint=checkpoint, path=run_dir)
+        model, config, vocab, _, checkpoint = loader.load_model(run_dir, checkpoint)  # config checked (decode too)
+        return cls(model, vocab, decode=config.decode, preprocess=config.data.preprocess,
+                   max_image_pixels=max_image_pixels, config=config, checkpoint=checkpoint, path=run_dir)
 
     # -- in-graph pieces -------------------------------------------------------------------------
 
@@ -126,11 +124,12 @@ class TrainedCaptioner:
         """images [B, S, S, 3] (the model's size) -> {"captions" [B, K] string, "log_probs", "scores" [B, K]}."""
         settings = settings or self.decode
 
-        def generate(batch, batch_seeds):
-            result = self.generate(batch, settings, batch_seeds)
+        def generate(batch, *batch_seeds):  # the seeds [B] when sampling, else nothing
+            result = self.generate(batch, settings, *batch_seeds)
             return {"captions": self.ids_to_text(result.ids), "log_probs": result.log_probs, "scores": result.scores}
 
-        return _on_nonempty_batch(generate, images, _seeds(images, settings, seeds))
+        seeds = _seeds(images, settings, seeds)
+        return _on_nonempty_batch(generate, images, *([] if seeds is None else [seeds]))
 
     def caption_images(self, images, settings: DecodeSettings | None = None, seeds=None) -> dict:
         """images [B, h, w, 3] float32 0-255, any size -> `caption_pixels`' outputs, resized the run's way."""
@@ -148,7 +147,7 @@ class TrainedCaptioner:
         seeds = _seeds(image_bytes, settings, seeds)
         # [M, S, S, 3], [M]: the images that decoded within the pixel limit, and their rows
         images, index = decode_images(image_bytes, self.image_size, self.max_image_pixels, self.preprocess)
-        out = self.caption_pixels(images, settings, tf.gather(seeds, index))  # each [M, K]
+        out = self.caption_pixels(images, settings, None if seeds is None else tf.gather(seeds, index))  # [M, K]
         k = settings.to_strategy().num_results
         where = index[:, None]  # [M, 1]
 
@@ -271,9 +270,9 @@ class ExportedCaptioner:
             exported = self.decode
         same = ("strategy", "beam_size", "max_length", "length_normalization", "words_per_beam", "temperature",
                 "top_k", "top_p", "no_repeat_ngram")
+        # Any seed: sampling goes through sample_captions, which takes one per image.
         if any(getattr(settings, n) != getattr(exported, n) for n in same) \
-                or settings.num_captions > exported.num_captions \
-                or (settings.strategy == "sample" and exported is self.decode and settings.seed != exported.seed):
+                or settings.num_captions > exported.num_captions:
             raise DecodeSettingsError(
                 f"{self.path} was exported to decode with {_describe(self.decode)}"
                 + (f" and to sample with {_describe(self._sampling)} (any seed)" if self._sampling else "")
@@ -336,13 +335,6 @@ def _version_dir(path: str) -> str:
                             f"({SAVED_MODEL_FILE}, or version dirs holding one); train into it or export it first")
 
 
-def _run_settings(config: Config, run_dir: str) -> DecodeSettings:
-    try:
-        return config.decode.resolve()
-    except DecodeSettingsError as err:
-        raise DecodeSettingsError(f"{run_dir}: decode: {err}") from None
-
-
 def _describe(settings: DecodeSettings) -> str:
     parts = [f"strategy={settings.strategy}"]
     if settings.strategy == "beam":
@@ -356,7 +348,10 @@ def _describe(settings: DecodeSettings) -> str:
 
 
 def _seeds(batch, settings: DecodeSettings, seeds):
-    """One int64 seed per row of `batch` (a tensor [B, ...]): `seeds`, or the settings' seed for each."""
+    """One int64 seed per row of `batch` (a tensor [B, ...]): `seeds`, or the settings' seed for each;
+    None when the settings do not sample (beam search and greedy take no seeds: no ops for them)."""
+    if settings.strategy != "sample":
+        return None
     if seeds is None:
         return tf.fill([tf.shape(batch)[0]], tf.constant(settings.seed, tf.int64))
     return tf.cast(seeds, tf.int64)

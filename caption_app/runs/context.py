@@ -20,8 +20,9 @@ from caption_app.data.pipeline import TensorSizes, resolve_tensor_sizes
 from caption_app.data.vocabulary import Vocabulary
 from caption_app.model import show_and_tell
 from caption_app.runs.checkpoints import Checkpoints, ResumePoint, has_backup, has_checkpoint
-from caption_app.runs.layout import VOCAB, check_compatible, check_run_dir, check_vocab, fingerprint, prepare
-from caption_app.runs.lock import RunDirLock
+from caption_app.runs.layout import (VOCAB, check_compatible, check_run_dir, check_vocab, fingerprint, prepare,
+                                     remove_new_run)
+from caption_app.runs.lock import LOCK_FILE, RunDirLock
 from caption_app.training import budget as budget_lib
 
 
@@ -51,6 +52,7 @@ class RunContext:
     checkpoints: Checkpoints
     resume: ResumePoint
     lock: RunDirLock | None = None
+    new_run: bool = False  # the run dir was missing or empty, and this context writes its description
 
     @classmethod
     def create(cls, config: Config, data_dir: str, run_dir: str, *, strategy: tf.distribute.Strategy | None = None,
@@ -92,9 +94,12 @@ class RunContext:
             check_vocab(run_dir, Vocabulary.load(os.path.join(run_dir, VOCAB)), os.path.join(run_dir, VOCAB))
         has_saved = has_checkpoint(run_dir) or (resume_backup and has_backup(run_dir))
         lock_held = None
+        new_run = False
         if lock:
             io_utils.makedirs(run_dir)
             lock_held = RunDirLock(run_dir, lock).acquire()
+            # Asked under the lock: nothing but the lock file means nothing in it is another's.
+            new_run = {name.rstrip("/") for name in io_utils.listdir(run_dir)} <= {LOCK_FILE}
         try:
             if write_description:
                 prepare(run_dir, config, manifest, vocab, sizes)
@@ -111,9 +116,12 @@ class RunContext:
                     resume = checkpoints.restore_resume_point(total_epochs, backups=resume_backup)
         except BaseException:
             if lock_held is not None:
+                if new_run and write_description:
+                    remove_new_run(run_dir)  # under the lock: everything in it was written by this command
                 lock_held.release()
             raise
-        return cls(run_dir, config, manifest, vocab, sizes, model, checkpoints, resume, lock_held)
+        return cls(run_dir, config, manifest, vocab, sizes, model, checkpoints, resume, lock_held,
+                   new_run=new_run and write_description)
 
     def release(self) -> None:
         """Releases the run dir's lock (when this context holds it)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 
 from caption_app import config as config_lib
 from caption_app import io_utils
@@ -155,6 +156,24 @@ def check_config_matches(run_dir: str, described: dict) -> None:
             f"  checkpoints ({FINGERPRINT}): {_describe(trained, diff)}\n"
             f"  {CONFIG}:            {_describe(described, diff)}\n"
             f"The checkpoints are not damaged: put back config.json's values above (or train a new run dir).")
+
+
+def remove_new_run(run_dir: str) -> None:
+    """Removes everything but the lock file from a run dir that was new (missing or empty) when the command
+    holding its lock started, once that command has failed before any checkpoint: all of it is that
+    command's, and no half-made run dir is left behind. Call it while holding the lock."""
+    if not io_utils.isdir(run_dir):
+        return
+    for name in io_utils.listdir(run_dir):
+        name = name.rstrip("/")
+        if name == LOCK_FILE:
+            continue
+        path = os.path.join(run_dir, name)
+        if io_utils.isdir(path):
+            io_utils.rmtree(path)
+        else:
+            io_utils.remove(path)
+    print(f"note: the run did not start; removed what it had written into {run_dir}", file=sys.stderr, flush=True)
 
 
 def prepare(run_dir: str, config: Config, manifest: manifest_lib.Manifest, vocab: Vocabulary,

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import sys
 import tempfile
 import time
 
@@ -33,9 +32,7 @@ import tensorflow as tf
 from caption_app.training import budget as budget_lib
 from caption_app.training import distribute
 from caption_app.training import feature_cache
-from caption_app import io_utils
 from caption_app.runs import checkpoints as checkpoints_lib
-from caption_app.runs.lock import FolderLocked
 from caption_app.runs import context as run_context
 from caption_app.runs import layout as run_layout
 from caption_app.training.callbacks import (BackupCallback, CheckpointCallback, CompileNotice, EpochSummaries,
@@ -110,39 +107,16 @@ def train(config: Config, data_dir: str, run_dir: str, *, verbose: int = 2,
     chief = distribute.is_chief(strategy)
     # Every worker saves (saving may need collectives); only the chief into the run dir.
     write_dir = run_dir if chief else tempfile.mkdtemp(prefix="caption_app_worker_")
-    new_run = chief and not (io_utils.isdir(run_dir) and io_utils.listdir(run_dir))
-    try:
-        ctx = run_context.RunContext.create(config, data_dir, run_dir, strategy=strategy, write_description=chief,
-                                            write_dir=write_dir, lock="train" if chief else None)
-    except FolderLocked:
-        raise  # another process writes there: nothing of this one's to undo
-    except BaseException:
-        if new_run:
-            _undo_new_run(run_dir)
-        raise
+    ctx = run_context.RunContext.create(config, data_dir, run_dir, strategy=strategy, write_description=chief,
+                                        write_dir=write_dir, lock="train" if chief else None)
     try:
         return _train(ctx, strategy, chief=chief, verbose=verbose, write_dir=write_dir, callbacks=callbacks)
     except BaseException:
-        if new_run and not checkpoints_lib.has_checkpoint(run_dir) and not checkpoints_lib.has_backup(run_dir):
-            ctx.release()
-            _undo_new_run(run_dir)  # a failed start leaves no run dir that looks like a run
+        if ctx.new_run and not checkpoints_lib.has_checkpoint(run_dir) and not checkpoints_lib.has_backup(run_dir):
+            run_layout.remove_new_run(run_dir)  # a failed start leaves no run dir that looks like a run
         raise
     finally:
         ctx.release()
-
-
-def _undo_new_run(run_dir: str) -> None:
-    """Removes what this command wrote into a run dir that was new (missing or empty) when it started,
-    once it has failed before any checkpoint: everything in it is this command's."""
-    if not io_utils.isdir(run_dir):
-        return
-    for name in io_utils.listdir(run_dir):
-        path = os.path.join(run_dir, name.rstrip("/"))
-        if io_utils.isdir(path):
-            io_utils.rmtree(path)
-        else:
-            io_utils.remove(path)
-    print(f"note: the run did not start; removed what it had written into {run_dir}", file=sys.stderr, flush=True)
 
 
 def _train(ctx: run_context.RunContext, strategy: tf.distribute.Strategy, *, chief: bool, verbose: int,
