@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from caption_app import cli, quiet
+from caption_app import cli, io_utils, quiet
 from caption_app.inference import settings as decoding
 
 PRESET_NAMES = ("shapes", "im2txt", "tiny")  # config.PRESETS' keys (config.py is not imported for --help)
@@ -29,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
                             help=f"a preset ({', '.join(PRESET_NAMES)}), a JSON config file such as an earlier "
                                  "run's RUN/config.json, or a run dir. Default: the run dir's own config when "
                                  "--run-dir already holds a run; a new run needs it")
-        parser.add_argument("--data", required=True, help="converted data dir (manifest.json, vocab.txt, shards)")
+        parser.add_argument("--data", default=None,
+                            help="converted data dir (manifest.json, vocab.txt, shards). Default: the data the run "
+                                 "dir's run trained on; a new run needs it")
         parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
 
     t = command("train", help="train (or resume) a captioner")
@@ -94,6 +96,23 @@ def _config(args):
     return config_lib.override(config, args.set)
 
 
+def _data_dir(args) -> str:
+    """--data, else the data dir an existing run trained on (RUN/manifest.json)."""
+    from caption_app.data import manifest as manifest_lib
+    from caption_app.runs import layout as run_layout
+
+    if args.data is not None:
+        return args.data
+    path = os.path.join(args.run_dir, manifest_lib.MANIFEST)
+    if os.path.isfile(os.path.join(args.run_dir, run_layout.CONFIG)) and os.path.isfile(path):
+        data_dir = io_utils.read_json(path).get("data_dir")
+        if isinstance(data_dir, str) and data_dir:
+            print(f"data: the run's own ({data_dir})", flush=True)
+            return data_dir
+    raise ValueError(f"{args.run_dir} holds no run trained here yet: give --data, a converted data dir "
+                     "(python -m tfrecords_tools ... --out DIR)")
+
+
 def _shown(path: str) -> str:
     """A path on one line: one with a newline or another control character in its name is escaped
     (`a\\nb.jpg`), so the output stays one line per image."""
@@ -112,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             config = _config(args)
             # Keras' progress bar (with ETA) on a terminal; one line per epoch in a log file.
             verbose = 0 if args.quiet else 1 if sys.stdout.isatty() else 2
-            history = train(config, args.data, args.run_dir, verbose=verbose)
+            history = train(config, _data_dir(args), args.run_dir, verbose=verbose)
             if not history.get("already_finished"):
                 perplexity = history["val_perplexity"]
                 print(f"trained {history['epochs_done']} epochs in {history['seconds']:.0f}s; "
@@ -121,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "cache-features":
             from caption_app.training.feature_cache import cache_features
 
-            print(f"feature cache ready: {cache_features(_config(args), args.data, args.run_dir)}")
+            print(f"feature cache ready: {cache_features(_config(args), _data_dir(args), args.run_dir)}")
         elif args.command == "evaluate":
             from caption_app.evaluation import evaluate as evaluate_lib
 

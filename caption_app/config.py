@@ -20,6 +20,7 @@ from caption_app.errors import CaptionAppError
 
 OPTIMIZERS = ("sgd", "adam")  # caption_app/training/optimizers.py
 LR_SCHEDULES = ("staircase", "cosine", "constant")
+SCST_BASELINES = ("mean", "greedy")  # caption_app/training/scst.py
 
 # data.preprocess: "default" resizes with antialiasing; "im2txt" as im2txt's inference does (TF1
 # bilinear resize to 346/299 of the size, aspect ratio not kept, central crop), for imported im2txt models.
@@ -92,6 +93,14 @@ class Train:
     strategy: str = "default"  # default | mirrored | multi_worker | tpu (caption_app/training/distribute.py)
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16; logits and loss stay float32
     backup_every_steps: int = 0  # also back up mid-epoch every this many steps (RUN/backup); 0 = epoch ends only
+    # Phase 3, self-critical sequence training (caption_app/training/scst.py, docs/training.md): passes over
+    # the train images after the cross-entropy phases, optimizing CIDEr-D of sampled captions; the backbone
+    # stays frozen, Adam at its own rate and schedule.
+    scst_epochs: float = 0.0  # 0 = off
+    scst_learning_rate: float = 5e-5
+    scst_lr_schedule: str = "constant"  # staircase | cosine | constant
+    scst_samples: int = 5  # K captions sampled per image (>= 2)
+    scst_baseline: str = "mean"  # mean: the image's other samples' mean reward; greedy: the greedy caption's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +152,14 @@ class Config:
             ("train.label_smoothing", t.label_smoothing, 0 <= t.label_smoothing < 1, "in [0, 1) (0: off)"),
             ("train.optimizer", t.optimizer, t.optimizer in OPTIMIZERS, " or ".join(OPTIMIZERS)),
             ("train.lr_schedule", t.lr_schedule, t.lr_schedule in LR_SCHEDULES, ", ".join(LR_SCHEDULES)),
+            ("train.scst_epochs", t.scst_epochs, t.scst_epochs >= 0, ">= 0 (0: off)"),
+            ("train.scst_learning_rate", t.scst_learning_rate, t.scst_epochs == 0 or t.scst_learning_rate > 0,
+             "> 0 when train.scst_epochs > 0"),
+            ("train.scst_lr_schedule", t.scst_lr_schedule, t.scst_lr_schedule in LR_SCHEDULES,
+             ", ".join(LR_SCHEDULES)),
+            ("train.scst_samples", t.scst_samples, t.scst_samples >= 2,
+             ">= 2 (each sample's baseline needs another sample or the greedy caption)"),
+            ("train.scst_baseline", t.scst_baseline, t.scst_baseline in SCST_BASELINES, " or ".join(SCST_BASELINES)),
             ("train.fine_tune_lr_schedule", t.fine_tune_lr_schedule, t.fine_tune_lr_schedule in ("",) + LR_SCHEDULES,
              ", ".join(LR_SCHEDULES) + ', or "" for train.lr_schedule'),
             ("data.max_caption_length", d.max_caption_length, d.max_caption_length >= 2,

@@ -177,6 +177,13 @@ class Vocabulary:
     def id_to_word(self, i: int) -> str:
         return self._texts[i]
 
+    def has_word(self, word: str) -> bool:
+        return word in self._ids
+
+    def texts(self) -> list[str]:
+        """id -> what it decodes as (`id_to_word` of every id)."""
+        return list(self._texts)
+
     def encode(self, caption: str, settings: TokenizerSettings = TokenizerSettings()) -> list[int]:
         """`<start> words <end>` ids of one raw caption (eager helper)."""
         words = tokenize(tf.constant([caption]), settings)[0].numpy()

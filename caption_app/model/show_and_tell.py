@@ -159,6 +159,17 @@ class ImageEncoder(keras.Model):
     def feature_size(self) -> int:
         return int(self.feature_extractor.output.shape[-1])
 
+    def backbone_outputs(self, images, training=None):
+        """images [B, S, S, 3] 0-255 -> what the backbone gives: features [B, F] (with attention:
+        (features, spatial map [B, h, w, C]))."""
+        return self.backbone(self.preprocess(images), training=training)
+
+    def from_backbone_outputs(self, outputs, training=None):
+        """`backbone_outputs`' result -> the encoder's output (the layers after the backbone, so a
+        frozen backbone runs once while these train: self-critical training)."""
+        features, spatial = outputs if self._parts.items.get("cells") is not None else (outputs, None)
+        return _after_backbone(self._parts.items, features, spatial, training=training)
+
     def embed(self, features, training=None):
         """Backbone features [B, F] -> image embedding [B, E] (the encoder after the backbone;
         not for attention models, whose encoder also needs the spatial map)."""
@@ -191,21 +202,30 @@ def build_image_encoder(config: Config, image, backbone_weights: str | None = No
     if m.attention_size:
         features, spatial = features
     init = keras.initializers.RandomUniform(-m.init_scale, m.init_scale)
-    embedding_layer = keras.layers.Dense(m.embedding_size, use_bias=False, kernel_initializer=init,
-                                         name="image_embedding")
-    embedding = embedding_layer(features)  # [B, E]
-    norm = None
-    if m.embedding_norm:
-        norm = keras.layers.BatchNormalization(momentum=0.9, name="image_embedding_norm")
-        embedding = norm(embedding)
-    cells_layer = None
+    parts = {"preprocess": preprocess, "backbone": backbone,
+             "embedding": keras.layers.Dense(m.embedding_size, use_bias=False, kernel_initializer=init,
+                                             name="image_embedding"),
+             "norm": keras.layers.BatchNormalization(momentum=0.9, name="image_embedding_norm")
+             if m.embedding_norm else None,
+             "cells": SpatialCells(m.attention_size, m.init_scale, name="image_cells") if spatial is not None else None}
     if spatial is not None:
-        cells_layer = SpatialCells(m.attention_size, m.init_scale, name="image_cells")
-        embedding = keras.layers.Concatenate(name="image_and_cells")([embedding, cells_layer(spatial)])
-    encoder = ImageEncoder(image, embedding, features=features, name="image_encoder",
-                           parts={"preprocess": preprocess, "backbone": backbone, "embedding": embedding_layer,
-                                  "norm": norm, "cells": cells_layer})
+        parts["concat"] = keras.layers.Concatenate(name="image_and_cells")
+    embedding = _after_backbone(parts, features, spatial)
+    encoder = ImageEncoder(image, embedding, features=features, name="image_encoder", parts=parts)
     return encoder, embedding
+
+
+def _after_backbone(parts: dict, features, spatial, training=None):
+    """The image encoder after the backbone: features [B, F] (and the spatial map) -> its output.
+
+    The one definition, used to build the functional graph (on symbolic tensors) and by
+    `ImageEncoder.from_backbone_outputs` (on values)."""
+    embedding = parts["embedding"](features)  # [B, E]
+    if parts["norm"] is not None:
+        embedding = parts["norm"](embedding, training=training)
+    if parts["cells"] is not None:
+        embedding = parts["concat"]([embedding, parts["cells"](spatial)])
+    return embedding
 
 
 class ShowAndTell(keras.Model):

@@ -24,6 +24,7 @@ from caption_app.runs.layout import (VOCAB, check_compatible, check_run_dir, che
                                      remove_new_run)
 from caption_app.runs.lock import LOCK_FILE, RunDirLock
 from caption_app.training import budget as budget_lib
+from caption_app.training import scst
 
 
 @dataclasses.dataclass
@@ -86,6 +87,7 @@ class RunContext:
             raise ValueError(f"{manifest.vocab_path} has {vocab.size} ids but the manifest says "
                              f"{manifest.vocab_size}; re-convert the dataset")
         sizes = resolve_tensor_sizes(config, manifest)
+        scst.check(config, manifest)  # self-critical training needs the train split's references
         # Refuse another architecture's run dir before touching anything in it.
         check_compatible(run_dir, fingerprint(config, vocab, sizes))
         if write_description or lock:

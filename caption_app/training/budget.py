@@ -33,7 +33,7 @@ from caption_app.config import Config
 class Phase:
     """One training phase, in optimizer steps."""
 
-    name: str  # "phase1" | "phase2"
+    name: str  # "phase1" | "phase2" | "scst"
     passes: float  # passes over the train pairs, as configured
     steps: int  # optimizer steps of the whole phase
     first_epoch: int  # epochs (checkpoints) finished before this phase
@@ -102,10 +102,13 @@ def resolve_budget(config: Config, *, num_images: int, num_captions: int, max_ca
     if t.fine_tune_epochs > 0:
         specs.append(("phase2", t.fine_tune_epochs, True, t.fine_tune_lr_schedule or t.lr_schedule,
                       t.fine_tune_learning_rate))
+    if t.scst_epochs > 0:  # self-critical training: the backbone frozen, rates never scaled (not pairs)
+        specs.append(("scst", t.scst_epochs, False, t.scst_lr_schedule, t.scst_learning_rate / scale))
     first = 0
     for name, passes, trainable, schedule, rate in specs:
         if passes < 0:
-            raise ValueError(f"{name} has {passes} passes; train.epochs and train.fine_tune_epochs must be >= 0")
+            raise ValueError(f"{name} has {passes} passes; train.epochs, train.fine_tune_epochs and "
+                             "train.scst_epochs must be >= 0")
         steps = round(passes * steps_per_epoch)
         if passes > 0 and steps == 0:
             steps = 1
@@ -117,7 +120,7 @@ def resolve_budget(config: Config, *, num_images: int, num_captions: int, max_ca
             learning_rate=rate * scale,
             decay_steps=max(1, round(t.lr_decay_epochs * steps_per_epoch)),
             warmup_steps=min(max(steps - 1, 0), round(t.warmup_epochs * steps_per_epoch))
-            if schedule != "constant" else 0))
+            if schedule != "constant" and name != "scst" else 0))
         first += num_epochs
     return Budget(train_pairs=num_captions, pairs_per_step=pairs_per_step,
                   steps_per_pass=num_captions / pairs_per_step, steps_per_epoch=steps_per_epoch,

@@ -202,22 +202,11 @@ class ReplicaTrainer(FitModel):
 
     def train_step(self, data):
         inputs, targets = data[0], data[1]
-        context = tf.distribute.get_replica_context()
-        replicas = context.num_replicas_in_sync
         optimizer = self.optimizer
-        scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        loss_scale = tf.cast(optimizer.dynamic_scale, tf.float32) if scaling else tf.constant(1.0)
+        loss_scale = current_loss_scale(optimizer)
         nll_sum, tokens, grads = self._grads_fn(inputs, targets, loss_scale)
-        nll_sum, tokens = context.all_reduce("sum", [nll_sum, tokens])
-        tokens = tf.maximum(tokens, 1.0)
-        grads = context.all_reduce("sum", grads)
-        grads = [g / tokens for g in grads]  # d(mean token nll)/dw * loss_scale
-        if self.clip_norm > 0:
-            unscaled = [g / loss_scale for g in grads]
-            unscaled, _ = tf.clip_by_global_norm(unscaled, self.clip_norm)
-            grads = [g * loss_scale for g in unscaled]
-        # The optimizer sums the replicas' gradients again: hand it 1/replicas each.
-        optimizer.apply_gradients(zip([g / replicas for g in grads], self.inner.trainable_variables))
+        nll_sum, tokens = apply_global_mean(optimizer, self.inner.trainable_variables, grads, nll_sum, tokens,
+                                            loss_scale=loss_scale, clip_norm=self.clip_norm)
         # The global batch's loss, the same on every replica.
         self.loss_tracker.update_state(nll_sum / tokens)
         logs = {"loss": self.loss_tracker.result()}
@@ -226,6 +215,43 @@ class ReplicaTrainer(FitModel):
             # which needs a batch axis (tensorflow/tensorflow#72388).
             logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
         return logs
+
+
+def current_loss_scale(optimizer) -> tf.Tensor:
+    """The loss scale of a LossScaleOptimizer (mixed_float16), else 1."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return tf.cast(optimizer.dynamic_scale, tf.float32)
+    return tf.constant(1.0)
+
+
+def apply_global_mean(optimizer, variables, grads, loss_sum, count, *, loss_scale, clip_norm: float):
+    """Applies the gradient of the global batch's mean loss, from one replica's sums (in a replica context).
+
+    Args:
+      grads: this replica's d(its loss sum * loss_scale)/d variables (dense).
+      loss_sum, count: this replica's loss sum and the number of things it sums over (tokens, samples).
+    Returns:
+      (the global loss sum, the global count >= 1), the same on every replica.
+
+    The sums and the gradients are all-reduced, the gradients divided by the
+    global count (the mean over the GLOBAL batch, exactly as on one device),
+    clipped to `clip_norm` by their global norm (Keras clips each replica's
+    share before its own all-reduce, which is not the global norm) and handed
+    to the optimizer divided by the number of replicas (its own all-reduce
+    sums them back).
+    """
+    context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync
+    loss_sum, count = context.all_reduce("sum", [loss_sum, count])
+    count = tf.maximum(count, 1.0)
+    grads = context.all_reduce("sum", grads)
+    grads = [g / count for g in grads]  # d(mean loss)/dw * loss_scale
+    if clip_norm > 0:
+        unscaled = [g / loss_scale for g in grads]
+        unscaled, _ = tf.clip_by_global_norm(unscaled, clip_norm)
+        grads = [g * loss_scale for g in unscaled]
+    optimizer.apply_gradients(zip([g / replicas for g in grads], variables))
+    return loss_sum, count
 
 
 def shard_policy(strategy: tf.distribute.Strategy, num_files: int) -> tf.data.experimental.AutoShardPolicy:

@@ -50,15 +50,18 @@ def learning_rate_schedule(config: Config, phase: Phase):
                      "train.fine_tune_lr_schedule); choose staircase, cosine or constant")
 
 
-def make_optimizer(config: Config, learning_rate) -> keras.optimizers.Optimizer:
-    """The configured optimizer (global-norm clipped), loss-scaled under mixed_float16."""
+def make_optimizer(config: Config, learning_rate, phase: Phase | None = None) -> keras.optimizers.Optimizer:
+    """The configured optimizer (global-norm clipped), loss-scaled under mixed_float16.
+
+    The SCST phase always uses Adam (its rates are Adam's: docs/training.md), with train.weight_decay."""
     t = config.train
+    name = "adam" if phase is not None and phase.name == "scst" else t.optimizer
     clip = {"global_clipnorm": t.clip_gradient_norm} if t.clip_gradient_norm > 0 else {}
-    if t.optimizer == "sgd":
+    if name == "sgd":
         optimizer = keras.optimizers.SGD(learning_rate, **clip)
-    elif t.optimizer == "adam" and t.weight_decay > 0:
+    elif name == "adam" and t.weight_decay > 0:
         optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=t.weight_decay, **clip)
-    elif t.optimizer == "adam":
+    elif name == "adam":
         optimizer = keras.optimizers.Adam(learning_rate, **clip)
     else:
         raise ValueError(f"unknown train.optimizer {t.optimizer!r}; choose sgd or adam")

@@ -2,7 +2,8 @@
 
 Phase 1 trains with the backbone frozen (or not, `train.freeze_backbone`),
 phase 2 (`train.fine_tune_epochs`) fine-tunes everything at its own learning
-rate. Durations are passes over the train pairs; steps per epoch, phase
+rate, and the SCST phase (`train.scst_epochs`, caption_app/training/scst.py)
+optimizes CIDEr-D of sampled captions. Durations are passes over the train pairs; steps per epoch, phase
 lengths and the learning-rate schedule come from the manifest's counts
 (caption_app/training/budget.py). Each epoch ends with a checkpoint (model, optimizer, epoch) and the
 validation perplexity; a restarted run resumes after its last finished epoch,
@@ -31,7 +32,9 @@ import tensorflow as tf
 
 from caption_app.training import budget as budget_lib
 from caption_app.training import distribute
+from caption_app.training import cider_reward
 from caption_app.training import feature_cache
+from caption_app.training import scst
 from caption_app.runs import checkpoints as checkpoints_lib
 from caption_app.runs import context as run_context
 from caption_app.runs import layout as run_layout
@@ -192,7 +195,7 @@ class _Trainer:
         show_and_tell.set_backbone_trainable(model, phase.backbone_trainable)
         schedule = learning_rate_schedule(ctx.config, phase)
         with strategy.scope():
-            optimizer = make_optimizer(ctx.config, schedule)
+            optimizer = make_optimizer(ctx.config, schedule, phase)
             optimizer.build(model.trainable_variables)
         start_epoch, start_step = resume.epoch, resume.step if resume.epoch >= phase.first_epoch else 0
         if resume.path and (start_epoch > phase.first_epoch or start_step > 0):
@@ -208,10 +211,27 @@ class _Trainer:
         manager = checkpoints.epoch_manager(phase.name, optimizer)
         # The model fit trains; checkpoints always hold the full `model` (a head shares its layers).
         fit_target, fit_train_ds, fit_val_ds = model, self.train_ds, self.val_ds
-        if t.feature_cache and not phase.backbone_trainable:
-            fit_target, fit_train_ds, fit_val_ds = feature_cache.frozen_phase(ctx, val_batch_size=self.val_batch_size)
-        fit_model = distribute.compile_for_fit(fit_target, optimizer, ctx.config, strategy)
-        history["xla"] = distribute.xla_description(fit_model)
+        if phase.name == "scst":
+            fresh = resume.epoch < phase.first_epoch or (resume.epoch == phase.first_epoch and not resume.step)
+            if self.chief and fresh:
+                kept = scst.keep_start_checkpoint(ctx.run_dir, checkpoints_lib.latest_checkpoint(ctx.run_dir))
+                print(f"scst: starts from {kept} (kept there; evaluate --checkpoint {kept} scores it)", flush=True)
+            frequencies = cider_reward.DocumentFrequencies.for_run(
+                checkpoints.write_dir, ctx.manifest, run_layout.vocab_sha1(ctx.vocab), write=True)
+            print(f"scst: CIDEr-D document frequencies of {frequencies.num_documents} train images "
+                  f"({len(frequencies.keys)} n-grams), {t.scst_samples} samples per image, baseline "
+                  f"{t.scst_baseline}", flush=True)
+            fit_train_ds = scst.make_scst_dataset(ctx.config, ctx.manifest, ctx.vocab, ctx.sizes, frequencies)
+            fit_train_ds = fit_train_ds.with_options(self.train_ds.options())
+            fit_model = scst.compile_for_scst(model, optimizer, ctx.config, ctx.vocab, frequencies, strategy)
+            history["xla"] = ("on (the backbone and the model's part; sampling and reward outside)"
+                              if t.jit_compile else "off")
+        else:
+            if t.feature_cache and not phase.backbone_trainable:
+                fit_target, fit_train_ds, fit_val_ds = feature_cache.frozen_phase(
+                    ctx, val_batch_size=self.val_batch_size)
+            fit_model = distribute.compile_for_fit(fit_target, optimizer, ctx.config, strategy)
+            history["xla"] = distribute.xla_description(fit_model)
         begin = max(phase.first_epoch, start_epoch)
         print(f"{phase.name}: epochs {begin + 1}-{phase.last_epoch}, {self.steps} steps/epoch, backbone "
               f"{'trainable' if phase.backbone_trainable else 'frozen'}"
@@ -236,7 +256,7 @@ class _Trainer:
                 settings = ctx.config.decode.resolve(strategy="beam", beam_size=ctx.config.eval.sample_beam_size,
                                                      num_captions=1)
                 out.append(SampleCaptions(model, self.samples, ctx.vocab, settings, logs))
-            out.append(EpochSummaries(logs, loss_is_nll=not t.label_smoothing))
+            out.append(EpochSummaries(logs, loss_is_nll=not t.label_smoothing and phase.name != "scst"))
             out += list(self.extra_callbacks)
             return out + ([compile_notice] if self.verbose and self.chief and history["xla"] != "off" else [])
 
