@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             path = litert.export(args.run_dir, args.out, name=args.name or litert.DEFAULT_NAME,
                                  variants=tuple(args.variant or LITERT_VARIANTS), **common)
             what = f"run it: python {path}/{litert.RUNNER_FILE} IMAGE..."
+            note = litert.search_note(path)
+            what += f"\nnote: {note}" if note else ""
         else:
             from export.saved_model import SIGNATURES, export
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 import tensorflow as tf
 # Freezing (variables -> constants) is what lets the converter quantize the weights: converted with the
@@ -211,9 +212,9 @@ def export(run_dir: str, out_dir: str, *, name: str = DEFAULT_NAME, version: int
                 except Exception as err:  # noqa: BLE001 (tf.lite's ConverterError and friends)
                     if role != "search":
                         raise ExportError(f"the {role} did not convert to builtin LiteRT ops ({variant}): "
-                                          f"{str(err).strip().splitlines()[0][:300]}") from err
+                                          f"{_why(err)}") from err
                     search_note = (f"the {settings.strategy} search did not convert to builtin LiteRT ops "
-                                   f"({str(err).strip().splitlines()[0][:300]}); run it with the step model")
+                                   f"({_why(err)}); the runner's numpy search drives decode_step instead")
                     continue
                 relative = f"{variant}/{role}.tflite"
                 with io_utils.open(os.path.join(package, relative), "wb") as f:
@@ -240,3 +241,19 @@ def export(run_dir: str, out_dir: str, *, name: str = DEFAULT_NAME, version: int
 def _tensor(dtype: str, *shape) -> dict:
     """A tensor's description in litert.json ("N": any number of rows)."""
     return {"dtype": dtype, "shape": list(shape)}
+
+
+def search_note(package: str) -> str | None:
+    """Why the package at `package` has no search model (None when it has one)."""
+    return io_utils.read_json(os.path.join(package, PACKAGE_FILE)).get("search_note")
+
+
+def _why(err: Exception) -> str:
+    """The converter's reason in one line: the TensorFlow ops without a builtin kernel, with their types."""
+    text = str(err)
+    select = re.search(r"TF Select ops: ([^\n]+)", text)
+    if not select:
+        return text.strip().splitlines()[0][:300] if text.strip() else type(err).__name__
+    details = sorted(set(re.findall(r"^\s*(tf\.\w+\([^\n]*?\))\s*->", text, re.M)))
+    return f"needs TensorFlow ops LiteRT has no builtin kernel for: {select.group(1).strip()}" + \
+        (f" ({'; '.join(details)})" if details else "")

@@ -28,6 +28,7 @@ from caption_app.inference.strategies import Greedy
 from export import litert, litert_runner
 from export.__main__ import main as export_main
 from export.saved_model import ExportError
+from tests import saved_model_ops
 from tests.conftest import cli_env, encode_image
 
 # Lossless formats: the runner's Pillow and TensorFlow decode them to the same pixels. JPEGs differ (TensorFlow
@@ -97,6 +98,9 @@ def test_the_package_captions_like_the_saved_model_without_tensorflow(package, c
                                                         "bytes": (package / "float32" / f"{role}.tflite").stat().st_size}
                                                  for role in ("encoder", "decode_step", "search")}}
     assert [(s["name"], s["width"]) for s in described["state"]] == list(captioner.state_sizes().items())
+    units = captioner.decoder.lstm_units  # docs/serving.md's state table, the plain LSTM's row
+    assert [(s["name"], str(s["width"])) for s in described["state"]] == \
+        [(name, width.replace("H", str(units))) for name, width in saved_model_ops.documented_state_tensors()["lstm"]]
     assert described["decode"]["strategy"] == "beam" and "search_note" not in described
     assert (package / "vocab.txt").read_text() == (Path(trained_run.run_dir) / "vocab.txt").read_text()
 
@@ -191,6 +195,22 @@ def test_export_refusals(trained_run, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         litert.export(trained_run.run_dir, str(tmp_path), variants=("float32",))
     assert os.listdir(tmp_path / litert.DEFAULT_NAME) == []
+
+
+def test_a_search_that_does_not_convert_is_left_to_the_runner(trained_run, tmp_path, capsys):
+    """Greedy's in-graph search keys its rows by int64 (FloorDiv on int64 has no builtin kernel): the package
+    then has no search model, says why, and its runner decodes greedily over decode_step."""
+    assert export_main(["--format", "litert", "--run-dir", trained_run.run_dir, "--out", str(tmp_path),
+                        "--variant", "float32", "--strategy", "greedy"]) == 0
+    assert "note: the greedy search did not convert to builtin LiteRT ops (needs TensorFlow ops LiteRT has " \
+           "no builtin kernel for: FloorDiv" in capsys.readouterr().out
+    package = tmp_path / litert.DEFAULT_NAME / "1"
+    captioner = litert_runner.LiteRTCaptioner(str(package))
+    assert set(captioner.runners) == {"encoder", "decode_step"} and captioner.settings()["strategy"] == "greedy"
+    (image,) = _image_files(tmp_path)[:1]
+    assert captioner.search(captioner.pixels(str(image)))["ids"].shape == (1, 1, captioner.settings()["max_length"])
+    with pytest.raises(litert_runner.PackageError, match="has no search model .*FloorDiv"):
+        captioner.search(captioner.pixels(str(image)), use_search_model=True)
 
 
 def _fake_step(seed: int, vocab: int = 7, width: int = 5):
