@@ -2,8 +2,8 @@
 
     OUT/<name>/<version>/litert.json                  formats, files (with sizes), state contract, decode settings
     OUT/<name>/<version>/vocab.txt                    the run's vocabulary (`word count` lines; id = line + 4)
-    OUT/<name>/<version>/caption.py, pil_images.py    the reference runner (export/litert_runner.py) and the
-                                                      image conversion it shares with training (to_rgb)
+    OUT/<name>/<version>/caption.py                   the reference runner (export/litert_runner.py), with
+    OUT/<name>/<version>/pil_images.py, vocab_file.py copies of the caption_app modules it shares (to_rgb, parse)
     OUT/<name>/<version>/<variant>/encoder.tflite     images float32 [1, S, S, 3] (0-255) -> the state tensors [1, w]
     OUT/<name>/<version>/<variant>/decode_step.tflite input_ids int32 [N], the state tensors [N, w]
                                                       -> log_probs float32 [N, V] and the new state tensors
@@ -47,7 +47,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from caption_app import io_utils
-from caption_app.data import pil_images
+from caption_app.data import pil_images, vocab_file
 from caption_app.data.image_bytes import DEFAULT_MAX_IMAGE_PIXELS, check_pixel_limit
 from caption_app.data.vocabulary import END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, UNK_ID
 from caption_app.inference.captioner import TrainedCaptioner
@@ -225,7 +225,8 @@ def export(run_dir: str, out_dir: str, *, name: str = DEFAULT_NAME, version: int
                 models.pop("search", None)
         io_utils.copyfile(os.path.join(run_dir, run_layout.VOCAB), os.path.join(package, VOCAB_FILE))
         io_utils.copyfile(litert_runner.__file__, os.path.join(package, RUNNER_FILE))
-        io_utils.copyfile(pil_images.__file__, os.path.join(package, "pil_images.py"))
+        for module in (pil_images, vocab_file):  # what the runner shares with caption_app, which it cannot import
+            io_utils.copyfile(module.__file__, os.path.join(package, os.path.basename(module.__file__)))
         io_utils.write_json_atomic(os.path.join(package, PACKAGE_FILE),
                                    describe(captioner, settings, listed, run_dir=run_dir, search_note=search_note))
         make_readable(package)

@@ -1,7 +1,7 @@
 """python caption.py [--variant float32] [--search auto|model|steps] IMAGE... — caption images with a LiteRT package.
 
 This file is the package's reference runner: `python -m export --format litert`
-copies it into the package as `caption.py` (with `pil_images.py` beside it),
+copies it into the package as `caption.py` (with `pil_images.py` and `vocab_file.py`),
 so the package runs on its own, with numpy, Pillow and `ai-edge-litert` only
 (no TensorFlow, no caption_app). For each image it prints its path, a tab and
 its best caption, one line per image; an image that cannot be read is one line
@@ -39,10 +39,11 @@ import sys
 import numpy as np
 from PIL import Image
 
-try:
-    import pil_images  # the package's copy of caption_app/data/pil_images.py, beside this file
+try:  # the package's copies of caption_app/data/pil_images.py and vocab_file.py, beside this file
+    import pil_images
+    import vocab_file
 except ImportError:  # this module in the repo (export/litert_runner.py)
-    from caption_app.data import pil_images
+    from caption_app.data import pil_images, vocab_file
 
 PACKAGE_FILE = "litert.json"
 FORMAT = "show-and-tell-litert"
@@ -148,18 +149,9 @@ def read_vocabulary(path: str) -> list[str]:
     """vocab.txt (`word count` per line) -> the words, id i + 4 on line i."""
     try:
         with open(path, encoding="utf-8") as f:
-            lines = [line.rstrip("\r\n") for line in f]
-    except (OSError, UnicodeDecodeError) as err:
-        raise PackageError(f"{path} is not a readable UTF-8 vocabulary ({err})") from None
-    words = []
-    for number, line in enumerate(lines, 1):
-        if not line:
-            continue
-        word, _, count = line.rpartition(" ")
-        if not word or not count.isdigit():
-            raise PackageError(f"{path}:{number}: expected `word count`, got {line!r}")
-        words.append(word)
-    return words
+            return vocab_file.parse(f.read(), path)[0]
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise PackageError(f"{path} is not a readable vocabulary ({err})") from None
 
 
 def ids_to_text(ids, tokens: list[str]) -> str:

@@ -93,7 +93,7 @@ _DRIVER = textwrap.dedent("""
 def test_the_package_captions_like_the_saved_model_without_tensorflow(package, captioner, trained_run, tmp_path):
     described = json.loads((package / litert.PACKAGE_FILE).read_text())
     assert sorted(os.listdir(package)) == sorted([litert.PACKAGE_FILE, "vocab.txt", "caption.py", "pil_images.py",
-                                                  "float32"])
+                                                  "vocab_file.py", "float32"])
     assert described["variants"] == {"float32": {role: {"file": f"float32/{role}.tflite",
                                                         "bytes": (package / "float32" / f"{role}.tflite").stat().st_size}
                                                  for role in ("encoder", "decode_step", "search")}}
@@ -113,7 +113,7 @@ def test_the_package_captions_like_the_saved_model_without_tensorflow(package, c
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not {"tensorflow", "keras", "caption_app", "export"} & set(report["loaded"])
-    assert {"numpy", "PIL", "ai_edge_litert", "pil_images"} <= set(report["loaded"])
+    assert {"numpy", "PIL", "ai_edge_litert", "pil_images", "vocab_file"} <= set(report["loaded"])
     assert not [op for op in report["ops"] if op.startswith("Flex") or op == "CUSTOM"], report["ops"]
     assert {"WHILE", "TOPK_V2", "CONV_2D", "LOG_SOFTMAX"} <= set(report["ops"])
 
