@@ -70,7 +70,8 @@ class ImageError(Exception):
 
 
 def _require(described: dict, key: str, kind, where: str):
-    value = described.get(key)
+    """described[key], of type `kind` (a bool is not an int here)."""
+    value = described.get(key) if isinstance(described, dict) else None
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         raise PackageError(f"{where}: {key!r} must be {getattr(kind, '__name__', kind)}, got {value!r}; "
                            "export the package again")
@@ -112,6 +113,9 @@ def load_description(package_dir: str) -> dict:
     for key, kind in (("image_size", int), ("vocab_size", int), ("max_image_pixels", int), ("preprocess", str),
                       ("vocab_file", str), ("state", list), ("decode", dict), ("variants", dict)):
         _require(described, key, kind, where)
+    special = {"pad": PAD_ID, "start": START_ID, "end": END_ID, "unk": UNK_ID}
+    if described.get("special_ids", special) != special:
+        raise PackageError(f"{where}: special_ids {described['special_ids']} are not this runner's {special}")
     if described["preprocess"] not in ("default", "im2txt"):
         raise PackageError(f"{where}: unknown preprocess {described['preprocess']!r}")
     for entry in described["state"]:
