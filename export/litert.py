@@ -4,6 +4,7 @@
     OUT/<name>/<version>/vocab.txt                    the run's vocabulary (`word count` lines; id = line + 4)
     OUT/<name>/<version>/caption.py                   the reference runner (export/litert_runner.py), with
     OUT/<name>/<version>/pil_images.py, vocab_file.py copies of the caption_app modules it shares (to_rgb, parse)
+    OUT/<name>/<version>/jpeg_fast.py                 JPEG decoding as TensorFlow's (export/jpeg_fast.py)
     OUT/<name>/<version>/<variant>/encoder.tflite     images float32 [1, S, S, 3] (0-255) -> the state tensors [1, w]
     OUT/<name>/<version>/<variant>/decode_step.tflite input_ids int32 [N], the state tensors [N, w]
                                                       -> log_probs float32 [N, V] and the new state tensors
@@ -54,7 +55,7 @@ from caption_app.inference.captioner import TrainedCaptioner
 from caption_app.inference.settings import DecodeSettings, DecodeSettingsError
 from caption_app.runs import layout as run_layout
 from caption_app.runs import loader as run_loader
-from export import litert_runner
+from export import jpeg_fast, litert_runner
 from export.saved_model import ExportError, check_version, make_readable
 
 VARIANTS = litert_runner.VARIANTS
@@ -225,7 +226,7 @@ def export(run_dir: str, out_dir: str, *, name: str = DEFAULT_NAME, version: int
                 models.pop("search", None)
         io_utils.copyfile(os.path.join(run_dir, run_layout.VOCAB), os.path.join(package, VOCAB_FILE))
         io_utils.copyfile(litert_runner.__file__, os.path.join(package, RUNNER_FILE))
-        for module in (pil_images, vocab_file):  # what the runner shares with caption_app, which it cannot import
+        for module in (pil_images, vocab_file, jpeg_fast):  # the runner's own imports (no caption_app there)
             io_utils.copyfile(module.__file__, os.path.join(package, os.path.basename(module.__file__)))
         io_utils.write_json_atomic(os.path.join(package, PACKAGE_FILE),
                                    describe(captioner, settings, listed, run_dir=run_dir, search_note=search_note))

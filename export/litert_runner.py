@@ -1,7 +1,7 @@
 """python caption.py [--variant float32] [--search auto|model|steps] IMAGE... — caption images with a LiteRT package.
 
 This file is the package's reference runner: `python -m export --format litert`
-copies it into the package as `caption.py` (with `pil_images.py` and `vocab_file.py`),
+copies it into the package as `caption.py` (with `pil_images.py`, `vocab_file.py`, `jpeg_fast.py`),
 so the package runs on its own, with numpy, Pillow and `ai-edge-litert` only
 (no TensorFlow, no caption_app). For each image it prints its path, a tab and
 its best caption, one line per image; an image that cannot be read is one line
@@ -23,9 +23,10 @@ strategies.py), with their tie-breaking (the lower index: the earlier beam, then
 the lower word id), length normalization, words-per-beam and no-repeat n-gram
 rules; it is what an app on a phone would do with the step model.
 
-Images become S x S pixels as the SavedModel makes them: Pillow decodes them
-(first frame; transparency composited onto white: pil_images.to_rgb) and
-`resize` scales them (see its docstring for how close that is to TensorFlow's).
+Images become S x S pixels as the SavedModel makes them: JPEGs decode as
+TensorFlow decodes them (jpeg_fast.py), other formats with Pillow (first
+frame; transparency composited onto white: pil_images.to_rgb), and `resize`
+scales them (see its docstring for how close that is to TensorFlow's).
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ import sys
 import numpy as np
 from PIL import Image
 
-try:  # the package's copies of caption_app/data/pil_images.py and vocab_file.py, beside this file
+try:  # the package's copies of caption_app/data/pil_images.py, vocab_file.py and export/jpeg_fast.py, beside this file
+    import jpeg_fast
     import pil_images
     import vocab_file
 except ImportError:  # this module in the repo (export/litert_runner.py)
     from caption_app.data import pil_images, vocab_file
+    from export import jpeg_fast
 
 PACKAGE_FILE = "litert.json"
 FORMAT = "show-and-tell-litert"
@@ -172,8 +175,11 @@ def ids_to_text(ids, tokens: list[str]) -> str:
 # ---------------------------------------------------------------- images
 
 
-def read_image(path: str, max_pixels: int) -> np.ndarray:
+def read_image(path: str, max_pixels: int, jpeg_idct: str = "fast") -> np.ndarray:
     """An image file -> [h, w, 3] float32 0-255: the first frame, transparency composited onto white.
+
+    JPEGs: `jpeg_idct` "fast" decodes as TensorFlow does (jpeg_fast.py: libjpeg's fast integer IDCT, bit
+    for bit; the kinds it does not decode, such as progressive JPEGs, go to Pillow); "accurate": Pillow.
 
     Raises:
       ImageError: not an image Pillow reads, or a header that declares more than `max_pixels`.
@@ -184,6 +190,12 @@ def read_image(path: str, max_pixels: int) -> np.ndarray:
             if width * height > max_pixels:
                 raise ImageError(f"{path}: declares {width} x {height} pixels, more than the package's limit of "
                                  f"{max_pixels}")
+            if image.format == "JPEG" and jpeg_idct == "fast":
+                try:
+                    with open(path, "rb") as f:
+                        return jpeg_fast.decode(f.read()).astype(np.float32)
+                except (jpeg_fast.Unsupported, ValueError, IndexError):
+                    pass  # Pillow decodes it, or says why it cannot
             return np.asarray(pil_images.to_rgb(image), dtype=np.float32)
     except ImageError:
         raise
@@ -399,12 +411,14 @@ class LiteRTCaptioner:
       package_dir: the package (its litert.json is checked on load: `load_description`).
       variant: float32, float16 or int8 (default: the first the package holds).
       num_threads: the interpreter's CPU threads (None: LiteRT's default).
+      jpeg_idct: "fast": JPEGs decode as in TensorFlow (`read_image`); "accurate": with Pillow.
     """
 
-    def __init__(self, package_dir: str, variant: str | None = None, num_threads: int | None = None):
+    def __init__(self, package_dir: str, variant: str | None = None, num_threads: int | None = None,
+                 jpeg_idct: str = "fast"):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.package_dir = package_dir
+        self.package_dir, self.jpeg_idct = package_dir, jpeg_idct
         self.described = load_description(package_dir)
         self.variant = variant or next(iter(self.described["variants"]))
         if self.variant not in self.described["variants"]:
@@ -462,7 +476,7 @@ class LiteRTCaptioner:
 
     def pixels(self, path: str) -> np.ndarray:
         """An image file -> [S, S, 3] float32 0-255 (ImageError if it cannot be read)."""
-        return resize(read_image(path, self.described["max_image_pixels"]), self.image_size,
+        return resize(read_image(path, self.described["max_image_pixels"], self.jpeg_idct), self.image_size,
                       self.described["preprocess"])
 
     def encode(self, pixels: np.ndarray) -> list:
@@ -523,6 +537,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=STRATEGIES, default=None, help="default: the export's")
     p.add_argument("--beam-size", type=int, default=None, help="default: the export's")
     p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: LiteRT's)")
+    p.add_argument("--jpeg-idct", choices=("fast", "accurate"), default="fast",
+                   help="fast (default): JPEGs decode to TensorFlow's pixels bit for bit (libjpeg's fast integer "
+                        "IDCT, as serving and training decode them; numpy, slow on large photos); accurate: "
+                        "Pillow's decoder (pixels about one level off)")
     p.add_argument("--package", default=os.path.dirname(os.path.abspath(__file__)),
                    help="the package dir (default: this file's)")
     return p
@@ -531,7 +549,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        captioner = LiteRTCaptioner(args.package, args.variant, args.threads)
+        captioner = LiteRTCaptioner(args.package, args.variant, args.threads, args.jpeg_idct)
         settings = captioner.settings(args.strategy, args.beam_size)
     except PackageError as err:
         print(f"error: {err}", file=sys.stderr)

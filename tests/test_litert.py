@@ -7,6 +7,7 @@ graphs with other weight types; bench/litert_bench.py converts and measures all 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from caption_app.data.pipeline import decode_image, resize_image
 from caption_app.data.vocabulary import END_ID, START_ID
@@ -25,16 +27,15 @@ from caption_app.inference.beam_search import beam_search
 from caption_app.inference.captioner import TrainedCaptioner
 from caption_app.inference.settings import DecodeSettings
 from caption_app.inference.strategies import Greedy
-from export import litert, litert_runner
+from export import jpeg_fast, litert, litert_runner
 from export.__main__ import main as export_main
 from export.saved_model import ExportError
 from tests import saved_model_ops
 from tests.conftest import cli_env, encode_image
 
-# Lossless formats: the runner's Pillow and TensorFlow decode them to the same pixels. JPEGs differ (TensorFlow
-# decodes with the fast integer DCT, Pillow with the accurate one; bench/RESULTS.md measures what that costs).
-IMAGES = {"plain.png": (32, 32, "PNG", None), "palette.gif": (32, 32, "GIF", "P"), "grey.bmp": (32, 32, "BMP", "L"),
-          "resized.png": (45, 38, "PNG", None), "alpha.png": (32, 32, "PNG", "RGBA")}
+# The runner decodes each to TensorFlow's pixels: JPEGs with export/jpeg_fast.py, the others with Pillow.
+IMAGES = {"photo.jpg": (32, 32, "JPEG", None), "resized.jpg": (45, 38, "JPEG", None), "plain.png": (32, 32, "PNG", None),
+          "palette.gif": (32, 32, "GIF", "P"), "grey.bmp": (32, 32, "BMP", "L"), "alpha.png": (32, 32, "PNG", "RGBA")}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ _DRIVER = textwrap.dedent("""
 def test_the_package_captions_like_the_saved_model_without_tensorflow(package, captioner, trained_run, tmp_path):
     described = json.loads((package / litert.PACKAGE_FILE).read_text())
     assert sorted(os.listdir(package)) == sorted([litert.PACKAGE_FILE, "vocab.txt", "caption.py", "pil_images.py",
-                                                  "vocab_file.py", "float32"])
+                                                  "vocab_file.py", "jpeg_fast.py", "float32"])
     assert described["variants"] == {"float32": {role: {"file": f"float32/{role}.tflite",
                                                         "bytes": (package / "float32" / f"{role}.tflite").stat().st_size}
                                                  for role in ("encoder", "decode_step", "search")}}
@@ -113,7 +114,7 @@ def test_the_package_captions_like_the_saved_model_without_tensorflow(package, c
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not {"tensorflow", "keras", "caption_app", "export"} & set(report["loaded"])
-    assert {"numpy", "PIL", "ai_edge_litert", "pil_images", "vocab_file"} <= set(report["loaded"])
+    assert {"numpy", "PIL", "ai_edge_litert", "pil_images", "vocab_file", "jpeg_fast"} <= set(report["loaded"])
     assert not [op for op in report["ops"] if op.startswith("Flex") or op == "CUSTOM"], report["ops"]
     assert {"WHILE", "TOPK_V2", "CONV_2D", "LOG_SOFTMAX"} <= set(report["ops"])
 
@@ -143,6 +144,26 @@ def test_the_runner_resizes_as_tensorflow_does():
             theirs = resize_image(tf.constant(pixels), 32, preprocess).numpy()
             assert ours.shape == (32, 32, 3)
             np.testing.assert_allclose(ours, theirs, atol=tolerance, err_msg=f"{preprocess} {height}x{width}")
+
+
+def test_jpegs_decode_to_tensorflows_pixels(tmp_path):
+    """export/jpeg_fast.py gives tf.io.decode_jpeg's default pixels bit for bit (Pillow's accurate IDCT does not);
+    a progressive JPEG is left to Pillow."""
+    rng = np.random.default_rng(2)
+    pixels = np.kron(rng.integers(0, 256, (5, 5, 3), dtype=np.uint8), np.ones((9, 11, 1), np.uint8))[:43, :50]
+    pixels = np.clip(pixels + rng.integers(-25, 25, pixels.shape), 0, 255).astype(np.uint8)
+    for options in ({"subsampling": 0}, {"subsampling": 1}, {"subsampling": 2, "restart_marker_blocks": 3},
+                    {"mode": "L", "quality": 50}):
+        image = Image.fromarray(pixels).convert(options.pop("mode", "RGB"))
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", **{"quality": 90, **options})
+        theirs = tf.io.decode_jpeg(buffer.getvalue(), channels=3).numpy()
+        np.testing.assert_array_equal(jpeg_fast.decode(buffer.getvalue()), theirs, err_msg=str(options))
+    progressive = tmp_path / "progressive.jpg"
+    Image.fromarray(pixels).save(progressive, "JPEG", progressive=True)
+    with pytest.raises(jpeg_fast.Unsupported, match="progressive"):
+        jpeg_fast.decode(progressive.read_bytes())
+    assert litert_runner.read_image(str(progressive), 10**6).shape == (43, 50, 3)  # through Pillow
 
 
 def _broken_copy(package: Path, tmp_path: Path, change) -> Path:
