@@ -34,6 +34,7 @@ ZIGZAG = np.array([
     0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6, 7, 14,
     21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59, 52, 45, 38, 31, 39, 46, 53, 60,
     61, 54, 47, 55, 62, 63])
+_NATURAL = ZIGZAG.tolist()
 # jddctmgr.c: the AAN scale factors (cos(k pi / 16) * sqrt(2), 1 for k = 0) of row and column, 14 bits.
 _AAN = [1.0] + [math.cos(k * math.pi / 16) * math.sqrt(2) for k in range(1, 8)]
 AANSCALES = np.array([[round(16384 * _AAN[i] * _AAN[j]) for j in range(8)] for i in range(8)], np.int64)
@@ -63,44 +64,51 @@ def _segments(data: bytes):
 
 
 def _huffman_table(payload: bytes, pos: int):
-    """A DHT table at `pos` -> ({(length, code): symbol}, next pos)."""
+    """A DHT table at `pos` -> ((fast, slow), next pos): `fast[next 8 bits]` is (length, symbol) for the codes of
+    up to 8 bits (None otherwise), `slow` maps (length, code) for the longer ones."""
     counts = payload[pos + 1:pos + 17]
     symbols = payload[pos + 17:pos + 17 + sum(counts)]
-    table, code, k = {}, 0, 0
+    fast, slow, code, k = [None] * 256, {}, 0, 0
     for length, count in enumerate(counts, 1):
         for _ in range(count):
-            table[(length, code)] = symbols[k]
+            if length <= 8:
+                shift = 8 - length
+                fast[code << shift:(code + 1) << shift] = [(length, symbols[k])] * (1 << shift)
+            else:
+                slow[(length, code)] = symbols[k]
             code, k = code + 1, k + 1
         code <<= 1
-    return table, pos + 17 + sum(counts)
+    return (fast, slow), pos + 17 + sum(counts)
 
 
 class _Bits:
-    """The entropy-coded bits of one restart interval (stuffed zero bytes removed)."""
+    """The entropy-coded bits of one restart interval (stuffed zero bytes removed), as a string of 0s and 1s:
+    slicing a short string and int(..., 2) is the quickest bit reader plain Python has."""
 
     def __init__(self, data: bytes):
-        self.value = int.from_bytes(data, "big") if data else 0
-        self.left = 8 * len(data)
+        # libjpeg pads a premature end with zero bits.
+        self.bits = (format(int.from_bytes(data, "big"), f"0{8 * len(data)}b") if data else "") + "0" * 64
+        self.pos = 0
 
-    def read(self, n: int) -> int:
-        if n > self.left:  # libjpeg pads a premature end with zero bits
-            self.value, self.left = self.value << 32, self.left + 32
-        self.left -= n
-        return (self.value >> self.left) & ((1 << n) - 1)
-
-    def symbol(self, table: dict) -> int:
-        code = 0
-        for length in range(1, 17):
-            code = (code << 1) | self.read(1)
-            symbol = table.get((length, code))
+    def symbol(self, table) -> int:
+        fast, slow = table
+        hit = fast[int(self.bits[self.pos:self.pos + 8], 2)]
+        if hit is not None:
+            self.pos += hit[0]
+            return hit[1]
+        for length in range(9, 17):
+            symbol = slow.get((length, int(self.bits[self.pos:self.pos + length], 2)))
             if symbol is not None:
+                self.pos += length
                 return symbol
         raise ValueError("a Huffman code that is in no table")
 
     def extend(self, size: int) -> int:
+        """The next `size` bits as a coefficient (JPEG's RECEIVE and EXTEND)."""
         if not size:
             return 0
-        value = self.read(size)
+        value = int(self.bits[self.pos:self.pos + size], 2)
+        self.pos += size
         return value if value >= 1 << (size - 1) else value - (1 << size) + 1
 
 
@@ -203,7 +211,7 @@ def _decode_scan(data, header, pos, frame, components, tables, restart) -> None:
         for unit in units[start:start + per_interval]:
             for c, row, col in unit:
                 dc_table, ac_table = tables_of[id(c)]
-                block = c["blocks"][row, col]
+                block = [0] * 64
                 predictor[id(c)] += bits.extend(bits.symbol(dc_table))
                 block[0] = predictor[id(c)]
                 k = 1
@@ -214,12 +222,13 @@ def _decode_scan(data, header, pos, frame, components, tables, restart) -> None:
                         k += run
                         if k > 63:
                             raise ValueError("a coefficient beyond the block")
-                        block[ZIGZAG[k]] = bits.extend(size)
+                        block[_NATURAL[k]] = bits.extend(size)
                         k += 1
                     elif run == 15:
                         k += 16
                     else:
                         break
+                c["blocks"][row, col] = block
 
 
 def _idct_ifast(blocks: np.ndarray, quant: np.ndarray) -> np.ndarray:
