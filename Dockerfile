@@ -12,10 +12,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_BREAK_SYSTEM_PACKAGES=1
 
-# The runtime pins, minus tensorflow itself (the base image's build is the GPU one) and minus the
-# `-r requirements-test.txt` line (pytest and the lint tools stay out of the image).
+# The runtime pins, minus tensorflow itself (the base image's build is the GPU one), minus Beam and the
+# LiteRT runtime (optional extras: the image converts and exports, it runs no LiteRT package) and minus
+# the `-r requirements-test.txt` line (pytest and the lint tools stay out of the image).
 COPY requirements.txt /tmp/requirements.txt
-RUN grep -v -E '^(tensorflow==|apache-beam==|-r )' /tmp/requirements.txt > /tmp/requirements-image.txt \
+RUN grep -v -E '^(tensorflow==|apache-beam==|ai-edge-litert==|-r )' /tmp/requirements.txt > /tmp/requirements-image.txt \
     && python -m pip install --no-cache-dir -r /tmp/requirements-image.txt \
     && python -c "import tensorflow as tf; assert tf.__version__ == '2.21.0', tf.__version__" \
     && rm /tmp/requirements.txt /tmp/requirements-image.txt

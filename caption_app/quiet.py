@@ -34,6 +34,7 @@ NOISE = re.compile(
     r"|failed call to cuInit|cuda_(?:diagnostics|executor|platform|dnn|fft|blas)\.cc"
     r"|Unable to register cu(?:DNN|FFT|BLAS) factory"
     r"|computation_placer\.cc"
+    r"|NodeDef mentions attribute Truncate which is not in the op definition"  # the LiteRT converter, harmless
     r"|PTBTokenizer tokenized \d+ tokens")
 
 # Where a line, or a progress bar's update, ends (tqdm ends none with a newline but starts each with \r).

@@ -180,7 +180,7 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
     except DecodeSettingsError as err:
         raise ExportError(str(err)) from None
     model_dir = os.path.join(out_dir, name)
-    version = _check_version(model_dir, version)
+    version = check_version(model_dir, version)
 
     captioner = TrainedCaptioner.from_run_dir(run_dir, checkpoint, max_image_pixels=max_image_pixels)
     io_utils.makedirs(model_dir)
@@ -198,9 +198,9 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
         tf.saved_model.save(module, saved, signatures=module.signatures())
         if warmup:
             warmup_lib.write(saved, warmup_lib.requests(name, captioner.state_sizes()))
-        _make_readable(saved)
+        make_readable(saved)
         final = os.path.join(model_dir, str(version))
-        _check_version(model_dir, version)  # another export may have taken it meanwhile
+        check_version(model_dir, version)  # another export may have taken it meanwhile
         # Locally one rename; on an object store file by file, saved_model.pb last.
         io_utils.replace(saved, final, last=(tf.saved_model.SAVED_MODEL_FILENAME_PB,))
     finally:
@@ -208,7 +208,7 @@ def export(run_dir: str, out_dir: str, *, name: str = "caption", version: int | 
     return final
 
 
-def _check_version(model_dir: str, version: int | None) -> int:
+def check_version(model_dir: str, version: int | None) -> int:
     existing = existing_versions(model_dir)
     if version is None:
         return max(existing, default=0) + 1
@@ -219,7 +219,7 @@ def _check_version(model_dir: str, version: int | None) -> int:
     return version
 
 
-def _make_readable(path: str) -> None:
+def make_readable(path: str) -> None:
     """mkdtemp makes 0700 dirs; TF Serving often runs as another user (e.g. in Docker)."""
     if io_utils.is_remote(path):  # an object store's permissions are the bucket's
         return

@@ -57,7 +57,7 @@ def test_the_wheel_declares_three_console_scripts_that_exist(wheel):
 
 def test_test_tools_are_an_extra_not_a_runtime_dependency(wheel):
     metadata = Parser().parsestr(_dist_info(wheel, "METADATA"))
-    assert set(metadata.get_all("Provides-Extra")) == {"serving", "beam", "test"}
+    assert set(metadata.get_all("Provides-Extra")) == {"serving", "beam", "litert", "test"}
     runtime = [r for r in metadata.get_all("Requires-Dist") if "extra ==" not in r]
     names = {re.match(r"[\w.-]+", r).group().lower() for r in runtime}
     assert "tensorflow" in names and "keras" in names
@@ -68,6 +68,8 @@ def test_test_tools_are_an_extra_not_a_runtime_dependency(wheel):
     assert any(r.startswith("tensorflow-serving-api") and 'extra == "serving"' in r for r in extras)
     assert any(r.startswith("apache-beam") and 'extra == "beam"' in r for r in extras)
     assert "apache-beam" not in names  # conversion without Beam needs no Beam
+    assert any(r.startswith("ai-edge-litert") and 'extra == "litert"' in r for r in extras)
+    assert "ai-edge-litert" not in names  # exporting a LiteRT package needs TensorFlow only
 
 
 def _pins(path) -> list[str]:
@@ -82,6 +84,7 @@ def test_the_docker_image_installs_the_runtime_pins_only():
     assert not names & set(TEST_TOOLS) and not any(line.startswith("-") for line in image), image
     assert "tensorflow" not in names and {"keras", "tensorflow-serving-api"} <= names
     assert "apache-beam" not in names  # serving and training images carry no Beam
+    assert "ai-edge-litert" not in names  # nor the LiteRT runtime: the image exports packages, it runs none
     # make setup / CI install requirements.txt, which brings the test pins along.
     assert "-r requirements-test.txt" in _pins(REPO_ROOT / "requirements.txt")
     assert {re.split(r"[=<>]", p)[0] for p in _pins(REPO_ROOT / "requirements-test.txt")} == set(TEST_TOOLS)

@@ -26,6 +26,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from caption_app import io_utils
+from caption_app.data import vocab_file
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNK)
@@ -147,21 +148,11 @@ class Vocabulary:
         if not tf.io.gfile.exists(path):
             raise FileNotFoundError(f"vocabulary file {path} does not exist; "
                                     "convert a dataset with `python -m tfrecords_tools` first")
-        words, counts = [], []
         try:
             text = io_utils.read_small_file(path, "vocabulary file").decode("utf-8")
         except UnicodeDecodeError as err:
             raise ValueError(f"vocabulary file {path} is not UTF-8 text ({err})") from None
-        for line_no, line in enumerate(text.split("\n"), 1):
-            line = line.rstrip("\r")
-            if not line:
-                continue
-            word, _, count = line.rpartition(" ")
-            if not word or not count.isdigit():
-                raise ValueError(f"{path}:{line_no}: expected `word count`, got {line!r}")
-            words.append(word)
-            counts.append(int(count))
-        return cls(words, counts)
+        return cls(*vocab_file.parse(text, path))
 
     @property
     def size(self) -> int:
