@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 
@@ -136,6 +137,27 @@ def test_mirrored_over_two_cpus_equals_one_replica(shapes_data, tmp_path, one_re
     run = str(tmp_path / "mirrored")
     history = _history(_launch(shapes_data, run, SAME_AS_ONE_REPLICA + ["train.strategy=mirrored"], cpus=2))
     _assert_same_training(history, run, reference, reference_run, replicas=2)
+
+
+@pytest.mark.slow
+def test_scst_mirrored_over_two_cpus_equals_one_replica(shapes_data, tmp_path, one_replica):
+    """Self-critical training added to the one-replica run, on one replica and on two: each replica
+    samples its images (seeded by their place in the global batch), rewards and differentiates them;
+    the applied gradient is the global batch's mean."""
+    assignments = SAME_AS_ONE_REPLICA + ["train.scst_epochs=0.4", "train.scst_learning_rate=0.02"]
+    _, cross_entropy_run = one_replica
+    reference_run, run = str(tmp_path / "one"), str(tmp_path / "mirrored")
+    shutil.copytree(cross_entropy_run, reference_run)
+    shutil.copytree(cross_entropy_run, run)
+    reference = train(tiny_config(*assignments), shapes_data, reference_run, verbose=0)
+    history = _history(_launch(shapes_data, run, assignments + ["train.strategy=mirrored"], cpus=2))
+    assert history["replicas"] == 2 and history["epochs_done"] == reference["epochs_done"] == 2
+    assert history["val_perplexity"] == pytest.approx(reference["val_perplexity"], rel=1e-5)
+    for got, want in zip(_trainable_weights(run), _trainable_weights(reference_run)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    # SCST moved the weights from the cross-entropy checkpoint it started from.
+    start = _trainable_weights(cross_entropy_run)
+    assert any(np.abs(a - b).max() > 1e-4 for a, b in zip(start, _trainable_weights(run)))
 
 
 @pytest.mark.slow
