@@ -27,13 +27,17 @@ def test_end_to_end(tmp_path):
         {"train": 40, "val": 8, "test": 8}
     assert os.path.isfile(os.path.join(data, "vocab.txt"))
 
+    # One pass of cross-entropy, then one of self-critical training: evaluate, caption and export below
+    # read the SCST checkpoint.
     proc = run_cli("caption_app", "train", "--config", "tiny", "--data", data, "--run-dir", run,
-                   "--set", "train.epochs=2")
+                   "--set", "train.epochs=1", "--set", "train.scst_epochs=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = config_lib.load(os.path.join(run, "config.json"))
-    assert config.name == "tiny" and config.train.epochs == 2
+    assert config.name == "tiny" and config.train.epochs == 1 and config.train.scst_epochs == 1
     assert f"{40 // config.train.batch_size} steps/epoch" in proc.stdout  # from the manifest
-    assert "XLA on" in proc.stdout
+    assert "phase1: epochs 1-1" in proc.stdout and "XLA on" in proc.stdout
+    assert "scst: epochs 2-2" in proc.stdout and "scst/start/ckpt-1" in proc.stdout
+    assert re.search(r"reward: [0-9.]+", proc.stdout), proc.stdout[-2000:]
     assert re.search(r"trained 2 epochs in \d+s; val perplexity [0-9.]+", proc.stdout), proc.stdout[-2000:]
     with open(os.path.join(run, "state.json")) as f:
         assert json.load(f) == {"epochs_done": 2, "total_epochs": 2, "finished": True}
