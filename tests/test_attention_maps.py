@@ -258,3 +258,34 @@ def test_evaluate_report_of_an_attention_run(attention_run, tmp_path, monkeypatc
     shot = tmp_path / "report.png"
     render(page_path, tmp_path, screenshot=str(shot))
     assert_screenshot(shot)
+
+
+# ----------------------------------------------------------------------------- scoring where words look (bench)
+
+def test_redrawn_boxes_are_the_generators_objects(shapes_data):
+    from tfrecords_tools import shapes
+
+    truth = shapes.load_objects(os.path.join(shapes_data, "raw", shapes.OBJECTS_FILE))
+    for name, entry in truth["images"].items():
+        objects = shapes.objects_with_boxes(name, seed=0, image_size=32)
+        assert [o[:3] for o in objects] == entry["objects"]
+        assert all(0 < left and 0 < top and left + side < 32 and top + side < 32 for *_, (left, top, side) in objects)
+
+
+def test_attention_looks_scores_each_colour_and_shape_word_against_its_object():
+    from tfrecords_tools import shapes, shapes_report
+
+    scenes = shapes.SHAPES_SCENES.to_dict()
+    objects = [("small", "red", "circle", (0, 0, 16)), ("small", "blue", "circle", (48, 48, 16))]  # 64 px
+    words = "a small red circle and a small blue circle and a green cross".split()
+    maps = np.full((len(words), 4, 4), 0.0)
+    for position, cell in ((2, (0, 0)), (3, (3, 3)), (7, (3, 3)), (8, (3, 3)), (11, (0, 0)), (12, (0, 0))):
+        maps[position][cell] = 1.0  # 16 px cells: (0, 0) is the red circle's, (3, 3) the blue one's
+    looks, unnamed = shapes_report.attention_looks(words, maps, objects, 64, scenes)
+    assert unnamed == 2  # "green", "cross": nothing green, no cross
+    assert [(x.attribute, x.held_out, x.on_object, x.nearest, x.mass) for x in looks] == [
+        ("colour", False, True, True, 1.0), ("shape", False, False, False, 0.0),  # "circle" looked at the other
+        ("colour", True, True, True, 1.0), ("shape", True, True, True, 1.0)]  # blue circle: held out
+    assert all(x.cells == x.area == 1 / 16 and x.objects == 2 for x in looks)
+    text = shapes_report.format_looks(looks, unnamed)
+    assert "held-out" in text and "naming nothing in the image (not scored): 2" in text

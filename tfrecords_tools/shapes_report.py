@@ -47,21 +47,33 @@ def parse_objects(caption: str, scenes: dict) -> list[dict[str, str]]:
     the current object already has ("a large red circle and a small blue
     square" -> 2 objects; "a red and a blue square" -> {red}, {blue, square}).
     """
-    kinds = {}
-    for attribute, words in (("size", scenes["sizes"]), ("colour", scenes["colours"]),
-                             ("shape", scenes["shapes"])):
-        kinds.update({w: attribute for w in words})
-    order = {a: i for i, a in enumerate(scenes["attribute_order"])}
     objects: list[dict[str, str]] = []
-    for word in caption.split():
+    for _, attribute, word, phrase in attribute_words(caption.split(), scenes):
+        if phrase == len(objects):
+            objects.append({})
+        objects[phrase][attribute] = word
+    return objects
+
+
+def attribute_words(words: Sequence[str], scenes: dict) -> list[tuple[int, str, str, int]]:
+    """The attribute words of a caption's words, grouped as `parse_objects` groups them:
+    [(position, attribute, word, object index), ...]."""
+    kinds = {}
+    for attribute, names in (("size", scenes["sizes"]), ("colour", scenes["colours"]),
+                             ("shape", scenes["shapes"])):
+        kinds.update({w: attribute for w in names})
+    order = {a: i for i, a in enumerate(scenes["attribute_order"])}
+    found: list[tuple[int, str, str, int]] = []
+    current: set[str] = set()
+    for position, word in enumerate(words):
         attribute = kinds.get(word)
         if attribute is None:
             continue
-        current = objects[-1] if objects else None
-        if current is None or any(order[a] >= order[attribute] for a in current):
-            objects.append({})
-        objects[-1][attribute] = word
-    return objects
+        if not found or any(order[a] >= order[attribute] for a in current):
+            current = set()
+        current.add(attribute)
+        found.append((position, attribute, word, found[-1][3] + (len(current) == 1) if found else 0))
+    return found
 
 
 def object_right(said: dict[str, str] | None, true: Sequence[str]) -> bool:
@@ -148,6 +160,118 @@ def score(captions: dict[str, str], truth: dict) -> Report:
                                     if os.path.basename(n) in truth["images"]})
     report.distinct_object_sets = len(object_sets)
     return report
+
+
+@dataclasses.dataclass(frozen=True)
+class Look:
+    """Where one colour or shape word of a generated caption looked (its attention map), against the
+    object the word names.
+
+    Attributes:
+      attribute: "colour" or "shape".
+      held_out: the named object shows a held-out (colour, shape) pair.
+      objects: objects in the image.
+      on_object: the map's peak cell (the cell holding most weight) overlaps the object's box.
+      nearest: of the image's objects, the named one is nearest the peak cell's centre.
+      mass: the map's weight on the object's box (each cell's weight times the share of the cell
+        the box covers).
+      cells: the share of cells that overlap the box (`on_object`'s chance level for a random peak).
+      area: the box's share of the image (`mass`'s chance level for a uniform map).
+    """
+
+    attribute: str
+    held_out: bool
+    objects: int
+    on_object: bool
+    nearest: bool
+    mass: float
+    cells: float
+    area: float
+
+
+def attention_looks(words: Sequence[str], maps, objects: Sequence, image_size: int,
+                    scenes: dict) -> tuple[list[Look], int]:
+    """The `Look` of each colour and shape word of a caption whose object is in the image.
+
+    Args:
+      words: the caption's words; maps: float [words, h, w], word t's attention over the cells
+        (row-major tiles of the image); objects: the image's (size, colour, shape, (left, top,
+        side)) left to right (`shapes.objects_with_boxes`).
+    Returns:
+      (looks, how many colour and shape words name nothing in the image). A word's object: the one
+      with its phrase's colour and shape, else the only one with the word's colour (shape), else,
+      of several, the one at the phrase's place left to right (or the first).
+    """
+    import numpy as np
+
+    maps = np.asarray(maps, np.float64)
+    held_out = {tuple(p) for p in scenes["held_out_pairs"]}
+    phrases = parse_objects(" ".join(words), scenes)
+    grid_h, grid_w = maps.shape[1:]
+    cell_h, cell_w = image_size / grid_h, image_size / grid_w
+    looks, unnamed = [], 0
+    for position, attribute, word, phrase in attribute_words(words, scenes):
+        if attribute == "size":
+            continue
+        said = phrases[phrase]
+        index = 1 if attribute == "colour" else 2
+        exact = [o for o in objects if (o[1], o[2]) == (said.get("colour"), said.get("shape"))]
+        candidates = exact or [o for o in objects if o[index] == word]
+        if not candidates:
+            unnamed += 1
+            continue
+        target = (exact[0] if len(exact) == 1 else candidates[0] if len(candidates) == 1
+                  else next((o for o in candidates if objects.index(o) == phrase), candidates[0]))
+
+        def overlap(box):  # [h, w]: the share of each cell the box covers
+            left, top, side = box
+            ys = np.clip(np.minimum(top + side, (np.arange(grid_h) + 1) * cell_h)
+                         - np.maximum(top, np.arange(grid_h) * cell_h), 0, None)
+            xs = np.clip(np.minimum(left + side, (np.arange(grid_w) + 1) * cell_w)
+                         - np.maximum(left, np.arange(grid_w) * cell_w), 0, None)
+            return ys[:, None] * xs[None, :] / (cell_h * cell_w)
+
+        def distance(point, box):  # from a point (y, x) to a box
+            left, top, side = box
+            dy = max(top - point[0], 0.0, point[0] - (top + side))
+            dx = max(left - point[1], 0.0, point[1] - (left + side))
+            return (dy * dy + dx * dx) ** 0.5
+
+        weights = maps[position]
+        peak = np.unravel_index(int(np.argmax(weights)), weights.shape)
+        centre = ((peak[0] + 0.5) * cell_h, (peak[1] + 0.5) * cell_w)
+        covered = overlap(target[3])
+        looks.append(Look(
+            attribute=attribute, held_out=(target[1], target[2]) in held_out, objects=len(objects),
+            on_object=bool(covered[peak] > 0),
+            nearest=distance(centre, target[3]) <= min(distance(centre, o[3]) for o in objects),
+            mass=float((weights * covered).sum()), cells=float((covered > 0).mean()),
+            area=target[3][2] ** 2 / image_size ** 2))
+    return looks, unnamed
+
+
+def format_looks(looks: Sequence[Look], unnamed: int) -> str:
+    """A table of `Look`s: per attribute, seen pairs | held-out pairs."""
+    lines = ["word    pairs     words  peak on object (chance)  nearest object, 2-3 objects (chance)  "
+             "weight on object (box area)"]
+    for attribute in ("colour", "shape"):
+        for held, name in ((False, "seen"), (True, "held-out")):
+            group = [x for x in looks if x.attribute == attribute and x.held_out == held]
+            if not group:
+                continue
+            many = [x for x in group if x.objects > 1]
+
+            def mean(values):
+                values = list(values)
+                return 100 * sum(values) / max(len(values), 1)
+
+            lines.append(
+                f"{attribute:<7} {name:<9} {len(group):>5}  {mean(x.on_object for x in group):5.1f}% "
+                f"({mean(x.cells for x in group):4.1f}%)          "
+                f"{mean(x.nearest for x in many):5.1f}% of {len(many):>4} ({mean(1 / x.objects for x in many):4.1f}%)"
+                f"                 {mean(x.mass for x in group):5.1f}% ({mean(x.area for x in group):4.1f}%)")
+    lines.append(f"colour and shape words naming nothing in the image (not scored): {unnamed}")
+    return "\n".join(lines)
 
 
 def format_report(report: Report, top: int = 4) -> str:
