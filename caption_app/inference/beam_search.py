@@ -41,7 +41,7 @@ beam, then the lower word id.
 
 With `trace=True`, `step_fn` returns a third value, a [n, D] row per
 hypothesis (the decoder's attention weights over the image's cells), and the
-result's `traces` holds, for each returned caption, the row of the very step
+result (a `TracedSearchResult`) also holds in `traces`, for each returned caption, the row of the very step
 that chose each of its words: the rows are gathered by the same parent
 pointers as the words, so they follow each hypothesis through the beam's
 reordering. Without it no extra tensor is carried.
@@ -77,10 +77,6 @@ class SearchResult(NamedTuple):
         of the caption: the sum of the emitted words' log-probabilities as
         `step_fn` gave them (no temperature, no filtering), end token included.
       lengths: [batch, num_results] int32, emitted words, end token included.
-      traces: with `trace=True` only (else None): [batch, num_results,
-        max_length, D] float32, row t the [D] row `step_fn` gave with the
-        log-probabilities word t was chosen from (the attention weights
-        behind that word); 0 after the caption's last word.
 
     A slot for which no hypothesis with a finite score exists (the model gives
     probability 0 to every continuation, or there are fewer distinct captions
@@ -91,7 +87,28 @@ class SearchResult(NamedTuple):
     scores: tf.Tensor
     log_probs: tf.Tensor
     lengths: tf.Tensor
-    traces: tf.Tensor | None = None
+
+    @property
+    def traces(self) -> None:
+        """None: a search run with `trace=True` returns a `TracedSearchResult`."""
+        return None
+
+
+class TracedSearchResult(NamedTuple):
+    """A `SearchResult` (the same four fields) and, per caption, the rows `step_fn` traced.
+
+    Attributes:
+      traces: [batch, num_results, max_length, D] float32, row t the [D] row
+        `step_fn` gave with the log-probabilities word t was chosen from (the
+        attention weights behind that word); 0 after the caption's last word
+        and in empty slots.
+    """
+
+    ids: tf.Tensor
+    scores: tf.Tensor
+    log_probs: tf.Tensor
+    lengths: tf.Tensor
+    traces: tf.Tensor
 
 
 BeamSearchResult = SearchResult  # its name before there were other strategies
@@ -125,14 +142,14 @@ def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: i
       words_per_beam: > 0: each alive hypothesis is continued with only its
         this many most probable words (ties: the lower id); 0: every word.
       trace: `step_fn` returns `(log_probs, new_state, trace)`, trace [n, D]
-        float (D static), and the result's `traces` keeps each caption's
-        rows (see `SearchResult`).
+        float (D static), and the result is a `TracedSearchResult`, whose
+        `traces` keeps each caption's rows.
 
     These are a `DecodeSettings`' values (caption_app/inference/settings.py, whose
     `check` validates them here); `Captioner.generate` takes the object itself.
 
     Returns:
-      A `SearchResult`, best first along axis 1.
+      A `SearchResult` (with `trace`, a `TracedSearchResult`), best first along axis 1.
 
     Raises:
       ValueError: on an argument out of range or an empty `initial_state`.
@@ -257,12 +274,12 @@ def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: i
     logp = fin_logp[:, :num_results]
     length = fin_len[:, :num_results]
     valid = score > _NEG_INF  # [batch, num_results]
-    return SearchResult(
+    result = SearchResult(
         ids=tf.where(valid[:, :, None], seq, 0),
         scores=score,
         log_probs=tf.where(valid, logp, _NEG_INF),
-        lengths=tf.where(valid, length, 0),
-        traces=words_only(traces[1][:, :num_results], length, valid) if trace else None)
+        lengths=tf.where(valid, length, 0))
+    return with_traces(result, traces[1][:, :num_results]) if trace else result
 
 
 def _check_arguments(beam_size, max_length, length_normalization, num_results, words_per_beam, no_repeat_ngram):
@@ -311,11 +328,11 @@ def _keep_best(k, seqs, scores, logps, lengths, traces=None):
     return seq, best_score, logp, length, tf.gather(tf.concat(traces, axis=1), index, batch_dims=1)
 
 
-def words_only(traces, lengths, valid):
-    """traces [batch, K, time, D] with the rows after each caption's `lengths` [batch, K] words, and
-    every row of an empty slot (`valid` [batch, K] false), set to 0."""
-    within = tf.range(tf.shape(traces)[2])[None, None, :] < lengths[:, :, None]  # [batch, K, time]
-    return tf.where((within & valid[:, :, None])[..., None], traces, 0.0)
+def with_traces(result: SearchResult, traces) -> TracedSearchResult:
+    """`result` and its captions' traces [batch, K, time, D], with the rows after each caption's
+    last word and every row of an empty slot (length 0) set to 0."""
+    within = tf.range(tf.shape(traces)[2])[None, None, :] < result.lengths[:, :, None]  # [batch, K, time]
+    return TracedSearchResult(*result, traces=tf.where(within[..., None], traces, 0.0))
 
 
 def _gather_beams(x, parent, batch, k):

@@ -18,7 +18,7 @@ the pixel limit, and offers, in-graph with core TensorFlow ops only:
 Each also takes `attention=True` (a model with `model.attention_size` only,
 else an `AttentionError`): the search then also carries each step's attention
 weights over the backbone's h x w cells and keeps them per hypothesis as it
-keeps the words (`SearchResult.traces`), so every caption comes with one map
+keeps the words (`TracedSearchResult.traces`), so every caption comes with one map
 per word from the search that chose it: `generate` fills `traces` [B, K, T,
 h*w], the caption functions add "attention" [B, K, T, h, w], "words" [B, K, T]
 and "pixels" [B, S, S, 3] (the image as the model saw it). Without it the
@@ -142,7 +142,8 @@ class TrainedCaptioner:
 
     def generate(self, images, settings: DecodeSettings | None = None, seeds=None, *,
                  attention: bool = False) -> SearchResult:
-        """images [B, S, S, 3] float32 0-255 -> the strategy's captions as ids (SearchResult, best first).
+        """images [B, S, S, 3] float32 0-255 -> the strategy's captions as ids (SearchResult, best first;
+        with `attention`, a TracedSearchResult).
 
         Args:
           seeds: int [B], one per image, for sampling (default: `settings.seed` for every image).

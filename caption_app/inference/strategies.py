@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import tensorflow as tf
 
-from caption_app.inference.beam_search import SearchResult, StepFn, _check_state, beam_search, words_only
+from caption_app.inference.beam_search import SearchResult, StepFn, _check_state, beam_search, with_traces
 from caption_app.inference.ngram_blocking import block_repeated_ngrams
 from caption_app.inference.settings import DEFAULT_NUM_SAMPLES, DecodeSettings, DecodeSettingsError
 
@@ -68,7 +68,8 @@ class Strategy:
           seeds: [batch] int32 or int64, one seed per image (only `Sample`
             uses them; None: its own `seed` for every image).
           trace: `step_fn` returns `(log_probs, new_state, trace [n, D])` and the
-            result's `traces` [batch, K, max_length, D] holds each caption's rows.
+            result is a `TracedSearchResult`: its `traces` [batch, K, max_length, D]
+            hold each caption's rows.
 
         Returns:
           A `SearchResult` with `num_results` captions per image, best first.
@@ -415,9 +416,9 @@ def _row_search(step_fn: StepFn, initial_state: Any, choose: ChooseFn, *, sample
         score, order = tf.math.top_k(score, k=k)
         seq, logp, length, *traces = (tf.gather(x, order, batch_dims=1) for x in (seq, logp, length, *traces))
     valid = score > _NEG_INF  # [batch, K]
-    return SearchResult(ids=tf.where(valid[:, :, None], seq, 0), scores=score,
-                        log_probs=tf.where(valid, logp, _NEG_INF), lengths=tf.where(valid, length, 0),
-                        traces=words_only(traces[0], length, valid) if trace else None)
+    result = SearchResult(ids=tf.where(valid[:, :, None], seq, 0), scores=score,
+                          log_probs=tf.where(valid, logp, _NEG_INF), lengths=tf.where(valid, length, 0))
+    return with_traces(result, traces[0]) if trace else result
 
 
 # ---------------------------------------------------------------- sampling: filters
