@@ -280,7 +280,7 @@ def attention(run_dir: str, split: str = "test") -> dict:
         return record["image_id"], decode_image(record["encoded"], captioner.image_size, captioner.preprocess)
 
     began = time.time()
-    looks, unnamed, images = [], 0, 0
+    looks, omitted, images = [], [], 0
     for names, pixels in tf.data.TFRecordDataset(manifest.files(split)).map(parse).batch(64):
         words, maps = (x.numpy() for x in caption(pixels))
         for name, row_words, row_maps in zip(names.numpy(), words, maps):
@@ -291,21 +291,24 @@ def attention(run_dir: str, split: str = "test") -> dict:
                 raise SystemExit(f"{name}: the redrawn objects differ from {objects_file(manifest.data_dir)}")
             kept = row_words != b""
             said = [w.decode() for w in row_words[kept]]
-            found, missing = shapes_report.attention_looks(
+            found, left_out = shapes_report.attention_looks(
                 said, row_maps[kept].reshape(-1, *grid), objects, info["image_size"], truth["scenes"])
             looks += found
-            unnamed += missing
+            omitted += left_out
             images += 1
     print(f"{images} {split} images, {grid[0]}x{grid[1]} cells of {info['image_size'] // grid[0]} px, "
           f"{time.time() - began:.0f}s")
-    print(shapes_report.format_looks(looks, unnamed))
+    print(shapes_report.format_looks(looks, omitted))
 
     def share(attribute, held, field):
-        group = [getattr(x, field) for x in looks if x.attribute == attribute and x.held_out == held
+        group = [getattr(x, field) for x in looks if x.named and x.attribute == attribute and x.held_out == held
                  and (field != "nearest" or x.objects > 1)]  # nearest: among 2-3 objects
         return round(sum(group) / max(len(group), 1), 4)
 
-    result = {"run_dir": run_dir, "images": images, "grid": list(grid), "unnamed": unnamed,
+    wrong = [x for x in looks if not x.named]
+    result = {"run_dir": run_dir, "images": images, "grid": list(grid), "wrong_words": len(wrong),
+              "wrong_words_peak_on_object": sum(x.on_object for x in wrong), "omitted_objects": len(omitted),
+              "omitted_objects_under_a_peak": sum(omitted),
               **{f"{a}_{'held_out' if h else 'seen'}_{field}": share(a, h, field)
                  for a in ("colour", "shape") for h in (False, True) for field in ("on_object", "nearest", "mass")}}
     print("RESULT " + json.dumps(result), flush=True)

@@ -276,16 +276,22 @@ def test_attention_looks_scores_each_colour_and_shape_word_against_its_object():
     from tfrecords_tools import shapes, shapes_report
 
     scenes = shapes.SHAPES_SCENES.to_dict()
-    objects = [("small", "red", "circle", (0, 0, 16)), ("small", "blue", "circle", (48, 48, 16))]  # 64 px
-    words = "a small red circle and a small blue circle and a green cross".split()
+    objects = [("small", "red", "circle", (0, 0, 16)), ("small", "blue", "circle", (48, 48, 16)),
+               ("small", "green", "cross", (0, 48, 16))]  # 64 px, 16 px cells: (0, 0), (3, 3), (3, 0)
+    words = "a small red circle and a small blue circle and a purple cross".split()
     maps = np.full((len(words), 4, 4), 0.0)
-    for position, cell in ((2, (0, 0)), (3, (3, 3)), (7, (3, 3)), (8, (3, 3)), (11, (0, 0)), (12, (0, 0))):
-        maps[position][cell] = 1.0  # 16 px cells: (0, 0) is the red circle's, (3, 3) the blue one's
-    looks, unnamed = shapes_report.attention_looks(words, maps, objects, 64, scenes)
-    assert unnamed == 2  # "green", "cross": nothing green, no cross
-    assert [(x.attribute, x.held_out, x.on_object, x.nearest, x.mass) for x in looks] == [
-        ("colour", False, True, True, 1.0), ("shape", False, False, False, 0.0),  # "circle" looked at the other
-        ("colour", True, True, True, 1.0), ("shape", True, True, True, 1.0)]  # blue circle: held out
-    assert all(x.cells == x.area == 1 / 16 and x.objects == 2 for x in looks)
-    text = shapes_report.format_looks(looks, unnamed)
-    assert "held-out" in text and "naming nothing in the image (not scored): 2" in text
+    for position, cell in ((2, (0, 0)), (3, (3, 3)), (7, (3, 3)), (8, (3, 3)), (11, (3, 0)), (12, (0, 1))):
+        maps[position][cell] = 1.0
+    looks, omitted = shapes_report.attention_looks(words, maps, objects, 64, scenes)
+    assert [(x.attribute, x.named, x.held_out, x.on_object, x.nearest, x.mass) for x in looks] == [
+        ("colour", True, False, True, True, 1.0), ("shape", True, False, False, False, 0.0),  # looked elsewhere
+        ("colour", True, True, True, True, 1.0), ("shape", True, True, True, True, 1.0),  # blue circle: held out
+        ("colour", False, False, True, True, 1.0),  # "purple": nothing purple; it looked at the green cross
+        ("shape", True, False, False, False, 0.0)]  # "cross": the green cross, but it looked next to the red circle
+    assert all(x.cells == x.area == 1 / 16 and x.objects == 3 for x in looks)
+    assert omitted == []  # three objects named
+    _, omitted = shapes_report.attention_looks(words[:9], maps[:9], objects, 64, scenes)
+    assert omitted == [False]  # the green cross, left out, under no word's peak
+    text = shapes_report.format_looks(looks, [True, False])
+    assert "naming nothing in the image: 1; their peak on an object: 1" in text
+    assert "objects left out of a caption: 2; under some word's peak: 1" in text

@@ -165,14 +165,15 @@ def score(captions: dict[str, str], truth: dict) -> Report:
 @dataclasses.dataclass(frozen=True)
 class Look:
     """Where one colour or shape word of a generated caption looked (its attention map), against the
-    object the word names.
+    object the word names (or, for a word naming nothing in the image, the object nearest its peak).
 
     Attributes:
       attribute: "colour" or "shape".
-      held_out: the named object shows a held-out (colour, shape) pair.
+      named: an object in the image has the word's colour (shape); False: the word is wrong.
+      held_out: the object shows a held-out (colour, shape) pair.
       objects: objects in the image.
       on_object: the map's peak cell (the cell holding most weight) overlaps the object's box.
-      nearest: of the image's objects, the named one is nearest the peak cell's centre.
+      nearest: of the image's objects, this one is nearest the peak cell's centre.
       mass: the map's weight on the object's box (each cell's weight times the share of the cell
         the box covers).
       cells: the share of cells that overlap the box (`on_object`'s chance level for a random peak).
@@ -180,6 +181,7 @@ class Look:
     """
 
     attribute: str
+    named: bool
     held_out: bool
     objects: int
     on_object: bool
@@ -190,17 +192,19 @@ class Look:
 
 
 def attention_looks(words: Sequence[str], maps, objects: Sequence, image_size: int,
-                    scenes: dict) -> tuple[list[Look], int]:
-    """The `Look` of each colour and shape word of a caption whose object is in the image.
+                    scenes: dict) -> tuple[list[Look], list[bool]]:
+    """Where each colour and shape word of a caption looked, and whether the objects it left out were looked at.
 
     Args:
       words: the caption's words; maps: float [words, h, w], word t's attention over the cells
         (row-major tiles of the image); objects: the image's (size, colour, shape, (left, top,
         side)) left to right (`shapes.objects_with_boxes`).
     Returns:
-      (looks, how many colour and shape words name nothing in the image). A word's object: the one
-      with its phrase's colour and shape, else the only one with the word's colour (shape), else,
-      of several, the one at the phrase's place left to right (or the first).
+      (a `Look` per colour and shape word, and for each object no phrase names by its colour and
+      shape when the caption names fewer objects than there are: whether some word's peak cell
+      overlaps it). A word's object: the one with its phrase's colour and shape, else the only
+      one with the word's colour (shape), else, of several, the one at the phrase's place left to
+      right (or the first); for a word naming nothing in the image, the object nearest its peak.
     """
     import numpy as np
 
@@ -209,7 +213,26 @@ def attention_looks(words: Sequence[str], maps, objects: Sequence, image_size: i
     phrases = parse_objects(" ".join(words), scenes)
     grid_h, grid_w = maps.shape[1:]
     cell_h, cell_w = image_size / grid_h, image_size / grid_w
-    looks, unnamed = [], 0
+
+    def overlap(box):  # [h, w]: the share of each cell the box covers
+        left, top, side = box
+        ys = np.clip(np.minimum(top + side, (np.arange(grid_h) + 1) * cell_h)
+                     - np.maximum(top, np.arange(grid_h) * cell_h), 0, None)
+        xs = np.clip(np.minimum(left + side, (np.arange(grid_w) + 1) * cell_w)
+                     - np.maximum(left, np.arange(grid_w) * cell_w), 0, None)
+        return ys[:, None] * xs[None, :] / (cell_h * cell_w)
+
+    def distance(point, box):  # from a point (y, x) to a box
+        left, top, side = box
+        dy = max(top - point[0], 0.0, point[0] - (top + side))
+        dx = max(left - point[1], 0.0, point[1] - (left + side))
+        return (dy * dy + dx * dx) ** 0.5
+
+    def peak(weights):  # the peak cell and its centre (y, x)
+        cell = np.unravel_index(int(np.argmax(weights)), weights.shape)
+        return cell, ((cell[0] + 0.5) * cell_h, (cell[1] + 0.5) * cell_w)
+
+    looks = []
     for position, attribute, word, phrase in attribute_words(words, scenes):
         if attribute == "size":
             continue
@@ -217,60 +240,52 @@ def attention_looks(words: Sequence[str], maps, objects: Sequence, image_size: i
         index = 1 if attribute == "colour" else 2
         exact = [o for o in objects if (o[1], o[2]) == (said.get("colour"), said.get("shape"))]
         candidates = exact or [o for o in objects if o[index] == word]
-        if not candidates:
-            unnamed += 1
-            continue
-        target = (exact[0] if len(exact) == 1 else candidates[0] if len(candidates) == 1
-                  else next((o for o in candidates if objects.index(o) == phrase), candidates[0]))
-
-        def overlap(box):  # [h, w]: the share of each cell the box covers
-            left, top, side = box
-            ys = np.clip(np.minimum(top + side, (np.arange(grid_h) + 1) * cell_h)
-                         - np.maximum(top, np.arange(grid_h) * cell_h), 0, None)
-            xs = np.clip(np.minimum(left + side, (np.arange(grid_w) + 1) * cell_w)
-                         - np.maximum(left, np.arange(grid_w) * cell_w), 0, None)
-            return ys[:, None] * xs[None, :] / (cell_h * cell_w)
-
-        def distance(point, box):  # from a point (y, x) to a box
-            left, top, side = box
-            dy = max(top - point[0], 0.0, point[0] - (top + side))
-            dx = max(left - point[1], 0.0, point[1] - (left + side))
-            return (dy * dy + dx * dx) ** 0.5
-
         weights = maps[position]
-        peak = np.unravel_index(int(np.argmax(weights)), weights.shape)
-        centre = ((peak[0] + 0.5) * cell_h, (peak[1] + 0.5) * cell_w)
+        cell, centre = peak(weights)
+        closest = min(objects, key=lambda o: distance(centre, o[3]))
+        target = (closest if not candidates else exact[0] if len(exact) == 1 else candidates[0]
+                  if len(candidates) == 1 else next((o for o in candidates if objects.index(o) == phrase),
+                                                    candidates[0]))
         covered = overlap(target[3])
         looks.append(Look(
-            attribute=attribute, held_out=(target[1], target[2]) in held_out, objects=len(objects),
-            on_object=bool(covered[peak] > 0),
-            nearest=distance(centre, target[3]) <= min(distance(centre, o[3]) for o in objects),
+            attribute=attribute, named=bool(candidates), held_out=(target[1], target[2]) in held_out,
+            objects=len(objects), on_object=bool(covered[cell] > 0),
+            nearest=distance(centre, target[3]) <= distance(centre, closest[3]),
             mass=float((weights * covered).sum()), cells=float((covered > 0).mean()),
             area=target[3][2] ** 2 / image_size ** 2))
-    return looks, unnamed
+    omitted = []
+    if len(phrases) < len(objects):
+        named = {(p.get("colour"), p.get("shape")) for p in phrases}
+        peaks = [peak(maps[t])[0] for t in range(len(words))]
+        omitted = [any(overlap(o[3])[c] > 0 for c in peaks) for o in objects if (o[1], o[2]) not in named]
+    return looks, omitted
 
 
-def format_looks(looks: Sequence[Look], unnamed: int) -> str:
-    """A table of `Look`s: per attribute, seen pairs | held-out pairs."""
+def format_looks(looks: Sequence[Look], omitted: Sequence[bool]) -> str:
+    """A table of `Look`s of words naming an object in the image (per attribute, seen pairs |
+    held-out pairs), then the wrong words and the objects left out."""
+    def mean(values):
+        values = list(values)
+        return 100 * sum(values) / max(len(values), 1)
+
     lines = ["word    pairs     words  peak on object (chance)  nearest object, 2-3 objects (chance)  "
              "weight on object (box area)"]
     for attribute in ("colour", "shape"):
         for held, name in ((False, "seen"), (True, "held-out")):
-            group = [x for x in looks if x.attribute == attribute and x.held_out == held]
+            group = [x for x in looks if x.named and x.attribute == attribute and x.held_out == held]
             if not group:
                 continue
             many = [x for x in group if x.objects > 1]
-
-            def mean(values):
-                values = list(values)
-                return 100 * sum(values) / max(len(values), 1)
-
             lines.append(
                 f"{attribute:<7} {name:<9} {len(group):>5}  {mean(x.on_object for x in group):5.1f}% "
                 f"({mean(x.cells for x in group):4.1f}%)          "
                 f"{mean(x.nearest for x in many):5.1f}% of {len(many):>4} ({mean(1 / x.objects for x in many):4.1f}%)"
                 f"                 {mean(x.mass for x in group):5.1f}% ({mean(x.area for x in group):4.1f}%)")
-    lines.append(f"colour and shape words naming nothing in the image (not scored): {unnamed}")
+    wrong = [x for x in looks if not x.named]
+    lines.append(f"colour and shape words naming nothing in the image: {len(wrong)}; their peak on an object: "
+                 f"{sum(x.on_object for x in wrong)} (on a held-out pair's: "
+                 f"{sum(x.on_object and x.held_out for x in wrong)})")
+    lines.append(f"objects left out of a caption: {len(omitted)}; under some word's peak: {sum(omitted)}")
     return "\n".join(lines)
 
 
