@@ -144,13 +144,28 @@ def test_a_model_without_attention_says_so_in_one_line(peaky_captioner):
 
 @pytest.fixture(scope="module")
 def attention_run(shapes_data, tmp_path_factory):
-    """The tiny config with attention (A = 8, 4 x 4 cells), a few steps without XLA."""
+    """The tiny config with attention (A = 8, 4 x 4 cells): 3 steps without XLA or sample captions."""
     from caption_app.training.train import train
 
     run_dir = str(tmp_path_factory.mktemp("attention") / "run")
     train(tiny_config("model.attention_size=8", "train.epochs=0.2", "train.learning_rate=0.02",
-                      "train.jit_compile=false"), shapes_data, run_dir, verbose=0)
+                      "train.jit_compile=false", "eval.sample_images=0", "eval.batch_size=12"), shapes_data, run_dir,
+          verbose=0)  # one evaluation batch of the 12 test images: one trace
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def attention_captioner(attention_run):
+    """`Captioner.load` of the attention run, once: the CLI and evaluate tests reuse what it loaded
+    (TrainedCaptioner.from_run_dir patched to return it), so the run is loaded and traced once."""
+    from caption_app import Captioner
+
+    return Captioner.load(attention_run)
+
+
+@pytest.fixture
+def loaded_once(attention_captioner, monkeypatch):
+    monkeypatch.setattr(TrainedCaptioner, "from_run_dir", lambda *args, **kwargs: attention_captioner.loaded)
 
 
 def _test_images(shapes_data, n):
@@ -159,10 +174,8 @@ def _test_images(shapes_data, n):
     return [r["encoded"] for r in read_records(shapes_data, "test")[:n]]
 
 
-def test_api_returns_one_map_per_word(attention_run, shapes_data):
-    from caption_app import Captioner
-
-    captioner = Captioner.load(attention_run)
+def test_api_returns_one_map_per_word(attention_captioner, shapes_data):
+    captioner = attention_captioner
     items = _test_images(shapes_data, 3)
     plain = captioner.caption(items)
     results = captioner.caption(items, return_attention=True)
@@ -175,7 +188,7 @@ def test_api_returns_one_map_per_word(attention_run, shapes_data):
             np.testing.assert_allclose(maps.sum(axis=(1, 2)), 1.0, atol=1e-5)
 
 
-def test_caption_command_writes_a_strip_per_image(attention_run, shapes_data, tmp_path, capsys):
+def test_caption_command_writes_a_strip_per_image(attention_run, loaded_once, shapes_data, tmp_path, capsys):
     from caption_app.__main__ import main
 
     folder = tmp_path / "images"
@@ -203,6 +216,13 @@ def test_caption_command_writes_a_strip_per_image(attention_run, shapes_data, tm
     assert main(["caption", "--run-dir", str(plain), str(folder), "--attention", str(out_dir)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "model.attention_size is 0" in err and "\n" not in err
+    # Two images of one file name would write one PNG: refused, before anything is captioned.
+    (tmp_path / "again").mkdir()
+    shutil.copy(folder / "shape 0.png", tmp_path / "again" / "shape 0.png")
+    assert main(["caption", "--run-dir", attention_run, str(folder), str(tmp_path / "again"),
+                 "--attention", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "are both shape 0.png" in err and "\n" not in err and not (tmp_path / "other").exists()
 
 
 # ----------------------------------------------------------------------------- the report's strips
@@ -240,7 +260,7 @@ def test_report_strips_in_chromium(tmp_path):
 
 
 @needs_chromium
-def test_evaluate_report_of_an_attention_run(attention_run, tmp_path, monkeypatch):
+def test_evaluate_report_of_an_attention_run(attention_run, loaded_once, tmp_path, monkeypatch):
     from caption_app.evaluation import metrics
     from caption_app.evaluation.evaluate import evaluate
 

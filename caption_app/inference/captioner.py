@@ -276,7 +276,8 @@ class CaptionFunctions:
             self.captioner.check_attention()
             captioner, settings = self.captioner, self.settings
             self._with_attention = (
-                _function(lambda image_bytes, seed: captioner.caption_bytes(image_bytes, settings, seed, attention=True),
+                _function(lambda image_bytes, seed: captioner.caption_bytes(image_bytes, settings, seed,
+                                                                            attention=True),
                           tf.TensorSpec([None], tf.string, name="image_bytes"),
                           tf.TensorSpec([None], tf.int64, name="seed")),
                 _function(lambda images: captioner.caption_images(images, settings, attention=True),
