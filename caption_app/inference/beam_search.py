@@ -41,10 +41,11 @@ beam, then the lower word id.
 
 With `trace=True`, `step_fn` returns a third value, a [n, D] row per
 hypothesis (the decoder's attention weights over the image's cells), and the
-result (a `TracedSearchResult`) also holds in `traces`, for each returned caption, the row of the very step
-that chose each of its words: the rows are gathered by the same parent
-pointers as the words, so they follow each hypothesis through the beam's
-reordering. Without it no extra tensor is carried.
+result is a `TracedSearchResult` whose `traces` hold, for each returned
+caption, the row of the very step that chose each of its words: the rows are
+gathered by the same parent pointers as the words, so they follow each
+hypothesis through the beam's reordering. Without it no extra tensor is
+carried.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ The model is reached only through `step_fn(ids, state) -> (log_probs,
 new_state)` (see `beam_search`), so tests drive every strategy with a fake
 next-word table. With `trace=True` it also returns a [n, D] row per step (the
 attention weights), and every strategy gives each caption the rows of the steps
-that chose its words (`SearchResult.traces`), from the same search.
+that chose its words (`TracedSearchResult.traces`), from the same search.
 """
 
 from __future__ import annotations
