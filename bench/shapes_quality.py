@@ -6,6 +6,7 @@
     python bench/shapes_quality.py words RUN          per-word-class validation loss at every kept checkpoint
     python bench/shapes_quality.py probe RUN          colour probe on the image embedding + single-colour patches
     python bench/shapes_quality.py veto RUN           the reference words' log-probabilities on single objects
+    python bench/shapes_quality.py attention RUN      where the colour and shape words look (attention runs)
 
 `run` trains the `shapes` preset (plus overrides) on DATA, evaluates the test
 split and prints `tfrecords_tools.shapes_report`'s report plus one JSON line
@@ -15,7 +16,10 @@ the evidence for why a recipe learns colour or not: the validation loss of
 colour, shape and size words against all other words, checkpoint by
 checkpoint; and whether the image embedding carries each object's colour
 (a linear probe on single-object images) and what it gives for plain colour
-patches.
+patches. `attention` captions the test split as `evaluate` does (the run's
+decode settings) with each word's attention map from the same search, and
+scores the maps of the colour and shape words against where the generator drew
+the object each names (`shapes_report.attention_looks`).
 """
 
 from __future__ import annotations
@@ -248,6 +252,69 @@ def probe(run_dir: str) -> None:
         print(f"{c[:7]:<7} " + " ".join(f"{v:6.2f}" for v in cos[i]))
 
 
+def attention(run_dir: str, split: str = "test") -> dict:
+    """Where the colour and shape words of RUN's captions of `split` look, against the ground truth."""
+    import tensorflow as tf
+
+    from caption_app.data import records
+    from caption_app.data.pipeline import decode_image
+    from caption_app.inference.captioner import TrainedCaptioner
+    from caption_app.runs import loader as run_loader
+
+    captioner = TrainedCaptioner.from_run_dir(run_dir)
+    grid = captioner.check_attention()
+    manifest = run_loader.load_manifest(run_dir)
+    with open(os.path.join(manifest.data_dir, "manifest.json")) as f:
+        info = json.load(f)["source_info"]
+    truth = shapes_lib.load_objects(objects_file(manifest.data_dir))
+    scenes = SCENES["night" if "white" in truth["scenes"]["colours"] else "shapes"]
+    settings = captioner.decode
+
+    @tf.function(reduce_retracing=True)
+    def caption(images):  # the best caption's words [B, T] and their maps [B, T, h*w]
+        result = captioner.generate(images, settings, attention=True)
+        return captioner.vocab.ids_to_words(result.ids[:, 0]), result.traces[:, 0]
+
+    def parse(serialized):
+        record = records.parse_example(serialized)
+        return record["image_id"], decode_image(record["encoded"], captioner.image_size, captioner.preprocess)
+
+    began = time.time()
+    looks, omitted, images = [], [], 0
+    for names, pixels in tf.data.TFRecordDataset(manifest.files(split)).map(parse).batch(64):
+        words, maps = (x.numpy() for x in caption(pixels))
+        for name, row_words, row_maps in zip(names.numpy(), words, maps):
+            name = name.decode()
+            objects = shapes_lib.objects_with_boxes(name, seed=info["seed"], image_size=info["image_size"],
+                                                    scenes=scenes)
+            if [tuple(o[:3]) for o in objects] != truth["images"][name]["objects"]:
+                raise SystemExit(f"{name}: the redrawn objects differ from {objects_file(manifest.data_dir)}")
+            kept = row_words != b""
+            said = [w.decode() for w in row_words[kept]]
+            found, left_out = shapes_report.attention_looks(
+                said, row_maps[kept].reshape(-1, *grid), objects, info["image_size"], truth["scenes"])
+            looks += found
+            omitted += left_out
+            images += 1
+    print(f"{images} {split} images, {grid[0]}x{grid[1]} cells of {info['image_size'] // grid[0]} px, "
+          f"{time.time() - began:.0f}s")
+    print(shapes_report.format_looks(looks, omitted))
+
+    def share(attribute, held, field):
+        group = [getattr(x, field) for x in looks if x.named and x.attribute == attribute and x.held_out == held
+                 and (field != "nearest" or x.objects > 1)]  # nearest: among 2-3 objects
+        return round(sum(group) / max(len(group), 1), 4)
+
+    wrong = [x for x in looks if not x.named]
+    result = {"run_dir": run_dir, "images": images, "grid": list(grid), "wrong_words": len(wrong),
+              "wrong_words_peak_on_object": sum(x.on_object for x in wrong), "omitted_objects": len(omitted),
+              "omitted_objects_under_a_peak": sum(omitted),
+              **{f"{a}_{'held_out' if h else 'seen'}_{field}": share(a, h, field)
+                 for a in ("colour", "shape") for h in (False, True) for field in ("on_object", "nearest", "mass")}}
+    print("RESULT " + json.dumps(result), flush=True)
+    return result
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -264,7 +331,7 @@ def main(argv=None) -> int:
     sc = sub.add_parser("score")
     sc.add_argument("data")
     sc.add_argument("run_dir")
-    for name in ("words", "probe", "veto"):
+    for name in ("words", "probe", "veto", "attention"):
         sub.add_parser(name).add_argument("run_dir")
     args = p.parse_args(argv)
     if args.command == "data":
@@ -277,6 +344,8 @@ def main(argv=None) -> int:
         words(args.run_dir)
     elif args.command == "veto":
         veto(args.run_dir)
+    elif args.command == "attention":
+        attention(args.run_dir)
     else:
         probe(args.run_dir)
     return 0

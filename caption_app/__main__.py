@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--max-file-bytes", type=int, default=None,
                    help="image files larger than this are reported, not read (default 67108864, as the converters)")
     c.add_argument("--json", action="store_true", help="print JSON")
+    c.add_argument("--attention", metavar="DIR", default=None,
+                   help="also write DIR/<image file name>.png per image: the best caption's words in a strip, "
+                        "each over the image where the model looked (runs with model.attention_size)")
 
     i = sub.add_parser("import-im2txt", help="an im2txt checkpoint + word_counts.txt -> a run dir (docs/im2txt.md)")
     i.add_argument("--checkpoint", required=True, help="im2txt checkpoint prefix (e.g. model.ckpt-2000000) or dir")
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             results = caption_files(args.run_dir, args.images,
                                     max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS if args.max_image_pixels is None
                                     else args.max_image_pixels, max_file_bytes=args.max_file_bytes,
-                                    **decoding.from_arguments(args))
+                                    attention_dir=args.attention, **decoding.from_arguments(args))
             if args.json:
                 print(json.dumps(results, indent=2))
             else:
@@ -169,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     for i, c in enumerate(r["captions"], 1):
                         print(f"  {i}. {c['caption']}  (log p = {c['log_prob']:.3f})")
+                    if "attention" in r:
+                        print(f"  attention: {_shown(r['attention'])}")
             failed = sum("error" in r for r in results)
             if failed:
                 captioned = len(results) - failed

@@ -5,6 +5,7 @@
     results = captioner.caption(["dog.jpg", pil_image, numpy_array, jpeg_bytes], beam_size=3, num_captions=2)
     results[0].captions, results[0].log_probs
     captioner.caption("dog.jpg", strategy="sample", num_captions=5, top_p=0.9, seed=1)
+    captioner.caption("dog.jpg", return_attention=True).attention[0]   # [words, h, w]: where each word looked
 
 Both sources run the same functions: a run dir is loaded into a `TrainedCaptioner`
 (caption_app/inference/captioner.py), whose traced functions are what an export
@@ -86,7 +87,7 @@ class Captioner:
                 num_captions: int | None = None, max_length: int | None = None,
                 length_normalization: float | None = None, temperature: float | None = None,
                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                no_repeat_ngram: int | None = None):
+                no_repeat_ngram: int | None = None, return_attention: bool = False):
         """Captions images.
 
         Args:
@@ -100,10 +101,15 @@ class Captioner:
             (caption_app/inference/settings.py): None or 0 keeps the run's. An export decodes with
             the settings it was exported with (and samples with its exported sampling settings,
             any seed); only fewer captions may be asked of it.
+          return_attention: also, per caption, its attention maps (`CaptionResult.attention`: a
+            numpy array [words, h, w] over the backbone's cells, each map summing to 1, from the
+            search that chose the words) and the image as the model saw it (`pixels`). A run
+            dir trained with `model.attention_size` only.
         Returns:
           A CaptionResult per image (a list for a list, one for one image).
         Raises:
           DecodeSettingsError: a decode setting out of range, or one an export cannot give.
+          AttentionError: `return_attention` for a run without attention, or for an export.
           ValueError, TypeError: an input that is not an image of the kinds above.
         """
         single = not isinstance(images, (list, tuple))
@@ -112,9 +118,12 @@ class Captioner:
                                        length_normalization=length_normalization, num_captions=num_captions,
                                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                                        no_repeat_ngram=no_repeat_ngram)
+        if return_attention:
+            self.loaded.check_attention()
         functions = self.loaded.functions(settings)
         results = caption_items(functions, items, settings, batch_size=self.batch_size,
-                                max_image_pixels=self.loaded.max_image_pixels, max_file_bytes=self.max_file_bytes)
+                                max_image_pixels=self.loaded.max_image_pixels, max_file_bytes=self.max_file_bytes,
+                                attention=return_attention)
         return results[0] if single else results
 
     def tracing_count(self) -> int:

@@ -14,7 +14,10 @@ The page's script (FILTER_SCRIPT) does three things on load:
     (`complete && naturalWidth > 0`) into `data-images-loaded` of <body>, and
     all images into `data-images-total`.
 The counts are there for tests (headless Chromium dumps the DOM after the
-script ran), and read the same for a person in the inspector.
+script ran), and read the same for a person in the inspector. It also lays
+each row's thumbnail under its attention strip (`attention_strip`): the
+thumbnail is embedded once, and every word's tile shows it through a CSS
+variable, under that word's map (a tiny PNG the browser stretches smoothly).
 """
 
 from __future__ import annotations
@@ -65,6 +68,16 @@ def image_tag(uri: str | None, alt: str) -> str:
     if uri is None:
         return f'<span class="noimg">{escape(alt)}: no image</span>'
     return f'<img src="{uri}" alt="{escape(alt)}">'
+
+
+def attention_strip(words: Sequence[str], map_uris: Sequence[str], grid: tuple[int, int]) -> str:
+    """One tile per word: the row's thumbnail (set by the page's script) under the word's map
+    (`attention_images.map_png_uri`), a faint h x w cell grid (clearer on hover), the word below."""
+    height, width = grid
+    tiles = "".join(f'<span class="w" title="{escape(word)}"><span class="t"><img src="{uri}" '
+                    f'alt="where &quot;{escape(word)}&quot; looked"></span>{escape(word)}</span>'
+                    for word, uri in zip(words, map_uris))
+    return f'<div class="att" style="--gh:{int(height)};--gw:{int(width)}">{tiles}</div>'
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence], *, cls: str = "") -> str:
@@ -129,6 +142,11 @@ FILTER_SCRIPT = """
     document.body.setAttribute('data-images-loaded', String(loaded));
   }
   if (document.readyState === 'complete') countImages(); else window.addEventListener('load', countImages);
+  Array.prototype.forEach.call(document.querySelectorAll('.att'), function (strip) {
+    var row = strip.closest('tr');
+    var thumb = row && row.querySelector('img:not(.att img)');
+    if (thumb) strip.style.setProperty('--thumb', 'url("' + thumb.src + '")');
+  });
 })();
 """
 
@@ -140,6 +158,12 @@ img{max-width:224px;max-height:224px;min-width:96px;min-height:96px;object-fit:c
 .noimg{color:#999;font-size:small}
 .note{color:#555;font-size:small} ol{margin:0;padding-left:1.4em} .gen{font-weight:bold}
 .ex{display:inline-block;vertical-align:top;width:250px;margin:8px}
+.att{margin-top:4px} .att .w{display:inline-block;margin:0 3px 3px 0;font-size:small;text-align:center}
+.att .t{display:block;position:relative;width:96px;height:96px;background:var(--thumb) center/100% 100% no-repeat}
+.att img{display:block;width:96px;height:96px;min-width:0;min-height:0;image-rendering:auto}
+.att .t::after{content:"";position:absolute;inset:0;opacity:.25;background-image:
+linear-gradient(to right,#fff 1px,transparent 1px),linear-gradient(to bottom,#fff 1px,transparent 1px);
+background-size:calc(100% / var(--gw)) calc(100% / var(--gh))} .att .t:hover::after{opacity:.8}
 """
 
 

@@ -269,11 +269,20 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
     The folder is created if missing.
     """
+    _write_atomic(path, text, "w")
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """`write_text_atomic` for bytes."""
+    _write_atomic(path, data, "wb")
+
+
+def _write_atomic(path, content, mode: str) -> None:
     path = os.fspath(path)
     makedirs(os.path.dirname(abspath(path)))
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
+    with open(tmp, mode) as f:
+        f.write(content)
     replace(tmp, path)
 
 

@@ -258,6 +258,17 @@ def convert_shapes(out_dir: str | os.PathLike, *, raw_dir: str | os.PathLike | N
                                          source_info=source_info, **writer_kwargs)
 
 
+def objects_with_boxes(name: str, *, seed: int, image_size: int, scenes: Scenes = SHAPES_SCENES
+                       ) -> list[tuple[str, str, str, tuple[int, int, int]]]:
+    """The objects of the generated image file `name` (shapes_<split>_<index>.jpg), left to right,
+    with where they were drawn: (size, colour, shape, (left, top, side) in pixels). `OBJECTS_FILE`
+    records no places; the generator redraws the image from (seed, split, index), as it did (the
+    seed and image size are the manifest's `source_info`)."""
+    split, index = os.path.splitext(os.path.basename(name))[0][len(_IMAGE_PREFIX):].rsplit("_", 1)
+    _, objects = _make_image(seed, split, int(index), image_size, scenes)
+    return [(o.size, o.colour, o.shape, o.box) for o in objects]
+
+
 def load_objects(path: str | os.PathLike) -> dict:
     """The ground truth `generate_shapes` wrote (`OBJECTS_FILE`), objects as tuples."""
     truth = io_utils.read_json(path)

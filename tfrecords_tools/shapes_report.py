@@ -47,21 +47,33 @@ def parse_objects(caption: str, scenes: dict) -> list[dict[str, str]]:
     the current object already has ("a large red circle and a small blue
     square" -> 2 objects; "a red and a blue square" -> {red}, {blue, square}).
     """
-    kinds = {}
-    for attribute, words in (("size", scenes["sizes"]), ("colour", scenes["colours"]),
-                             ("shape", scenes["shapes"])):
-        kinds.update({w: attribute for w in words})
-    order = {a: i for i, a in enumerate(scenes["attribute_order"])}
     objects: list[dict[str, str]] = []
-    for word in caption.split():
+    for _, attribute, word, phrase in attribute_words(caption.split(), scenes):
+        if phrase == len(objects):
+            objects.append({})
+        objects[phrase][attribute] = word
+    return objects
+
+
+def attribute_words(words: Sequence[str], scenes: dict) -> list[tuple[int, str, str, int]]:
+    """The attribute words of a caption's words, grouped as `parse_objects` groups them:
+    [(position, attribute, word, object index), ...]."""
+    kinds = {}
+    for attribute, names in (("size", scenes["sizes"]), ("colour", scenes["colours"]),
+                             ("shape", scenes["shapes"])):
+        kinds.update({w: attribute for w in names})
+    order = {a: i for i, a in enumerate(scenes["attribute_order"])}
+    found: list[tuple[int, str, str, int]] = []
+    current: set[str] = set()
+    for position, word in enumerate(words):
         attribute = kinds.get(word)
         if attribute is None:
             continue
-        current = objects[-1] if objects else None
-        if current is None or any(order[a] >= order[attribute] for a in current):
-            objects.append({})
-        objects[-1][attribute] = word
-    return objects
+        if not found or any(order[a] >= order[attribute] for a in current):
+            current = set()
+        current.add(attribute)
+        found.append((position, attribute, word, found[-1][3] + (len(current) == 1) if found else 0))
+    return found
 
 
 def object_right(said: dict[str, str] | None, true: Sequence[str]) -> bool:
@@ -148,6 +160,133 @@ def score(captions: dict[str, str], truth: dict) -> Report:
                                     if os.path.basename(n) in truth["images"]})
     report.distinct_object_sets = len(object_sets)
     return report
+
+
+@dataclasses.dataclass(frozen=True)
+class Look:
+    """Where one colour or shape word of a generated caption looked (its attention map), against the
+    object the word names (or, for a word naming nothing in the image, the object nearest its peak).
+
+    Attributes:
+      attribute: "colour" or "shape".
+      named: an object in the image has the word's colour (shape); False: the word is wrong.
+      held_out: the object shows a held-out (colour, shape) pair.
+      objects: objects in the image.
+      on_object: the map's peak cell (the cell holding most weight) overlaps the object's box.
+      nearest: of the image's objects, this one is nearest the peak cell's centre.
+      mass: the map's weight on the object's box (each cell's weight times the share of the cell
+        the box covers).
+      cells: the share of cells that overlap the box (`on_object`'s chance level for a random peak).
+      area: the box's share of the image (`mass`'s chance level for a uniform map).
+    """
+
+    attribute: str
+    named: bool
+    held_out: bool
+    objects: int
+    on_object: bool
+    nearest: bool
+    mass: float
+    cells: float
+    area: float
+
+
+def attention_looks(words: Sequence[str], maps, objects: Sequence, image_size: int,
+                    scenes: dict) -> tuple[list[Look], list[bool]]:
+    """Where each colour and shape word of a caption looked, and whether the objects it left out were looked at.
+
+    Args:
+      words: the caption's words; maps: float [words, h, w], word t's attention over the cells
+        (row-major tiles of the image); objects: the image's (size, colour, shape, (left, top,
+        side)) left to right (`shapes.objects_with_boxes`).
+    Returns:
+      (a `Look` per colour and shape word, and for each object no phrase names by its colour and
+      shape when the caption names fewer objects than there are: whether some word's peak cell
+      overlaps it). A word's object: the one with its phrase's colour and shape, else the only
+      one with the word's colour (shape), else, of several, the one at the phrase's place left to
+      right (or the first); for a word naming nothing in the image, the object nearest its peak.
+    """
+    import numpy as np
+
+    maps = np.asarray(maps, np.float64)
+    held_out = {tuple(p) for p in scenes["held_out_pairs"]}
+    phrases = parse_objects(" ".join(words), scenes)
+    grid_h, grid_w = maps.shape[1:]
+    cell_h, cell_w = image_size / grid_h, image_size / grid_w
+
+    def overlap(box):  # [h, w]: the share of each cell the box covers
+        left, top, side = box
+        ys = np.clip(np.minimum(top + side, (np.arange(grid_h) + 1) * cell_h)
+                     - np.maximum(top, np.arange(grid_h) * cell_h), 0, None)
+        xs = np.clip(np.minimum(left + side, (np.arange(grid_w) + 1) * cell_w)
+                     - np.maximum(left, np.arange(grid_w) * cell_w), 0, None)
+        return ys[:, None] * xs[None, :] / (cell_h * cell_w)
+
+    def distance(point, box):  # from a point (y, x) to a box
+        left, top, side = box
+        dy = max(top - point[0], 0.0, point[0] - (top + side))
+        dx = max(left - point[1], 0.0, point[1] - (left + side))
+        return (dy * dy + dx * dx) ** 0.5
+
+    def peak(weights):  # the peak cell and its centre (y, x)
+        cell = np.unravel_index(int(np.argmax(weights)), weights.shape)
+        return cell, ((cell[0] + 0.5) * cell_h, (cell[1] + 0.5) * cell_w)
+
+    looks = []
+    for position, attribute, word, phrase in attribute_words(words, scenes):
+        if attribute == "size":
+            continue
+        said = phrases[phrase]
+        index = 1 if attribute == "colour" else 2
+        exact = [o for o in objects if (o[1], o[2]) == (said.get("colour"), said.get("shape"))]
+        candidates = exact or [o for o in objects if o[index] == word]
+        weights = maps[position]
+        cell, centre = peak(weights)
+        closest = min(objects, key=lambda o: distance(centre, o[3]))
+        target = (closest if not candidates else exact[0] if len(exact) == 1 else candidates[0]
+                  if len(candidates) == 1 else next((o for o in candidates if objects.index(o) == phrase),
+                                                    candidates[0]))
+        covered = overlap(target[3])
+        looks.append(Look(
+            attribute=attribute, named=bool(candidates), held_out=(target[1], target[2]) in held_out,
+            objects=len(objects), on_object=bool(covered[cell] > 0),
+            nearest=distance(centre, target[3]) <= distance(centre, closest[3]),
+            mass=float((weights * covered).sum()), cells=float((covered > 0).mean()),
+            area=target[3][2] ** 2 / image_size ** 2))
+    omitted = []
+    if len(phrases) < len(objects):
+        named = {(p.get("colour"), p.get("shape")) for p in phrases}
+        peaks = [peak(maps[t])[0] for t in range(len(words))]
+        omitted = [any(overlap(o[3])[c] > 0 for c in peaks) for o in objects if (o[1], o[2]) not in named]
+    return looks, omitted
+
+
+def format_looks(looks: Sequence[Look], omitted: Sequence[bool]) -> str:
+    """A table of `Look`s of words naming an object in the image (per attribute, seen pairs |
+    held-out pairs), then the wrong words and the objects left out."""
+    def mean(values):
+        values = list(values)
+        return 100 * sum(values) / max(len(values), 1)
+
+    lines = ["word    pairs     words  peak on object (chance)  nearest object, 2-3 objects (chance)  "
+             "weight on object (box area)"]
+    for attribute in ("colour", "shape"):
+        for held, name in ((False, "seen"), (True, "held-out")):
+            group = [x for x in looks if x.named and x.attribute == attribute and x.held_out == held]
+            if not group:
+                continue
+            many = [x for x in group if x.objects > 1]
+            lines.append(
+                f"{attribute:<7} {name:<9} {len(group):>5}  {mean(x.on_object for x in group):5.1f}% "
+                f"({mean(x.cells for x in group):4.1f}%)          "
+                f"{mean(x.nearest for x in many):5.1f}% of {len(many):>4} ({mean(1 / x.objects for x in many):4.1f}%)"
+                f"                 {mean(x.mass for x in group):5.1f}% ({mean(x.area for x in group):4.1f}%)")
+    wrong = [x for x in looks if not x.named]
+    lines.append(f"colour and shape words naming nothing in the image: {len(wrong)}; their peak on an object: "
+                 f"{sum(x.on_object for x in wrong)} (on a held-out pair's: "
+                 f"{sum(x.on_object and x.held_out for x in wrong)})")
+    lines.append(f"objects left out of a caption: {len(omitted)}; under some word's peak: {sum(omitted)}")
+    return "\n".join(lines)
 
 
 def format_report(report: Report, top: int = 4) -> str:

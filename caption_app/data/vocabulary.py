@@ -199,15 +199,19 @@ class Vocabulary:
         return tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(keys, values), default_value=UNK_ID)
 
-    def ids_to_text(self, ids: tf.Tensor) -> tf.Tensor:
-        """In-graph decoding: [..., time] int ids -> [...] string, cut at `<end>`,
-        `<pad>`/`<start>` dropped (`<unk>` stays visible). Core TF ops only (usable in serving graphs)."""
+    def ids_to_words(self, ids: tf.Tensor) -> tf.Tensor:
+        """In-graph: [..., time] int ids -> [..., time] string, each position's word, "" from `<end>` on
+        and for `<pad>`/`<start>` (the words `ids_to_text` joins; `<unk>` stays visible)."""
         ids = tf.cast(ids, tf.int32)
         is_end = tf.cast(tf.equal(ids, END_ID), tf.int32)
         before_end = tf.equal(tf.cumsum(is_end, axis=-1), 0)
         keep = tf.logical_and(before_end, ids >= UNK_ID)
-        words = tf.gather(tf.constant(self._texts), ids)
-        words = tf.where(keep, words, "")
+        return tf.where(keep, tf.gather(tf.constant(self._texts), ids), "")
+
+    def ids_to_text(self, ids: tf.Tensor) -> tf.Tensor:
+        """In-graph decoding: [..., time] int ids -> [...] string, cut at `<end>`,
+        `<pad>`/`<start>` dropped (`<unk>` stays visible). Core TF ops only (usable in serving graphs)."""
+        words = self.ids_to_words(ids)
         text = tf.strings.reduce_join(words, axis=-1, separator=" ")
         # Collapse the separators left by dropped tokens.
         text = tf.strings.regex_replace(text, " +", " ")

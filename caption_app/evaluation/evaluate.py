@@ -51,7 +51,9 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
         caption_app/inference/settings.py; None or 0 keeps the run's value). The best caption of
         each image is scored.
       report_images: thumbnails in the HTML report (default: the run's
-        `eval.report_images`).
+        `eval.report_images`). For a model with attention (and report_images > 0)
+        the search also keeps each caption's attention maps, and the report
+        shows the thumbnailed rows' words over them.
     Returns:
       {"perplexity", "BLEU-1".."BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "num_images"};
       METEOR is None when java is missing. Also written to `json_path`, the
@@ -72,31 +74,41 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
     captioner = TrainedCaptioner.from_run_dir(run_dir, checkpoint)
     model, config, vocab, checkpoint = captioner.model, captioner.config, captioner.vocab, captioner.checkpoint
     sizes = run_loader.load_tensor_sizes(run_dir)
+    report_images = config.eval.report_images if report_images is None else report_images
+    # The maps come from the very search that captions (only the report's rows will show them).
+    with_attention = captioner.attention_grid is not None and report_images > 0
 
     @tf.function(reduce_retracing=True)
     def run_batch(inputs, targets):
         # Perplexity and captions in one pass, so each image is decoded once.
         nll, tokens = batch_nll_sums(model, inputs, targets)
-        result = captioner.generate(inputs["image"], settings)
-        return nll, tokens, captioner.ids_to_text(result.ids[:, 0]), result.scores[:, 0]
+        result = captioner.generate(inputs["image"], settings, attention=with_attention)
+        out = (nll, tokens, captioner.ids_to_text(result.ids[:, 0]), result.scores[:, 0])
+        if with_attention:  # [B, T, h*w] and [B, T]: each position's map and word ("" for none)
+            out += (result.traces[:, 0], vocab.ids_to_words(result.ids[:, 0]))
+        return out
 
     dataset = make_dataset(config, manifest, vocab, split, training=False, sizes=sizes,
                            batch_size=config.eval.batch_size, with_ids=True)
     total_nll, total_tokens = 0.0, 0
-    references, candidates, scores = {}, {}, {}
+    references, candidates, scores, attention = {}, {}, {}, {}
     began = time.time()
     for inputs, targets, meta in dataset:
-        nll, tokens, texts, best = run_batch(inputs, targets)
+        nll, tokens, texts, best, *maps = run_batch(inputs, targets)
         total_nll += float(nll)
         total_tokens += int(tokens)
-        for image_id, refs, text, score in zip(meta["image_id"].numpy(), meta["captions"].numpy(),
-                                               texts.numpy(), best.numpy()):
+        maps = [m.numpy() for m in maps]
+        for i, (image_id, refs, text, score) in enumerate(zip(meta["image_id"].numpy(), meta["captions"].numpy(),
+                                                              texts.numpy(), best.numpy())):
             key = image_id.decode("utf-8")
             if key in references:  # a duplicate record; the first one counts
                 continue
             references[key] = [r.decode("utf-8") for r in refs if r]
             candidates[key] = text.decode("utf-8")
             scores[key] = float(score)
+            if maps:  # the caption's words' maps, [words, h, w], float16 (5,000 images x 20 words x 64 cells: 13 MB)
+                traces, words = maps[0][i], maps[1][i]
+                attention[key] = traces[words != b""].reshape((-1, *captioner.attention_grid)).astype("float16")
     if not references:
         raise ValueError(f"split {split!r} has no images to evaluate")
     caption_scores = metrics_lib.score_captions(references, candidates)
@@ -120,7 +132,7 @@ def evaluate(run_dir: str, split: str = "test", *, data_dir: str | None = None, 
     write_json(details, content)
     report = os.path.splitext(details)[0] + ".html"
     eval_report.write_report(report, content, manifest.files(split), max_pixels=DEFAULT_MAX_IMAGE_PIXELS,
-                             report_images=config.eval.report_images if report_images is None else report_images)
+                             report_images=report_images, attention=attention or None)
     _write_summaries(run_dir, split, checkpoint, result)
     if verbose:
         print(f"evaluated {checkpoint} on {split} ({len(references)} images, {total_tokens} tokens, "

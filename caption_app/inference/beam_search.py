@@ -38,6 +38,14 @@ brute-force enumeration and a plain-Python reference):
 
 Ties are broken by `tf.math.top_k`, which prefers the lower index: the earlier
 beam, then the lower word id.
+
+With `trace=True`, `step_fn` returns a third value, a [n, D] row per
+hypothesis (the decoder's attention weights over the image's cells), and the
+result is a `TracedSearchResult` whose `traces` hold, for each returned
+caption, the row of the very step that chose each of its words: the rows are
+gathered by the same parent pointers as the words, so they follow each
+hypothesis through the beam's reordering. Without it no extra tensor is
+carried.
 """
 
 from __future__ import annotations
@@ -81,6 +89,28 @@ class SearchResult(NamedTuple):
     log_probs: tf.Tensor
     lengths: tf.Tensor
 
+    @property
+    def traces(self) -> None:
+        """None: a search run with `trace=True` returns a `TracedSearchResult`."""
+        return None
+
+
+class TracedSearchResult(NamedTuple):
+    """A `SearchResult` (the same four fields) and, per caption, the rows `step_fn` traced.
+
+    Attributes:
+      traces: [batch, num_results, max_length, D] float32, row t the [D] row
+        `step_fn` gave with the log-probabilities word t was chosen from (the
+        attention weights behind that word); 0 after the caption's last word
+        and in empty slots.
+    """
+
+    ids: tf.Tensor
+    scores: tf.Tensor
+    log_probs: tf.Tensor
+    lengths: tf.Tensor
+    traces: tf.Tensor
+
 
 BeamSearchResult = SearchResult  # its name before there were other strategies
 
@@ -88,7 +118,7 @@ BeamSearchResult = SearchResult  # its name before there were other strategies
 def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: int,
                 beam_size: int = 3, max_length: int = 20, length_normalization: float = 0.0,
                 num_results: int | None = None, words_per_beam: int = 0,
-                no_repeat_ngram: int = 0) -> SearchResult:
+                no_repeat_ngram: int = 0, trace: bool = False) -> SearchResult:
     """Decodes the best captions for a batch of images with beam search.
 
     Args:
@@ -112,12 +142,15 @@ def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: i
         `beam_size`, at most `beam_size`.
       words_per_beam: > 0: each alive hypothesis is continued with only its
         this many most probable words (ties: the lower id); 0: every word.
+      trace: `step_fn` returns `(log_probs, new_state, trace)`, trace [n, D]
+        float (D static), and the result is a `TracedSearchResult`, whose
+        `traces` keeps each caption's rows.
 
     These are a `DecodeSettings`' values (caption_app/inference/settings.py, whose
     `check` validates them here); `Captioner.generate` takes the object itself.
 
     Returns:
-      A `SearchResult`, best first along axis 1.
+      A `SearchResult` (with `trace`, a `TracedSearchResult`), best first along axis 1.
 
     Raises:
       ValueError: on an argument out of range or an empty `initial_state`.
@@ -145,19 +178,22 @@ def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: i
     fin_logp = tf.fill([batch, k], _NEG_INF)  # [batch, beam]
     fin_len = tf.zeros([batch, k], tf.int32)  # [batch, beam]
 
-    def cond(t, alive_seq, alive_logp, state, ids, fin_seq, fin_score, fin_logp, fin_len):
-        del alive_seq, state, ids, fin_seq, fin_logp, fin_len
+    def cond(t, alive_seq, alive_logp, state, ids, fin_seq, fin_score, fin_logp, fin_len, *traces):
+        del alive_seq, state, ids, fin_seq, fin_logp, fin_len, traces
         return tf.logical_and(
             t < t_max, tf.reduce_any(~_is_done(alive_logp, fin_score, t_max, alpha)))
 
-    def body(t, alive_seq, alive_logp, state, ids, fin_seq, fin_score, fin_logp, fin_len):
-        log_probs, new_state = step_fn(ids, state)
+    def body(t, alive_seq, alive_logp, state, ids, fin_seq, fin_score, fin_logp, fin_len, *traces):
+        log_probs, new_state, *step_trace = step_fn(ids, state)
         new_state = _check_state(new_state, state)
-        return select(t, log_probs, new_state, state, alive_seq, alive_logp, fin_seq, fin_score, fin_logp, fin_len)
+        return select(t, log_probs, new_state, state, alive_seq, alive_logp, fin_seq, fin_score, fin_logp, fin_len,
+                      *step_trace, *traces)
 
-    def select(t, log_probs, new_state, state, alive_seq, alive_logp, fin_seq, fin_score, fin_logp, fin_len):
+    def select(t, log_probs, new_state, state, alive_seq, alive_logp, fin_seq, fin_score, fin_logp, fin_len,
+               step_trace=None, alive_trace=None, fin_trace=None):
         """Step t's choice from its log_probs [batch * beam, vocab] and new_state ([batch * beam, ...];
-        it keeps the static shapes of `state`)."""
+        it keeps the static shapes of `state`); with `trace`, step_trace [batch * beam, D] and the
+        alive and finished hypotheses' traces [batch, beam, time, D]."""
         log_probs = tf.cast(log_probs, tf.float32)  # [batch * beam, vocab]
         vocab = tf.shape(log_probs)[-1]
         with tf.control_dependencies([tf.debugging.assert_less(
@@ -192,12 +228,22 @@ def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: i
         is_last = tf.equal(length, t_max)
         trunc_logp = tf.where(is_last, top_logp, _NEG_INF)  # [batch, beam]
         norm = tf.pow(tf.cast(length, tf.float32), alpha)
-        fin_seq, fin_score, fin_logp, fin_len = _keep_best(
-            k,
+        candidates = dict(
             seqs=[fin_seq, end_seq, top_seq],
             scores=[fin_score, end_logp / norm, trunc_logp / norm],
             logps=[fin_logp, end_logp, trunc_logp],
             lengths=[fin_len, tf.fill([batch, k], length), tf.fill([batch, k], length)])
+        traces = ()
+        if trace:
+            # Each beam's trace with this step's row at t (as end_seq), then reordered as top_seq.
+            step_trace = tf.reshape(tf.cast(step_trace, tf.float32), [batch, k, -1])  # [batch, beam, D]
+            end_trace = alive_trace + step_trace[:, :, None, :] * tf.cast(position, tf.float32)[:, None]
+            top_trace = tf.gather(end_trace, parent, batch_dims=1)  # [batch, beam, time, D]
+            fin_seq, fin_score, fin_logp, fin_len, fin_trace = _keep_best(
+                k, **candidates, traces=[fin_trace, end_trace, top_trace])
+            traces = (tf.ensure_shape(top_trace, alive_trace.shape), tf.ensure_shape(fin_trace, alive_trace.shape))
+        else:
+            fin_seq, fin_score, fin_logp, fin_len = _keep_best(k, **candidates)
 
         # Each surviving hypothesis continues from its parent's state; the
         # static shapes must not loosen across iterations.
@@ -205,16 +251,22 @@ def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: i
             lambda new, old: tf.ensure_shape(_gather_beams(new, parent, batch, k), old.shape),
             new_state, state)
         ids = tf.reshape(word, [-1])
-        return t + 1, top_seq, top_logp, state, ids, fin_seq, fin_score, fin_logp, fin_len
+        return (t + 1, top_seq, top_logp, state, ids, fin_seq, fin_score, fin_logp, fin_len, *traces)
 
     # Step 0 once per image: [batch] rows, repeated for the beams (each [batch * beam, ...]).
-    first_logp, first_state = step_fn(tf.fill([batch], tf.constant(start_id, tf.int32)), initial_state)
+    first_logp, first_state, *first_trace = step_fn(tf.fill([batch], tf.constant(start_id, tf.int32)),
+                                                    initial_state)
     first_state = _check_state(first_state, initial_state)
     first_logp = tf.repeat(tf.cast(first_logp, tf.float32), k, axis=0)  # [batch * beam, vocab]
     first_state = tf.nest.map_structure(lambda x: tf.repeat(x, k, axis=0), first_state)
+    traces = []
+    if trace:
+        first_trace = tf.repeat(tf.cast(first_trace[0], tf.float32), k, axis=0)  # [batch * beam, D]
+        no_trace = tf.zeros([batch, k, t_max, first_trace.shape[-1]], tf.float32)  # [batch, beam, time, D]
+        traces = [first_trace, no_trace, no_trace]
     loop_vars = select(tf.constant(0, tf.int32), first_logp, first_state, first_state, alive_seq, alive_logp,
-                       fin_seq, fin_score, fin_logp, fin_len)
-    (_, _, _, _, _, fin_seq, fin_score, fin_logp, fin_len) = tf.while_loop(
+                       fin_seq, fin_score, fin_logp, fin_len, *traces)
+    (_, _, _, _, _, fin_seq, fin_score, fin_logp, fin_len, *traces) = tf.while_loop(
         cond, body, loop_vars, maximum_iterations=t_max)
 
     # Already sorted best first by top_k.
@@ -223,11 +275,12 @@ def beam_search(step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: i
     logp = fin_logp[:, :num_results]
     length = fin_len[:, :num_results]
     valid = score > _NEG_INF  # [batch, num_results]
-    return SearchResult(
+    result = SearchResult(
         ids=tf.where(valid[:, :, None], seq, 0),
         scores=score,
         log_probs=tf.where(valid, logp, _NEG_INF),
         lengths=tf.where(valid, length, 0))
+    return with_traces(result, traces[1][:, :num_results]) if trace else result
 
 
 def _check_arguments(beam_size, max_length, length_normalization, num_results, words_per_beam, no_repeat_ngram):
@@ -264,14 +317,23 @@ def _is_done(alive_logp, fin_score, max_length, alpha):
     return tf.logical_or(bound < worst, tf.equal(bound, _NEG_INF))
 
 
-def _keep_best(k, seqs, scores, logps, lengths):
-    """Keeps the k best by score of several [batch, m_i(, time)] candidate groups."""
+def _keep_best(k, seqs, scores, logps, lengths, traces=None):
+    """Keeps the k best by score of several [batch, m_i(, time(, D))] candidate groups."""
     score = tf.concat(scores, axis=1)  # [batch, m]
     best_score, index = tf.math.top_k(score, k=k)  # [batch, k]
     seq = tf.gather(tf.concat(seqs, axis=1), index, batch_dims=1)  # [batch, k, time]
     logp = tf.gather(tf.concat(logps, axis=1), index, batch_dims=1)
     length = tf.gather(tf.concat(lengths, axis=1), index, batch_dims=1)
-    return seq, best_score, logp, length
+    if traces is None:
+        return seq, best_score, logp, length
+    return seq, best_score, logp, length, tf.gather(tf.concat(traces, axis=1), index, batch_dims=1)
+
+
+def with_traces(result: SearchResult, traces) -> TracedSearchResult:
+    """`result` and its captions' traces [batch, K, time, D], with the rows after each caption's
+    last word and every row of an empty slot (length 0) set to 0."""
+    within = tf.range(tf.shape(traces)[2])[None, None, :] < result.lengths[:, :, None]  # [batch, K, time]
+    return TracedSearchResult(*result, traces=tf.where(within[..., None], traces, 0.0))
 
 
 def _gather_beams(x, parent, batch, k):

@@ -15,6 +15,15 @@ the pixel limit, and offers, in-graph with core TensorFlow ops only:
     caption_images(images [B, h, w, 3])     -> captions [B, K], log_probs, scores (any size: resized the run's way)
     caption_bytes(image_bytes [B])          -> the same and valid [B] (bounded decoding: data/image_bytes.py)
 
+Each also takes `attention=True` (a model with `model.attention_size` only,
+else an `AttentionError`): the search then also carries each step's attention
+weights over the backbone's h x w cells and keeps them per hypothesis as it
+keeps the words (`TracedSearchResult.traces`), so every caption comes with one map
+per word from the search that chose it: `generate` fills `traces` [B, K, T,
+h*w], the caption functions add "attention" [B, K, T, h, w], "words" [B, K, T]
+and "pixels" [B, S, S, 3] (the image as the model saw it). Without it the
+graphs are the ones they always were.
+
 and `functions(settings)`: these as `tf.function`s with fixed input
 signatures, traced once per decode setting. They are the export's
 signatures (`serving_default`, `caption_images`, `sample_captions`,
@@ -37,6 +46,7 @@ from caption_app.config import Config
 from caption_app.data.image_bytes import DEFAULT_MAX_IMAGE_PIXELS, check_pixel_limit, decode_images
 from caption_app.data.pipeline import resize_image
 from caption_app.data.vocabulary import END_ID, START_ID, Vocabulary
+from caption_app.errors import CaptionAppError
 from caption_app.inference.settings import DecodeSettings, DecodeSettingsError
 from caption_app.inference.settings import DEFAULT_NUM_SAMPLES
 from caption_app.inference.strategies import SearchResult
@@ -44,6 +54,10 @@ from caption_app.inference.strategies import SearchResult
 SIGNATURES = ("serving_default", "caption_images", "sample_captions", "encode_image", "decode_step", "ids_to_text")
 SAVED_MODEL_FILE = "saved_model.pb"
 _NEG_INF = float("-inf")
+
+
+class AttentionError(CaptionAppError, ValueError):
+    """Attention maps asked of a model (or an export) that has none to give."""
 
 
 def sampling_settings(settings: DecodeSettings) -> DecodeSettings:
@@ -106,57 +120,100 @@ class TrainedCaptioner:
         logits, new_state = self.decoder.step(ids, state)
         return tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1), new_state
 
-    def generate(self, images, settings: DecodeSettings | None = None, seeds=None) -> SearchResult:
-        """images [B, S, S, 3] float32 0-255 -> the strategy's captions as ids (SearchResult, best first).
+    @property
+    def attention_grid(self) -> tuple[int, int] | None:
+        """(h, w): the cells each word's attention weighs (the backbone's map), None without attention."""
+        return self.image_encoder.cell_grid if self.decoder.attends else None
+
+    def check_attention(self) -> tuple[int, int]:
+        """The attention grid; AttentionError when the model does not attend."""
+        if self.attention_grid is None:
+            raise AttentionError(f"{self.path or 'this model'} was trained without attention "
+                                 "(model.attention_size is 0), so it has no attention maps to show; "
+                                 "train with --set model.attention_size=N (the shapes preset does)")
+        return self.attention_grid
+
+    def decode_step_with_attention(self, ids, state):
+        """`decode_step`, and the step's attention weights [N, h*w] (cell l: row l // w, column l % w)."""
+        height, width = self.check_attention()
+        logits, new_state, weights = self.decoder.step_with_attention(ids, state)
+        weights = tf.reshape(tf.cast(weights, tf.float32), [-1, height * width])
+        return tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1), new_state, weights
+
+    def generate(self, images, settings: DecodeSettings | None = None, seeds=None, *,
+                 attention: bool = False) -> SearchResult:
+        """images [B, S, S, 3] float32 0-255 -> the strategy's captions as ids (SearchResult, best first;
+        with `attention`, a TracedSearchResult).
 
         Args:
           seeds: int [B], one per image, for sampling (default: `settings.seed` for every image).
+          attention: also each caption's attention weights, from the same search: `traces`
+            [B, K, T, h*w], row t the weights behind word t (AttentionError without attention).
         """
         settings = settings or self.decode
-        return settings.to_strategy().search(self.decode_step, self.encode(images), start_id=START_ID,
-                                             end_id=END_ID, max_length=settings.max_length, seeds=seeds)
+        step = self.decode_step_with_attention if attention else self.decode_step
+        return settings.to_strategy().search(step, self.encode(images), start_id=START_ID, end_id=END_ID,
+                                             max_length=settings.max_length, seeds=seeds, trace=attention)
 
     def ids_to_text(self, ids):
         """ids int [..., T] -> text [...] (the words up to <end>, joined by spaces)."""
         return self.vocab.ids_to_text(ids)
 
-    def caption_pixels(self, images, settings: DecodeSettings | None = None, seeds=None) -> dict:
-        """images [B, S, S, 3] (the model's size) -> {"captions" [B, K] string, "log_probs", "scores" [B, K]}."""
+    def caption_pixels(self, images, settings: DecodeSettings | None = None, seeds=None, *,
+                       attention: bool = False) -> dict:
+        """images [B, S, S, 3] (the model's size) -> {"captions" [B, K] string, "log_probs", "scores" [B, K]};
+        with `attention` also "attention" [B, K, T, h, w] (row t: word t's weights, 0 after the caption),
+        "words" [B, K, T] string (word t, "" where the caption text has none) and "pixels" [B, S, S, 3] uint8."""
         settings = settings or self.decode
 
         def generate(batch, *batch_seeds):  # the seeds [B] when sampling, else nothing
-            result = self.generate(batch, settings, *batch_seeds)
-            return {"captions": self.ids_to_text(result.ids), "log_probs": result.log_probs, "scores": result.scores}
+            result = self.generate(batch, settings, *batch_seeds, attention=attention)
+            out = {"captions": self.ids_to_text(result.ids), "log_probs": result.log_probs, "scores": result.scores}
+            if attention:
+                height, width = self.attention_grid
+                shape = tf.concat([tf.shape(result.ids), [height, width]], axis=0)
+                out.update(attention=tf.reshape(result.traces, shape), words=self.vocab.ids_to_words(result.ids),
+                           pixels=tf.cast(tf.round(batch), tf.uint8))
+            return out
 
         seeds = _seeds(images, settings, seeds)
         return _on_nonempty_batch(generate, images, *([] if seeds is None else [seeds]))
 
-    def caption_images(self, images, settings: DecodeSettings | None = None, seeds=None) -> dict:
+    def caption_images(self, images, settings: DecodeSettings | None = None, seeds=None, *,
+                       attention: bool = False) -> dict:
         """images [B, h, w, 3] float32 0-255, any size -> `caption_pixels`' outputs, resized the run's way."""
-        return self.caption_pixels(resize_image(images, self.image_size, self.preprocess), settings, seeds)
+        return self.caption_pixels(resize_image(images, self.image_size, self.preprocess), settings, seeds,
+                                   attention=attention)
 
-    def caption_bytes(self, image_bytes, settings: DecodeSettings | None = None, seeds=None) -> dict:
+    def caption_bytes(self, image_bytes, settings: DecodeSettings | None = None, seeds=None, *,
+                      attention: bool = False) -> dict:
         """image_bytes [B] string (JPEG/PNG/GIF/BMP) -> `caption_pixels`' outputs and valid [B] bool.
 
         One bad image does not fail its batch: images that do not decode, or whose header
         declares more than `max_image_pixels`, are not decoded and get valid=false, an empty
-        caption and -inf scores.
+        caption and -inf scores (and zeros / "" for the attention outputs).
         """
         settings = settings or self.decode
         n = tf.shape(image_bytes)[0]
         seeds = _seeds(image_bytes, settings, seeds)
         # [M, S, S, 3], [M]: the images that decoded within the pixel limit, and their rows
         images, index = decode_images(image_bytes, self.image_size, self.max_image_pixels, self.preprocess)
-        out = self.caption_pixels(images, settings, None if seeds is None else tf.gather(seeds, index))  # [M, K]
+        out = self.caption_pixels(images, settings, None if seeds is None else tf.gather(seeds, index),
+                                  attention=attention)  # each [M, ...]
         k = settings.to_strategy().num_results
         where = index[:, None]  # [M, 1]
 
-        def scatter(values, fill):  # [M, K] -> [B, K], `fill` for images that did not decode
-            return tf.tensor_scatter_nd_update(tf.fill([n, k], tf.constant(fill, values.dtype)), where, values)
+        def scatter(values, fill, shape=None):  # [M, K] -> [B, K] (or `shape`), `fill` where no image decoded
+            filled = tf.fill([n, k] if shape is None else shape, tf.constant(fill, values.dtype))
+            return tf.tensor_scatter_nd_update(filled, where, values)
 
         valid = tf.tensor_scatter_nd_update(tf.zeros([n], tf.bool), where, tf.ones_like(index, tf.bool))
-        return {"captions": scatter(out["captions"], ""), "log_probs": scatter(out["log_probs"], _NEG_INF),
-                "scores": scatter(out["scores"], _NEG_INF), "valid": valid}
+        result = {"captions": scatter(out["captions"], ""), "log_probs": scatter(out["log_probs"], _NEG_INF),
+                  "scores": scatter(out["scores"], _NEG_INF), "valid": valid}
+        if attention:
+            for key, fill in (("attention", 0.0), ("words", ""), ("pixels", 0)):
+                result[key] = scatter(out[key], fill, tf.concat([[n], tf.shape(out[key])[1:]], axis=0))
+        return result
 
     # -- traced functions ------------------------------------------------------------------------
 
@@ -184,6 +241,10 @@ class CaptionFunctions:
 
     Traced with `autograph=False, jit_compile=False`: core ops only (TF Serving's loader, a TF1
     Session and the C++ loader run them). Each call of any batch size runs the same trace.
+
+    With attention asked for (`caption_bytes(..., attention=True)`, `caption_pixels(..., attention=True)`),
+    two more functions, not signatures, are traced on first use: serving_default's and caption_images'
+    calls with the attention outputs (see `TrainedCaptioner.caption_pixels`).
     """
 
     def __init__(self, captioner: TrainedCaptioner, settings: DecodeSettings):
@@ -193,10 +254,8 @@ class CaptionFunctions:
         images = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
         image_bytes = tf.TensorSpec([None], tf.string, name="image_bytes")
         state = [tf.TensorSpec([None, width], tf.float32, name=name) for name, width in captioner.state_sizes().items()]
-
-        def function(fn, *specs):
-            return tf.function(fn, input_signature=list(specs), autograph=False, jit_compile=False)
-
+        function = _function
+        self._with_attention: tuple | None = None
         self.serving_default = function(lambda image_bytes: captioner.caption_bytes(image_bytes, settings), image_bytes)
         self.caption_images = function(lambda images: captioner.caption_images(images, settings), images)
         self.sample_captions = function(
@@ -209,6 +268,21 @@ class CaptionFunctions:
         # Traced now, so that the first call costs what every call costs.
         self.serving_default.get_concrete_function()
         self.caption_images.get_concrete_function()
+
+    def _attention_functions(self) -> tuple:
+        """(image_bytes, seed -> caption_bytes' outputs with attention; images -> caption_images' with
+        attention), traced on first use; AttentionError for a model without attention."""
+        if self._with_attention is None:
+            self.captioner.check_attention()
+            captioner, settings = self.captioner, self.settings
+            self._with_attention = (
+                _function(lambda image_bytes, seed: captioner.caption_bytes(image_bytes, settings, seed,
+                                                                            attention=True),
+                          tf.TensorSpec([None], tf.string, name="image_bytes"),
+                          tf.TensorSpec([None], tf.int64, name="seed")),
+                _function(lambda images: captioner.caption_images(images, settings, attention=True),
+                          tf.TensorSpec([None, None, None, 3], tf.float32, name="images")))
+        return self._with_attention
 
     def _encode_image(self, images):
         resized = resize_image(images, self.captioner.image_size, self.captioner.preprocess)
@@ -233,15 +307,23 @@ class CaptionFunctions:
         return sum(getattr(self, n).experimental_get_tracing_count() for n in ("serving_default", "caption_images"))
 
     # Eager calls with numpy results (the Python API and the `caption` command).
-    def caption_bytes(self, data: list[bytes], seeds: list[int] | None = None) -> dict:
-        if self.settings.strategy == "sample" and seeds is not None:
+    def caption_bytes(self, data: list[bytes], seeds: list[int] | None = None, *, attention: bool = False) -> dict:
+        if attention:  # the settings' search, with the same seeds (beam search and greedy ignore them)
+            seeds = [self.settings.seed] * len(data) if seeds is None else seeds
+            out = self._attention_functions()[0](tf.constant(data), tf.constant(seeds, tf.int64))
+        elif self.settings.strategy == "sample" and seeds is not None:
             out = self.sample_captions(tf.constant(data), tf.constant(seeds, tf.int64))
         else:
             out = self.serving_default(tf.constant(data))
         return {k: v.numpy() for k, v in out.items()}
 
-    def caption_pixels(self, images: np.ndarray) -> dict:
-        return {k: v.numpy() for k, v in self.caption_images(tf.constant(images, tf.float32)).items()}
+    def caption_pixels(self, images: np.ndarray, *, attention: bool = False) -> dict:
+        function = self._attention_functions()[1] if attention else self.caption_images
+        return {k: v.numpy() for k, v in function(tf.constant(images, tf.float32)).items()}
+
+
+def _function(fn, *specs):
+    return tf.function(fn, input_signature=list(specs), autograph=False, jit_compile=False)
 
 
 class ExportedCaptioner:
@@ -282,6 +364,10 @@ class ExportedCaptioner:
 
     def tracing_count(self) -> int:
         return 0
+
+    def check_attention(self):
+        raise AttentionError(f"{self.path} is an export: its signatures give captions, not attention maps; "
+                             "load the run dir it was exported from to see where the model looks")
 
 
 class _ExportedFunctions:

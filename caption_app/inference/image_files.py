@@ -120,7 +120,7 @@ def why_not_decoded(data: bytes, max_pixels: int) -> str:
 
 def caption_files(run_dir: str, patterns: list[str], *, batch_size: int = 16,
                   max_image_pixels: int = image_bytes.DEFAULT_MAX_IMAGE_PIXELS, max_file_bytes: int | None = None,
-                  num_results: int | None = None, **decode) -> list[dict]:
+                  num_results: int | None = None, attention_dir: str | None = None, **decode) -> list[dict]:
     """Captions image files with the run's loaded captioner (caption_app/inference/captioner.py).
 
     Args:
@@ -130,13 +130,18 @@ def caption_files(run_dir: str, patterns: list[str], *, batch_size: int = 16,
       max_image_pixels: images whose header declares more pixels are not decoded.
       max_file_bytes: files larger than this are not read (default: the converters' limit).
       num_results: the old name of `num_captions`.
+      attention_dir: write, for each captioned image, `attention_dir/<image file name>.png`: the best
+        caption's words in a strip, each over the image (as the model saw it) under its attention
+        map (caption_app/attention_images.py). A run trained with `model.attention_size` only.
       **decode: decode settings (strategy, beam_size, max_length, length_normalization, num_captions,
         temperature, top_k, top_p, seed, no_repeat_ngram: caption_app/inference/settings.py;
         None or 0 keeps the run's `decode` config).
     Returns:
       One dict per image (or per pattern that gives none): {"image": path,
-      "captions": [{"caption", "log_prob", "score"}, ...] best first} or
-      {"image": path, "error": message}.
+      "captions": [{"caption", "log_prob", "score"}, ...] best first} (with `attention_dir`
+      also "attention": the PNG's path) or {"image": path, "error": message}.
+    Raises:
+      AttentionError: `attention_dir` for a run without attention, or two images with one file name.
     """
     from caption_app.inference import captioner as captioner_lib
     from caption_app.inference.inputs import caption_items
@@ -146,12 +151,16 @@ def caption_files(run_dir: str, patterns: list[str], *, batch_size: int = 16,
     if num_results is not None:
         decode.setdefault("num_captions", num_results)
     # Checked before the slow model load.
-    settings = run_loader.load_config(run_dir).decode.resolve(**decode)
-    captioner = captioner_lib.TrainedCaptioner.from_run_dir(run_dir, max_image_pixels=max_image_pixels)
+    config = run_loader.load_config(run_dir)
+    settings = config.decode.resolve(**decode)
     found = expand_paths(patterns)
     paths = [path for path, problem in found if problem is None]
+    if attention_dir is not None:
+        _check_attention_names(run_dir, config, paths)
+    captioner = captioner_lib.TrainedCaptioner.from_run_dir(run_dir, max_image_pixels=max_image_pixels)
     captioned = iter(caption_items(captioner.functions(settings), paths, settings, batch_size=batch_size,
-                                   max_image_pixels=max_image_pixels, max_file_bytes=max_file_bytes))
+                                   max_image_pixels=max_image_pixels, max_file_bytes=max_file_bytes,
+                                   attention=attention_dir is not None))
     results: list[dict] = []
     for path, problem in found:
         if problem is not None:
@@ -164,4 +173,35 @@ def caption_files(run_dir: str, patterns: list[str], *, batch_size: int = 16,
             results.append({"image": path, "captions": [
                 {"caption": c, "log_prob": lp, "score": sc}
                 for c, lp, sc in zip(result.captions, result.log_probs, result.scores)]})
+            if attention_dir is not None:
+                results[-1]["attention"] = _write_strip(attention_dir, path, result)
     return results
+
+
+def _check_attention_names(run_dir: str, config, paths: list[str]) -> None:
+    """`caption --attention DIR` needs a model with attention, and one PNG name per image."""
+    from caption_app.inference.captioner import AttentionError
+
+    if not config.model.attention_size:
+        raise AttentionError(f"{run_dir} was trained without attention (model.attention_size is 0), so "
+                             "--attention has no maps to draw; train with --set model.attention_size=N "
+                             "(the shapes preset does)")
+    seen: dict[str, str] = {}
+    for path in paths:
+        name = os.path.basename(path)
+        if name in seen:
+            raise AttentionError(f"--attention names each PNG after its image file, and {seen[name]} and "
+                                 f"{path} are both {name}; caption them in separate runs")
+        seen[name] = path
+
+
+def _write_strip(attention_dir: str, path: str, result) -> str:
+    """attention_dir/<file name>.png of the best caption's words over the image; its path."""
+    from caption_app import attention_images
+
+    io_utils.makedirs(attention_dir)
+    out = os.path.join(attention_dir, os.path.basename(path) + ".png")
+    words = result.captions[0].split() if result.captions else []
+    maps = result.attention[0] if result.captions else []
+    io_utils.write_bytes_atomic(out, attention_images.strip_png(result.pixels, words, maps))
+    return out

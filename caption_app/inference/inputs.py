@@ -33,6 +33,12 @@ class CaptionResult:
       source: the path for a file, else None.
       error: why the image could not be captioned (unreadable file, not an
         image, damaged, over the pixel limit), else None.
+      attention: with attention asked for, one float32 array [words, h, w] per
+        caption: for each of its words (as `captions[i].split()`), the weights
+        over the backbone's h x w cells (each map sums to 1) that the search
+        chose the word with; else None.
+      pixels: with attention asked for, the image as the model saw it
+        (uint8 [S, S, 3], resized the run's way): the maps' cells tile it.
     """
 
     captions: list[str]
@@ -40,10 +46,12 @@ class CaptionResult:
     scores: list[float]
     source: str | None = None
     error: str | None = None
+    attention: list[np.ndarray] | None = None
+    pixels: np.ndarray | None = None
 
 
 def caption_items(functions, items: list, settings: DecodeSettings, *, batch_size: int, max_image_pixels: int,
-                  max_file_bytes: int | None = None) -> list[CaptionResult]:
+                  max_file_bytes: int | None = None, attention: bool = False) -> list[CaptionResult]:
     """Captions `items` in batches of `batch_size`.
 
     Args:
@@ -53,6 +61,7 @@ def caption_items(functions, items: list, settings: DecodeSettings, *, batch_siz
       settings: the resolved decode settings (`num_captions` captions per image).
       max_image_pixels: the pixel limit `functions` decode with (for the reason of a refused image).
       max_file_bytes: files larger than this are not read (default: image_files' default).
+      attention: also each caption's attention maps (`functions` of a model with attention).
     Returns:
       A CaptionResult per item, in order.
     """
@@ -69,7 +78,8 @@ def caption_items(functions, items: list, settings: DecodeSettings, *, batch_siz
                 results[i] = CaptionResult([], [], [], source, value)
         if encoded:
             data = [prepared[i][1] for i in encoded]
-            out = functions.caption_bytes(data, [settings.seed] * len(data) if sampled else None)
+            out = functions.caption_bytes(data, [settings.seed] * len(data) if sampled else None,
+                                          **({"attention": True} if attention else {}))
             for row, i in enumerate(encoded):
                 if out["valid"][row]:
                     results[i] = _result(out, row, settings, prepared[i][0])
@@ -82,7 +92,8 @@ def caption_items(functions, items: list, settings: DecodeSettings, *, batch_siz
         for i in pixels:
             by_shape.setdefault(prepared[i][1].shape, []).append(i)
         for group in by_shape.values():
-            out = functions.caption_pixels(np.stack([prepared[i][1] for i in group]).astype(np.float32))
+            out = functions.caption_pixels(np.stack([prepared[i][1] for i in group]).astype(np.float32),
+                                           **({"attention": True} if attention else {}))
             for row, i in enumerate(group):
                 results[i] = _result(out, row, settings, prepared[i][0])
     return results
@@ -90,9 +101,13 @@ def caption_items(functions, items: list, settings: DecodeSettings, *, batch_siz
 
 def _result(out: dict, row: int, settings: DecodeSettings, source: str | None) -> CaptionResult:
     k = settings.num_captions
+    attention = pixels = None
+    if "attention" in out:  # [B, K, T, h, w]: the maps of the positions that hold a word of the text
+        attention = [maps[words != b""] for maps, words in zip(out["attention"][row][:k], out["words"][row][:k])]
+        pixels = out["pixels"][row]
     return CaptionResult([t.decode("utf-8") for t in out["captions"][row][:k]],
                          [float(v) for v in out["log_probs"][row][:k]],
-                         [float(v) for v in out["scores"][row][:k]], source)
+                         [float(v) for v in out["scores"][row][:k]], source, attention=attention, pixels=pixels)
 
 
 def prepare(item: Any, position: int, max_file_bytes: int | None = None) -> tuple[str | None, bytes | np.ndarray | str]:

@@ -15,7 +15,9 @@ in (TF Serving batches requests together).
 
 The model is reached only through `step_fn(ids, state) -> (log_probs,
 new_state)` (see `beam_search`), so tests drive every strategy with a fake
-next-word table.
+next-word table. With `trace=True` it also returns a [n, D] row per step (the
+attention weights), and every strategy gives each caption the rows of the steps
+that chose its words (`TracedSearchResult.traces`), from the same search.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any, Callable
 
 import tensorflow as tf
 
-from caption_app.inference.beam_search import SearchResult, StepFn, _check_state, beam_search
+from caption_app.inference.beam_search import SearchResult, StepFn, _check_state, beam_search, with_traces
 from caption_app.inference.ngram_blocking import block_repeated_ngrams
 from caption_app.inference.settings import DEFAULT_NUM_SAMPLES, DecodeSettings, DecodeSettingsError
 
@@ -53,7 +55,7 @@ class Strategy:
         raise NotImplementedError
 
     def search(self, step_fn: StepFn, initial_state: Any, *, start_id: int, end_id: int, max_length: int,
-               seeds: tf.Tensor | None = None) -> SearchResult:
+               seeds: tf.Tensor | None = None, trace: bool = False) -> SearchResult:
         """Decodes captions for a batch of images.
 
         Args:
@@ -65,6 +67,9 @@ class Strategy:
           max_length: the most words per caption, <end> included.
           seeds: [batch] int32 or int64, one seed per image (only `Sample`
             uses them; None: its own `seed` for every image).
+          trace: `step_fn` returns `(log_probs, new_state, trace [n, D])` and the
+            result is a `TracedSearchResult`: its `traces` [batch, K, max_length, D]
+            hold each caption's rows.
 
         Returns:
           A `SearchResult` with `num_results` captions per image, best first.
@@ -115,12 +120,13 @@ class Beam(Strategy):
                 "length_normalization": self.length_normalization, "words_per_beam": self.words_per_beam,
                 "no_repeat_ngram": self.no_repeat_ngram}
 
-    def search(self, step_fn, initial_state, *, start_id, end_id, max_length, seeds=None) -> SearchResult:
+    def search(self, step_fn, initial_state, *, start_id, end_id, max_length, seeds=None,
+               trace=False) -> SearchResult:
         del seeds  # deterministic
         return beam_search(step_fn, initial_state, start_id=start_id, end_id=end_id, beam_size=self.beam_size,
                            max_length=max_length, length_normalization=self.length_normalization,
                            num_results=self.num_results, words_per_beam=self.words_per_beam,
-                           no_repeat_ngram=self.no_repeat_ngram)
+                           no_repeat_ngram=self.no_repeat_ngram, trace=trace)
 
 
 class Greedy(Strategy):
@@ -152,7 +158,8 @@ class Greedy(Strategy):
         return {"name": self.name, "length_normalization": self.length_normalization,
                 "no_repeat_ngram": self.no_repeat_ngram}
 
-    def search(self, step_fn, initial_state, *, start_id, end_id, max_length, seeds=None) -> SearchResult:
+    def search(self, step_fn, initial_state, *, start_id, end_id, max_length, seeds=None,
+               trace=False) -> SearchResult:
         del seeds  # deterministic
 
         def choose(t, scores):
@@ -161,7 +168,7 @@ class Greedy(Strategy):
 
         return _row_search(step_fn, initial_state, choose, samples=1, start_id=start_id, end_id=end_id,
                            max_length=max_length, alpha=self.length_normalization,
-                           no_repeat_ngram=self.no_repeat_ngram)
+                           no_repeat_ngram=self.no_repeat_ngram, trace=trace)
 
 
 class Sample(Strategy):
@@ -217,7 +224,8 @@ class Sample(Strategy):
                 "top_k": self.top_k, "top_p": self.top_p, "length_normalization": self.length_normalization,
                 "no_repeat_ngram": self.no_repeat_ngram, "seed": self.seed}
 
-    def search(self, step_fn, initial_state, *, start_id, end_id, max_length, seeds=None) -> SearchResult:
+    def search(self, step_fn, initial_state, *, start_id, end_id, max_length, seeds=None,
+               trace=False) -> SearchResult:
         k = self.num_samples
         batch = _batch_size(initial_state)
         if seeds is None:
@@ -237,7 +245,7 @@ class Sample(Strategy):
 
         return _row_search(step_fn, initial_state, choose, samples=k, start_id=start_id, end_id=end_id,
                            max_length=max_length, alpha=self.length_normalization,
-                           no_repeat_ngram=self.no_repeat_ngram)
+                           no_repeat_ngram=self.no_repeat_ngram, trace=trace)
 
 
 STRATEGIES: dict[str, type[Strategy]] = {"beam": Beam, "greedy": Greedy, "sample": Sample}
@@ -283,7 +291,7 @@ def _batch_size(initial_state) -> tf.Tensor:
 
 
 def _row_search(step_fn: StepFn, initial_state: Any, choose: ChooseFn, *, samples: int, start_id: int,
-                end_id: int, max_length: int, alpha: float, no_repeat_ngram: int) -> SearchResult:
+                end_id: int, max_length: int, alpha: float, no_repeat_ngram: int, trace: bool = False) -> SearchResult:
     """Decodes `samples` captions per image, one row each, one chosen word per row and step.
 
     `choose(t, scores)` picks each row's word ([rows] int32) from `scores`
@@ -305,6 +313,10 @@ def _row_search(step_fn: StepFn, initial_state: Any, choose: ChooseFn, *, sample
     images never share a prefix, so an image's captions do not depend on the
     others in the batch. `step_fn` must therefore be a function of its
     inputs only (as beam search already assumes of its first step).
+
+    With `trace`, each prefix's [D] row from `step_fn` is copied to the rows that
+    share the prefix (the gather by `prefix` their log-probabilities go through),
+    at the step where the row emits a word.
     """
     DecodeSettings(max_length=max_length, num_captions=1).check()  # the one range check of max_length
     batch = _batch_size(initial_state)
@@ -350,22 +362,33 @@ def _row_search(step_fn: StepFn, initial_state: Any, choose: ChooseFn, *, sample
         prefix = tf.tensor_scatter_nd_update(tf.zeros_like(word), live[:, None], index)  # [rows]
         return prefix, ids, state
 
-    def cond(t, seq, logp, done, length, prefix, ids, state):
-        del seq, logp, length, prefix, ids, state
+    def record(t, traces, step_trace, prefix, length):
+        """traces [rows, time, D] with row t set to the step's [m, D] row of each row's prefix where the
+        row emitted a word at step t (its length became t + 1)."""
+        rows_trace = tf.gather(tf.cast(step_trace, tf.float32), prefix)  # [rows, D]
+        at_t = tf.one_hot(t, t_max, dtype=tf.float32)[None, :, None] * rows_trace[:, None, :]  # [rows, time, D]
+        return traces + tf.where(tf.equal(length, t + 1)[:, None, None], at_t, 0.0)
+
+    def cond(t, seq, logp, done, length, prefix, ids, state, *traces):
+        del seq, logp, length, prefix, ids, state, traces
         return tf.logical_and(t < t_max, tf.reduce_any(~done))
 
-    def body(t, seq, logp, done, length, prefix, ids, state):
-        log_probs, new_state = step_fn(ids, state)  # [m, vocab], the distinct prefixes' rows
+    def body(t, seq, logp, done, length, prefix, ids, state, *traces):
+        log_probs, new_state, *step_trace = step_fn(ids, state)  # [m, vocab], the distinct prefixes' rows
         new_state = _check_state(new_state, state)
         # The number of prefixes changes from step to step; the other dimensions must not loosen.
         new_state = tf.nest.map_structure(lambda new, old: tf.ensure_shape(new, [None] + old.shape[1:]),
                                           new_state, state)
         log_probs = tf.cast(log_probs, tf.float32)
+        step = t
         t, seq, logp, done, length, word = advance(t, tf.gather(log_probs, prefix), seq, logp, done, length)
-        return (t, seq, logp, done, length, *regroup(prefix, word, done, tf.shape(log_probs)[-1], new_state))
+        if trace:
+            traces = (tf.ensure_shape(record(step, traces[0], step_trace[0], prefix, length), traces[0].shape),)
+        return (t, seq, logp, done, length, *regroup(prefix, word, done, tf.shape(log_probs)[-1], new_state),
+                *traces)
 
     # Step 0 once per image: prefix b is image b's <start>, shared by its K rows (row b * K + i).
-    first_logp, state = step_fn(tf.fill([batch], tf.constant(start_id, tf.int32)), initial_state)
+    first_logp, state, *first_trace = step_fn(tf.fill([batch], tf.constant(start_id, tf.int32)), initial_state)
     state = _check_state(state, initial_state)
     first_logp = tf.cast(first_logp, tf.float32)  # [batch, vocab]
     vocab = tf.shape(first_logp)[-1]
@@ -378,18 +401,24 @@ def _row_search(step_fn: StepFn, initial_state: Any, choose: ChooseFn, *, sample
         tf.zeros([rows], tf.float32),  # logp [rows]
         tf.zeros([rows], tf.bool),  # done [rows]
         tf.zeros([rows], tf.int32))  # length [rows]
-    loop_vars = (t, seq, logp, done, length, *regroup(prefix, word, done, vocab, state))
-    _, seq, logp, _, length, _, _, _ = tf.while_loop(cond, body, loop_vars, maximum_iterations=t_max)
+    traces = ()
+    if trace:  # [rows, time, D]
+        no_trace = tf.zeros([rows, t_max, first_trace[0].shape[-1]], tf.float32)
+        traces = (record(tf.constant(0, tf.int32), no_trace, first_trace[0], prefix, length),)
+    loop_vars = (t, seq, logp, done, length, *regroup(prefix, word, done, vocab, state), *traces)
+    _, seq, logp, _, length, _, _, _, *traces = tf.while_loop(cond, body, loop_vars, maximum_iterations=t_max)
 
     score = logp / tf.pow(tf.cast(tf.maximum(length, 1), tf.float32), float(alpha))  # [rows]
     score, logp, length = (tf.reshape(x, [batch, k]) for x in (score, logp, length))  # [batch, K]
     seq = tf.reshape(seq, [batch, k, t_max])  # [batch, K, time]
+    traces = [tf.reshape(x, [batch, k, t_max, -1]) for x in traces]  # [batch, K, time, D]
     if k > 1:  # best first; top_k keeps the lower sample index on ties
         score, order = tf.math.top_k(score, k=k)
-        seq, logp, length = (tf.gather(x, order, batch_dims=1) for x in (seq, logp, length))
+        seq, logp, length, *traces = (tf.gather(x, order, batch_dims=1) for x in (seq, logp, length, *traces))
     valid = score > _NEG_INF  # [batch, K]
-    return SearchResult(ids=tf.where(valid[:, :, None], seq, 0), scores=score,
-                        log_probs=tf.where(valid, logp, _NEG_INF), lengths=tf.where(valid, length, 0))
+    result = SearchResult(ids=tf.where(valid[:, :, None], seq, 0), scores=score,
+                          log_probs=tf.where(valid, logp, _NEG_INF), lengths=tf.where(valid, length, 0))
+    return with_traces(result, traces[0]) if trace else result
 
 
 # ---------------------------------------------------------------- sampling: filters

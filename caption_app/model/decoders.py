@@ -13,6 +13,9 @@ and `assets/config.json` all ask this interface.
     decoder.initial_state(image_input [N, W])        -> state, a list of [N, width_i]
     decoder.step(ids [N], state)                     -> (logits [N, V], new state)
     decoder.state_sizes()                            -> {name_i: width_i}, in state order
+    decoder.attends                                  -> whether a step attends over the image's cells; then
+    decoder.step_with_attention(ids [N], state)      -> (logits [N, V], new state, weights [N, L]), each
+                                                        row summing to 1 over the L cells
 
 Adding a decoder type (say a Transformer) is one new module with a subclass
 of `Decoder` decorated `@register("name")`, and its import in `_load()`
@@ -68,6 +71,16 @@ class Decoder(keras.layers.Layer):
     def step(self, ids, state):
         """ids [N] int, state -> (logits [N, V] float32, the new state)."""
         raise NotImplementedError
+
+    @property
+    def attends(self) -> bool:
+        """Whether each step attends over the image's cells (then `step_with_attention` gives the weights)."""
+        return False
+
+    def step_with_attention(self, ids, state):
+        """`step`, also giving the step's attention weights [N, L] over the image's L cells (each row sums
+        to 1): the weights behind that very step's logits. Only for a decoder that `attends`."""
+        raise NotImplementedError(f"the {self.decoder_name!r} decoder does not attend over the image")
 
 
 def _load() -> None:

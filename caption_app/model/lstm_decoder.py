@@ -136,11 +136,15 @@ class LSTMDecoder(Decoder):
 
     def _attend(self, outputs, cells):
         """outputs [N, T, H], cells [N, L, A] -> the logits' context term [N, T, V]."""
+        return self._attend_with_weights(outputs, cells)[0]
+
+    def _attend_with_weights(self, outputs, cells):
+        """outputs [N, T, H], cells [N, L, A] -> (the logits' context term [N, T, V], weights [N, T, L])."""
         query = self.attention_query(outputs)  # [N, T, A]
         scores = ops.einsum("nta,nla->ntl", query, ops.cast(cells, query.dtype)) / float(self.attention_size) ** 0.5
         weights = ops.softmax(scores, axis=-1)
         context = ops.einsum("ntl,nla->nta", weights, ops.cast(cells, weights.dtype))  # [N, T, A]
-        return self.context_to_logits(context)
+        return self.context_to_logits(context), weights
 
     def build(self, image_embedding_shape, input_ids_shape=None):
         self.image_width = int(image_embedding_shape[-1])  # E, or E + L*A with attention
@@ -218,8 +222,22 @@ class LSTMDecoder(Decoder):
             sizes["state_image"] = self.image_width
         return sizes
 
+    @property
+    def attends(self) -> bool:
+        return bool(self.attention_size)
+
     def step(self, ids, state):
         """ids [N] int, state (see `initial_state`) -> (logits [N, V], new state)."""
+        return self._step(ids, state)[:2]
+
+    def step_with_attention(self, ids, state):
+        """`step`, and the weights [N, L] its logits' context term attended with."""
+        if not self.attention_size:
+            return super().step_with_attention(ids, state)
+        return self._step(ids, state, with_weights=True)
+
+    def _step(self, ids, state, with_weights=False):
+        """(logits [N, V], new state) (+ the attention weights [N, L] with `with_weights`)."""
         words = self.word_embedding(ids)  # [N, E]
         image_embedding, cells = (None, None) if not self.carries_image else self._split_image(state[2])
         if self.image_every_step:
@@ -228,9 +246,12 @@ class LSTMDecoder(Decoder):
         logits = self.logits(output)
         if self.image_to_logits is not None:
             logits = logits + self.image_to_logits(image_embedding)
+        weights = None
         if cells is not None:
-            logits = logits + self._attend(output[:, None], cells)[:, 0]
-        return logits, list(new_state) + list(state[2:])
+            term, weights = self._attend_with_weights(output[:, None], cells)
+            logits = logits + term[:, 0]
+        new_state = list(new_state) + list(state[2:])
+        return (logits, new_state, weights[:, 0]) if with_weights else (logits, new_state)
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "embedding_size": self.embedding_size,

@@ -69,6 +69,7 @@ class SpatialCells(keras.layers.Layer):
         if height is None or width is None:
             raise ValueError("attention needs a spatial map of static size")
         self.project.build((None, channels))
+        self.grid = (int(height), int(width))  # cell l is row l // width, column l % width
         self.position = self.add_weight(name="position", shape=(height * width, self.attention_size),
                                         initializer=keras.initializers.RandomUniform(-self.init_scale, self.init_scale))
 
@@ -154,6 +155,13 @@ class ImageEncoder(keras.Model):
     def feature_extractor(self) -> keras.Model:
         """image [B, S, S, 3] 0-255 -> backbone features [B, F] (what the feature cache stores)."""
         return self._parts.items["feature_extractor"]
+
+    @property
+    def cell_grid(self) -> tuple[int, int] | None:
+        """(h, w): the backbone's map the cells come from (cell l is row l // w, column l % w), None
+        without `model.attention_size`."""
+        cells = self._parts.items.get("cells")
+        return None if cells is None else cells.grid
 
     @property
     def feature_size(self) -> int:
