@@ -151,10 +151,11 @@ def restore_checkpoint(run_dir: str, checkpoint: str, config: config_lib.Config,
 # whole files to the workers in collection order, so with these at the front the last files to run are
 # short ones and the two workers finish together, instead of one running test_train.py alone at the end.
 LONGEST_FIRST = ("test_cli.py", "test_fault_tolerance.py", "test_im2txt_import.py", "test_end_to_end.py",
-                 "test_distribute.py", "test_precision.py", "test_evaluate.py", "test_hostile_serving.py",
-                 "test_hostile_train.py", "test_train.py", "test_image_every_step.py", "test_small_datasets.py",
-                 "test_any_filesystem.py", "test_tfrecords_tools.py", "test_beam_pipeline.py", "test_old_run_dirs.py",
-                 "test_feature_cache.py", "test_budget.py", "test_generation_seam.py")
+                 "test_distribute.py", "test_precision.py", "test_scst.py", "test_evaluate.py",
+                 "test_hostile_serving.py", "test_hostile_train.py", "test_train.py", "test_image_every_step.py",
+                 "test_attention_maps.py", "test_litert.py", "test_small_datasets.py", "test_any_filesystem.py",
+                 "test_tfrecords_tools.py", "test_beam_pipeline.py", "test_old_run_dirs.py", "test_feature_cache.py",
+                 "test_budget.py", "test_generation_seam.py")
 
 
 def pytest_collection_modifyitems(config, items):
