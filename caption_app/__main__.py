@@ -107,8 +107,12 @@ def _data_dir(args) -> str:
     if args.data is not None:
         return args.data
     path = os.path.join(args.run_dir, manifest_lib.MANIFEST)
-    if os.path.isfile(os.path.join(args.run_dir, run_layout.CONFIG)) and os.path.isfile(path):
-        data_dir = io_utils.read_json(path).get("data_dir")
+    if io_utils.isfile(os.path.join(args.run_dir, run_layout.CONFIG)) and io_utils.isfile(path):
+        try:
+            data_dir = io_utils.read_json(path).get("data_dir")
+        except (OSError, ValueError, AttributeError) as err:  # not JSON, not UTF-8, not an object
+            raise ValueError(f"{path} does not say which data the run trained on ({type(err).__name__}); "
+                             "give --data, a converted data dir") from None
         if isinstance(data_dir, str) and data_dir:
             print(f"data: the run's own ({data_dir})", flush=True)
             return data_dir

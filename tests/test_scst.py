@@ -97,6 +97,9 @@ def test_document_frequencies_are_kept_in_the_run_dir_and_recomputed_for_other_d
     assert path.stat().st_mtime_ns == stamp and np.array_equal(again.keys, first.keys)
     np.testing.assert_array_equal(again.counts, first.counts)
     assert DocumentFrequencies.load(str(path), cider_reward.train_meta(manifest, "sha-b")) is None  # other vocab
+    tampered = DocumentFrequencies(first.keys, first.counts * 0 + 10 ** 6, first.num_documents, first.meta)
+    tampered.save(str(path))  # counts over the number of images: recomputed, never trusted
+    np.testing.assert_array_equal(DocumentFrequencies.for_run(str(tmp_path), manifest, "sha-a").counts, first.counts)
     path.write_bytes(b"not an npz")  # damaged: recomputed, never trusted
     assert DocumentFrequencies.for_run(str(tmp_path), manifest, "sha-a").num_documents == first.num_documents
 
@@ -203,3 +206,16 @@ def test_scst_on_a_train_split_without_references_is_refused_before_anything_is_
 def test_bad_ending_share():
     assert scst.bad_ending_share(["a red circle", "a red circle and a", "a blue square with the", ""]) == 0.5
     assert scst.bad_ending_share([]) == 0.0
+
+
+def test_train_without_data_on_a_run_dir_whose_manifest_is_damaged_is_one_line(trained_run, tmp_path, capsys):
+    """`train --run-dir RUN` (no --data) reads RUN/manifest.json for the data dir: a damaged one is one
+    line naming it, and nothing in the run dir changes."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(os.path.join(trained_run.run_dir, "config.json"), run / "config.json")
+    (run / "manifest.json").write_bytes(b"\x85\x00 not json")
+    assert cli_main(["train", "--run-dir", str(run), *set_args("train.scst_epochs=1")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "manifest.json does not say which data the run trained on" in err and len(err.splitlines()) == 1
+    assert sorted(os.listdir(run)) == ["config.json", "manifest.json"]

@@ -98,12 +98,13 @@ def resolve_budget(config: Config, *, num_images: int, num_captions: int, max_ca
     scale = pairs_per_step / t.reference_batch_pairs if t.reference_batch_pairs > 0 else 1.0
 
     phases = []
-    specs = [("phase1", t.epochs, not t.freeze_backbone, t.lr_schedule, t.learning_rate)]
+    # (name, passes, backbone trainable, schedule, rate at this batch)
+    specs = [("phase1", t.epochs, not t.freeze_backbone, t.lr_schedule, t.learning_rate * scale)]
     if t.fine_tune_epochs > 0:
         specs.append(("phase2", t.fine_tune_epochs, True, t.fine_tune_lr_schedule or t.lr_schedule,
-                      t.fine_tune_learning_rate))
-    if t.scst_epochs > 0:  # self-critical training: the backbone frozen, rates never scaled (not pairs)
-        specs.append(("scst", t.scst_epochs, False, t.scst_lr_schedule, t.scst_learning_rate / scale))
+                      t.fine_tune_learning_rate * scale))
+    if t.scst_epochs > 0:  # self-critical training: the backbone frozen; its rate is per sample, never scaled
+        specs.append(("scst", t.scst_epochs, False, t.scst_lr_schedule, t.scst_learning_rate))
     first = 0
     for name, passes, trainable, schedule, rate in specs:
         if passes < 0:
@@ -117,7 +118,7 @@ def resolve_budget(config: Config, *, num_images: int, num_captions: int, max_ca
         phases.append(Phase(
             name=name, passes=passes, steps=steps, first_epoch=first, num_epochs=num_epochs,
             last_epoch_steps=last, backbone_trainable=trainable, schedule=schedule,
-            learning_rate=rate * scale,
+            learning_rate=rate,
             decay_steps=max(1, round(t.lr_decay_epochs * steps_per_epoch)),
             warmup_steps=min(max(steps - 1, 0), round(t.warmup_epochs * steps_per_epoch))
             if schedule != "constant" and name != "scst" else 0))

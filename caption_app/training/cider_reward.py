@@ -232,7 +232,16 @@ class DocumentFrequencies:
                 out = cls(data["keys"], data["counts"], int(data["num_documents"]), meta)
         except (OSError, ValueError, KeyError):
             return None
-        return out if meta == expected_meta else None
+        if meta != expected_meta or not out._consistent():
+            return None  # other data, or edited: recomputed, never trusted
+        return out
+
+    def _consistent(self) -> bool:
+        """Keys sorted and distinct, one count each, every count in [1, documents], documents <= train images."""
+        keys, counts = self.keys, self.counts
+        return (keys.ndim == 1 and counts.shape == keys.shape and bool(np.all(keys[1:] > keys[:-1]))
+                and 0 < self.num_documents <= int(self.meta.get("train_images", 0))
+                and bool(np.all((counts >= 1) & (counts <= self.num_documents))))
 
     @classmethod
     def for_run(cls, run_dir: str, manifest, vocab_sha1: str, *, write: bool = True) -> "DocumentFrequencies":
